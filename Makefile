@@ -1,0 +1,44 @@
+# `make test` is the one command CI runs (.ci/run): it builds its own environments, then runs
+# lint, type checks and the whole suite.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# aioresponses 0.7.9 cannot build responses on aiohttp 3.14 (aioresponses#289), so the tests that
+# use it also run in a second environment pinned to the newest aiohttp 3.13.
+VENV313 := .venv-aiohttp313
+BIN313 := $(VENV313)/bin
+
+.PHONY: test lint typecheck unit compat venv demo bench clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed: make PYTHON=python3.11 ...")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+$(VENV313)/.installed: pyproject.toml
+	test -x $(BIN313)/python || $(PYTHON) -m venv $(VENV313)
+	$(BIN313)/python -m pip install -q --upgrade pip
+	$(BIN313)/python -m pip install -q -e ".[test]" "aiohttp>=3.13,<3.14"
+	touch $@
+
+lint: venv
+	$(BIN)/ruff check phala_async tests benchmarks
+	$(BIN)/ruff format --check phala_async tests benchmarks
+
+typecheck: venv
+	$(BIN)/mypy
+
+unit: venv
+	$(BIN)/python -m pytest
+
+compat: $(VENV313)/.installed
+	PHALA_ASYNC_REQUIRE_AIORESPONSES=1 $(BIN313)/python -m pytest -m aioresponses -p no:cacheprovider
+
+test: lint typecheck unit compat
+
+clean:
+	rm -rf $(VENV) $(VENV313) .mypy_cache .pytest_cache .ruff_cache build dist

@@ -1,0 +1,316 @@
+"""The exception tree, and the pure mapping from an HTTP answer to the exception it means.
+
+::
+
+    PhalaError
+    ├── ConfigurationError (also ValueError)      a PhalaClient argument or variable is wrong
+    ├── ClientClosedError                         the client was closed
+    ├── InvalidCvmIdError (also ValueError)       the id can never be asked for; nothing was sent
+    ├── APIConnectionError                        transport: refused, reset, cut short
+    │   └── APITimeoutError                       an attempt ran past ``timeout``
+    ├── APIStatusError                            the server answered with a non-2xx status
+    │   ├── BadRequestError                       400
+    │   ├── AuthenticationError                   401
+    │   ├── PermissionDeniedError                 403
+    │   ├── NotFoundError                         404
+    │   ├── UnprocessableEntityError              422
+    │   ├── RateLimitError                        429
+    │   └── InternalServerError                   5xx
+    └── ResponseError                             a 2xx answer that cannot be used
+        ├── DecodeError                           not JSON, or not the documented shape
+        └── ResponseTooLargeError                 larger than ``max_response_bytes``
+
+Every error raised for an id carries that ``cvm_id`` (as the caller gave it) and ``attempts``,
+how many requests were made for it before giving up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import Any
+
+import msgspec
+
+__all__ = [
+    "APIConnectionError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ClientClosedError",
+    "ConfigurationError",
+    "DecodeError",
+    "InternalServerError",
+    "InvalidCvmIdError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "PhalaError",
+    "RateLimitError",
+    "ResponseError",
+    "ResponseTooLargeError",
+    "UnprocessableEntityError",
+    "error_for_status",
+]
+
+
+class PhalaError(Exception):
+    """Root of every error this library raises.
+
+    Attributes:
+        cvm_id: the id the failing call was for, as the caller gave it; None when the error is not
+            about one id (a bad configuration, a closed client).
+        attempts: how many requests were made before this error was raised (0 when none was).
+    """
+
+    cvm_id: str | int | None
+    attempts: int
+
+    def __init__(self, message: str, *, cvm_id: str | int | None = None, attempts: int = 1) -> None:
+        super().__init__(message)
+        self.message = message
+        self.cvm_id = cvm_id
+        self.attempts = attempts
+
+    def __str__(self) -> str:
+        if self.attempts > 1:
+            return f"{self.message} (after {self.attempts} attempts)"
+        return self.message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only constructors do not pickle by default; rebuild from the instance dict.
+        return (_rebuild, (type(self), self.__dict__))
+
+
+def _rebuild(cls: type[PhalaError], state: dict[str, Any]) -> PhalaError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, state.get("message", ""))
+    error.__dict__.update(state)
+    return error
+
+
+def _about(cvm_id: str | int | None) -> str:
+    return "request" if cvm_id is None else f"CVM {cvm_id!r}"
+
+
+class ConfigurationError(PhalaError, ValueError):
+    """A client argument or environment variable is missing or wrong; the message says the fix."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, attempts=0)
+
+
+class ClientClosedError(PhalaError):
+    """The client was closed before or while this call ran."""
+
+    def __init__(self, message: str = "the PhalaClient is closed", **kwargs: Any) -> None:
+        kwargs.setdefault("attempts", 0)
+        super().__init__(message, **kwargs)
+
+
+class InvalidCvmIdError(PhalaError, ValueError):
+    """An identifier that can never be requested: nothing was sent for it.
+
+    Attributes:
+        value: exactly what was passed, whatever its type.
+        reason: what is wrong with it.
+    """
+
+    def __init__(self, value: object, reason: str) -> None:
+        shown = value if isinstance(value, (str, int)) and not isinstance(value, bool) else None
+        super().__init__(f"invalid CVM id {value!r}: {reason}", cvm_id=shown, attempts=0)
+        self.value = value
+        self.reason = reason
+
+
+class APIConnectionError(PhalaError):
+    """The request did not get a complete answer: refused, reset, or the body was cut short."""
+
+
+class APITimeoutError(APIConnectionError):
+    """One attempt took longer than the client's ``timeout``."""
+
+
+class APIStatusError(PhalaError):
+    """The server answered with a status that is not 2xx.
+
+    Attributes:
+        status_code: the HTTP status.
+        request_id: the server's ``X-Request-ID``, to quote when asking Phala for help.
+        detail: the server's explanation, from either error body form, or None.
+        error_code: the structured error code (``ERR-03-001``...) when the body had one.
+        retry_after: seconds the server asked to wait (``Retry-After``), or None.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        cvm_id: str | int | None = None,
+        request_id: str | None = None,
+        detail: str | None = None,
+        error_code: str | None = None,
+        retry_after: float | None = None,
+        attempts: int = 1,
+    ) -> None:
+        super().__init__(message, cvm_id=cvm_id, attempts=attempts)
+        self.status_code = status_code
+        self.request_id = request_id
+        self.detail = detail
+        self.error_code = error_code
+        self.retry_after = retry_after
+
+
+class BadRequestError(APIStatusError):
+    """400: the server rejected the request."""
+
+
+class AuthenticationError(APIStatusError):
+    """401: the API key or token is missing, wrong or expired."""
+
+
+class PermissionDeniedError(APIStatusError):
+    """403: the CVM exists but is not in the credential's workspace."""
+
+
+class NotFoundError(APIStatusError):
+    """404: no CVM has this id."""
+
+
+class UnprocessableEntityError(APIStatusError):
+    """422: the server could not read the id or a parameter."""
+
+
+class RateLimitError(APIStatusError):
+    """429: too many requests; ``retry_after`` says how long the server asked to wait."""
+
+
+class InternalServerError(APIStatusError):
+    """5xx: the server or a proxy in front of it failed."""
+
+
+class ResponseError(PhalaError):
+    """A 2xx answer arrived whole but cannot be used; asking again would not help."""
+
+
+class DecodeError(ResponseError):
+    """The body is not JSON or not the documented shape.
+
+    Attributes:
+        path: the JSON path of the offending value as msgspec reported it (``$.teepod.id``), or None
+            when the body is not JSON at all.
+    """
+
+    def __init__(self, message: str, *, cvm_id: str | int | None, path: str | None = None) -> None:
+        super().__init__(message, cvm_id=cvm_id)
+        self.path = path
+
+
+class ResponseTooLargeError(ResponseError):
+    """The body is larger than the client's ``max_response_bytes``; it was not buffered.
+
+    Attributes:
+        limit: the cap, in bytes.
+    """
+
+    def __init__(self, message: str, *, cvm_id: str | int | None, limit: int) -> None:
+        super().__init__(message, cvm_id=cvm_id)
+        self.limit = limit
+
+
+_BY_STATUS: dict[int, type[APIStatusError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    422: UnprocessableEntityError,
+    429: RateLimitError,
+}
+
+_DETAIL_LIMIT = 300
+
+
+class _ErrorBody(msgspec.Struct):
+    """Both error body forms: ``{"detail": ...}`` and ``{"error_code", "message", ...}``."""
+
+    detail: Any = None
+    message: Any = None
+    error_code: Any = None
+
+
+_error_body_decoder = msgspec.json.Decoder(_ErrorBody)
+
+
+def parse_error_body(body: bytes) -> tuple[str | None, str | None]:
+    """Return ``(detail, error_code)`` from an error body of either documented form.
+
+    A 422 body's list of ``{"loc", "msg"}`` entries becomes ``"path.cvm_id: msg"`` items joined by
+    ``"; "``. A body that is not JSON (a proxy's HTML page) gives ``(None, None)``.
+    """
+    try:
+        parsed = _error_body_decoder.decode(body)
+    except msgspec.DecodeError:
+        return None, None
+    detail = parsed.message if parsed.message is not None else parsed.detail
+    if isinstance(detail, list):
+        detail = "; ".join(_describe_validation_item(item) for item in detail)
+    elif detail is not None and not isinstance(detail, str):
+        detail = msgspec.json.encode(detail).decode()
+    if detail is not None and len(detail) > _DETAIL_LIMIT:
+        detail = detail[:_DETAIL_LIMIT] + "..."
+    code = parsed.error_code if isinstance(parsed.error_code, str) else None
+    return detail, code
+
+
+def _describe_validation_item(item: object) -> str:
+    if isinstance(item, dict):
+        loc = item.get("loc")
+        where = ".".join(str(part) for part in loc) if isinstance(loc, list) else None
+        msg = str(item.get("msg", item))
+        return f"{where}: {msg}" if where else msg
+    return str(item)
+
+
+def error_for_status(
+    status: int,
+    body: bytes,
+    headers: Mapping[str, str],
+    *,
+    cvm_id: str | int | None,
+    retry_after: float | None = None,
+) -> APIStatusError:
+    """Build the exception a non-2xx answer means; pure, so it is tested without a server.
+
+    Args:
+        status: the HTTP status code.
+        body: the (possibly empty) response body.
+        headers: the response headers; ``X-Request-ID`` and, for a 3xx, ``Location`` are read.
+        cvm_id: the id the request was for.
+        retry_after: seconds from a ``Retry-After`` header, already parsed by the caller.
+    """
+    cls = _BY_STATUS.get(status)
+    if cls is None:
+        cls = InternalServerError if status >= 500 else APIStatusError
+    detail, error_code = parse_error_body(body) if body else (None, None)
+    if 300 <= status < 400:
+        detail = "redirects are not followed, so credentials never reach another origin"
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Unknown Status"
+    request_id = headers.get("X-Request-ID")
+    message = f"{_about(cvm_id)}: HTTP {status} {phrase}"
+    if detail:
+        message += f": {detail}"
+    if request_id:
+        message += f" [request id {request_id}]"
+    return cls(
+        message,
+        status_code=status,
+        cvm_id=cvm_id,
+        request_id=request_id,
+        detail=detail,
+        error_code=error_code,
+        retry_after=retry_after,
+    )

@@ -1,0 +1,132 @@
+"""The retry policy: which failures are retried, how long to wait, and when to give up.
+
+Everything here is a plain function or a frozen value, tested without a server; the client feeds
+it to tenacity only after a first attempt has failed, so a request that succeeds at once never
+pays for the retry machinery.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+
+from ._errors import APIConnectionError, APIStatusError, ConfigurationError, PhalaError
+
+__all__ = [
+    "RETRYABLE_STATUSES",
+    "RetryPolicy",
+    "backoff_delay",
+    "is_retryable",
+    "parse_retry_after",
+]
+
+#: Statuses that mean "ask again later": timeouts, too early, rate limits and server failures.
+RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How a failed request is retried.
+
+    Attributes:
+        max_attempts: requests made for one id at most, the first included.
+        backoff_initial: the first backoff, in seconds; it doubles each retry.
+        backoff_max: the longest backoff, in seconds.
+        retry_after_cap: the longest ``Retry-After`` honoured, in seconds; a server asking for
+            longer gets its error raised at once.
+    """
+
+    max_attempts: int = 4
+    backoff_initial: float = 0.5
+    backoff_max: float = 8.0
+    retry_after_cap: float = 60.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int):
+            raise ConfigurationError(f"max_attempts must be an int >= 1, not {self.max_attempts!r}")
+        if self.max_attempts < 1:
+            raise ConfigurationError(
+                f"max_attempts must be >= 1 (1 means no retries), not {self.max_attempts}"
+            )
+        for name in ("backoff_initial", "backoff_max", "retry_after_cap"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ConfigurationError(
+                    f"{name} must be a finite number of seconds >= 0, not {value!r}"
+                )
+        if self.backoff_max < self.backoff_initial:
+            raise ConfigurationError(
+                f"backoff_max ({self.backoff_max}) must be >= "
+                f"backoff_initial ({self.backoff_initial})"
+            )
+
+
+def is_retryable(error: BaseException) -> bool:
+    """Whether asking again could succeed: transport failures and the statuses in
+    :data:`RETRYABLE_STATUSES`. Anything else, cancellation included, is final."""
+    if isinstance(error, APIConnectionError):
+        return True
+    return isinstance(error, APIStatusError) and error.status_code in RETRYABLE_STATUSES
+
+
+def retry_after_too_long(error: PhalaError, policy: RetryPolicy) -> bool:
+    """Whether the server asked for a longer wait than the policy will honour."""
+    return (
+        isinstance(error, APIStatusError)
+        and error.retry_after is not None
+        and error.retry_after > policy.retry_after_cap
+    )
+
+
+def backoff_delay(attempt: int, policy: RetryPolicy, rng: random.Random | None = None) -> float:
+    """Seconds to wait after failed attempt number ``attempt`` (1-based) with no ``Retry-After``.
+
+    Exponential with "equal jitter": the ceiling ``backoff_initial * 2**(attempt-1)``, capped at
+    ``backoff_max``, of which half is always waited and half is random, so clients that failed
+    together do not retry together, yet none retries at once.
+    """
+    ceiling = min(policy.backoff_max, policy.backoff_initial * 2.0 ** max(attempt - 1, 0))
+    uniform = (rng or _rng).random()
+    return ceiling / 2 + uniform * ceiling / 2
+
+
+def wait_before_retry(
+    error: PhalaError, attempt: int, policy: RetryPolicy, rng: random.Random | None = None
+) -> float:
+    """Seconds to wait before retrying after ``error``: the server's ``Retry-After`` when it gave
+    one, else :func:`backoff_delay`."""
+    if isinstance(error, APIStatusError) and error.retry_after is not None:
+        return error.retry_after
+    return backoff_delay(attempt, policy, rng)
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header value, in either form.
+
+    Args:
+        value: delta-seconds (``"120"``) or an HTTP-date (``"Wed, 21 Oct 2015 07:28:00 GMT"``).
+        now: the current time, for the HTTP-date form (defaults to the system clock, UTC).
+
+    Returns:
+        The wait in seconds, never negative; None when the header is absent or unreadable.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    current = now or datetime.now(UTC)
+    return max(0.0, (when - current).total_seconds())
+
+
+# Jitter only spreads retries apart; it protects no secret, so the default PRNG is right.
+_rng = random.Random()  # noqa: S311
