@@ -42,3 +42,19 @@ test: lint typecheck unit compat
 
 clean:
 	rm -rf $(VENV) $(VENV313) .mypy_cache .pytest_cache .ruff_cache build dist
+
+demo: venv
+	$(BIN)/phala-async demo --cvms 1000
+
+# Benchmarks run in their own environment, with the peers installed beside phala-async.
+BENCH_VENV := benchmarks/.venv-bench
+$(BENCH_VENV)/.installed: pyproject.toml benchmarks/requirements.txt
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install -q -e ".[speed]" -r benchmarks/requirements.txt
+	# phala-cloud 0.2.0 hard-depends on pysha3, which does not build on 3.11+: install it alone.
+	$(BENCH_VENV)/bin/python -m pip install -q --no-deps "phala-cloud==0.2.0"
+	touch $@
+
+bench: $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python -m benchmarks
