@@ -9,36 +9,32 @@ from collections import Counter
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Protocol, Self, TypeVar
+from typing import TYPE_CHECKING, Self, TypeVar
 
 import aiohttp
-from aiohttp.http_exceptions import ContentEncodingError
+from aiolimiter import AsyncLimiter
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 from tenacity.stop import stop_base
-from yarl import URL
 
 from ._config import check_positive, resolve_base_url, resolve_credential
 from ._errors import (
     APIConnectionError,
     APIStatusError,
-    APITimeoutError,
     ClientClosedError,
     ConfigurationError,
-    DecodeError,
     PhalaError,
-    ResponseTooLargeError,
-    error_for_status,
 )
+from ._http import Decode, Exchange, subject
 from ._ids import normalize_cvm_id
 from ._models import CvmDetail, HostedCvm, decode_cvm, decode_page
 from ._retry import (
+    RETRYABLE_STATUSES,
     RetryPolicy,
     is_retryable,
-    parse_retry_after,
     retry_after_too_long,
     wait_before_retry,
 )
-from ._throttle import PauseGate
+from ._throttle import AdaptiveRate, PauseGate, RetryBudget
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -48,39 +44,45 @@ if TYPE_CHECKING:
 
 __all__ = ["API_VERSION", "ClientStats", "PhalaClient"]
 
-_T = TypeVar("_T")
-_T_co = TypeVar("_T_co", covariant=True)
-
-
-class _Decode(Protocol[_T_co]):
-    def __call__(self, body: bytes, *, cvm_id: str | int | None) -> _T_co: ...
-
-
 logger = logging.getLogger("phala_async")
 
 #: The ``X-Phala-Version`` every request pins: the one whose answer is the documented shape.
 API_VERSION = "2025-10-28"
 DEFAULT_MAX_RESPONSE_BYTES = 1024 * 1024
-_READ_CHUNK = 64 * 1024
+
+_T = TypeVar("_T")
 
 
 @dataclass
 class ClientStats:
-    """Counters over the life of a client.
+    """Counters over the life of a client (read them; the client updates them).
 
     Attributes:
         requests: HTTP requests sent, retries included.
         retries: requests that were retries of an earlier failed one.
         rate_limited: answers with status 429.
-        ok: calls (one per id) that returned a CVM.
+        throttled: answers that slowed the client down (429, or 503 with ``Retry-After``).
+        retries_denied: retries not sent because most recent requests were failing.
+        ok: calls (one per id or page) that returned a value.
         failed: calls that raised, by exception class name.
+        in_flight: requests on the wire right now.
+        send_rate: the adaptive send rate in requests per second, None while unpaced.
     """
 
     requests: int = 0
     retries: int = 0
     rate_limited: int = 0
+    throttled: int = 0
+    retries_denied: int = 0
     ok: int = 0
     failed: Counter[str] = field(default_factory=Counter)
+    in_flight: int = 0
+    send_rate: float | None = None
+
+    @property
+    def failures(self) -> int:
+        """Calls that raised, all types together."""
+        return sum(self.failed.values())
 
 
 class PhalaClient:
@@ -112,6 +114,12 @@ class PhalaClient:
         max_response_bytes: bodies larger than this are refused unread
             (:class:`ResponseTooLargeError`).
         allow_insecure_http: allow a plain ``http://`` base URL to a host other than loopback.
+        adaptive: find an unpublished rate limit by itself: after a throttled answer (429, or
+            503 with ``Retry-After``) pace sends just under what the server let through, then
+            feel back up. ``concurrency`` stays the ceiling. On by default.
+        rate_limit: a hard cap in requests per second, for accounts that know their limit.
+        retry_budget: stop retrying while most of the last 100 requests failed, so a down API
+            sees little more than one request per id. On by default.
 
     Raises:
         ConfigurationError: an argument is missing or out of range; the message says what to pass.
@@ -132,15 +140,21 @@ class PhalaClient:
         retry_after_cap: float = 60.0,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         allow_insecure_http: bool = False,
+        adaptive: bool = True,
+        rate_limit: float | None = None,
+        retry_budget: bool = True,
     ) -> None:
         check_positive("timeout", timeout)
         check_positive("concurrency", concurrency, integer=True)
         check_positive("max_response_bytes", max_response_bytes, integer=True)
+        if rate_limit is not None:
+            check_positive("rate_limit", rate_limit)
         if session is not None and not isinstance(session, aiohttp.ClientSession):
             raise ConfigurationError(
                 f"session must be an aiohttp.ClientSession, not {type(session).__name__}"
             )
-        self._credential = resolve_credential(api_key, token)
+        credential = resolve_credential(api_key, token)
+        self._credential_kind = credential.kind
         self._base_url = resolve_base_url(base_url, allow_insecure_http=allow_insecure_http)
         self._policy = RetryPolicy(
             max_attempts=max_attempts,
@@ -148,23 +162,29 @@ class PhalaClient:
             backoff_max=backoff_max,
             retry_after_cap=retry_after_cap,
         )
-        self._timeout = float(timeout)
         self._concurrency = concurrency
-        self._max_response_bytes = max_response_bytes
-        self._headers = {
-            self._credential.header: self._credential.value,
-            "X-Phala-Version": API_VERSION,
-            "User-Agent": f"phala-async/{__version__}",
-            "Accept": "application/json",
-        }
-        self._aiohttp_timeout = aiohttp.ClientTimeout(total=self._timeout)
+        self._exchange = Exchange(
+            base_url=self._base_url,
+            headers={
+                credential.header: credential.value,
+                "X-Phala-Version": API_VERSION,
+                "User-Agent": f"phala-async/{__version__}",
+                "Accept": "application/json",
+            },
+            timeout=float(timeout),
+            max_bytes=max_response_bytes,
+        )
         self._session = session
         self._owns_session = session is None
         self._limiter: asyncio.Semaphore | None = None
         self._gate = PauseGate()
+        self._pacer = AdaptiveRate() if adaptive else None
+        self._rate_limit = rate_limit
+        self._hard_limiter: AsyncLimiter | None = None
+        self._budget = RetryBudget() if retry_budget else None
         self._streams: weakref.WeakSet[CvmStream] = weakref.WeakSet()
         self._closed = False
-        self.stats = ClientStats()
+        self._stats = ClientStats()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -183,7 +203,7 @@ class PhalaClient:
     async def aclose(self) -> None:
         """Stop every sweep still running on this client, then close its own session.
 
-        A sweep that is stopped this way ends with :class:`ClientClosedError`. Idempotent.
+        A sweep stopped this way ends with :class:`ClientClosedError`. Safe to call twice.
         """
         if self._closed:
             return
@@ -200,7 +220,7 @@ class PhalaClient:
 
     def __repr__(self) -> str:
         return (
-            f"<PhalaClient base_url={self._base_url!r} credential={self._credential.kind} "
+            f"<PhalaClient base_url={self._base_url!r} credential={self._credential_kind} "
             f"concurrency={self._concurrency} max_attempts={self._policy.max_attempts}"
             f"{' closed' if self._closed else ''}>"
         )
@@ -209,12 +229,20 @@ class PhalaClient:
         if self._closed:
             raise ClientClosedError()
         if self._limiter is None:
+            # Made here, inside the running loop, not in __init__.
             self._limiter = asyncio.Semaphore(self._concurrency)
+            if self._rate_limit is not None:
+                self._hard_limiter = AsyncLimiter(self._rate_limit, 1.0)
         if self._session is None:
             connector = aiohttp.TCPConnector(
                 limit=self._concurrency, limit_per_host=self._concurrency
             )
             self._session = aiohttp.ClientSession(connector=connector)
+            # aiohttp silently resends an idempotent request once when a pooled connection
+            # drops. Our retry policy owns retries: it counts them, backs off and respects the
+            # retry budget, so turn that off on our own session (aiohttp's test client does too).
+            if hasattr(self._session, "_retry_connection"):
+                self._session._retry_connection = False
         return self._session
 
     # -- public calls ------------------------------------------------------------------------
@@ -228,6 +256,13 @@ class PhalaClient:
     def concurrency(self) -> int:
         """Requests in flight at most on this client."""
         return self._concurrency
+
+    @property
+    def stats(self) -> ClientStats:
+        """The client's counters, with ``send_rate`` as of now."""
+        if self._pacer is not None:
+            self._stats.send_rate = self._pacer.rate
+        return self._stats
 
     async def get_cvm(self, cvm_id: str | int) -> CvmDetail:
         """Fetch the details of one CVM, retrying transient failures.
@@ -330,7 +365,7 @@ class PhalaClient:
         return await self._call(f"/cvms/{segment}", cvm_id, decode_cvm)
 
     async def _call(
-        self, path: str, cvm_id: str | int | None, decode: _Decode[_T]
+        self, path: str, cvm_id: str | int | None, decode: Decode[_T]
     ) -> tuple[_T, int]:
         """GET ``path`` (already safe), decode the answer, and retry transient failures.
 
@@ -341,15 +376,15 @@ class PhalaClient:
         try:
             value = await self._attempt(path, cvm_id, decode)
         except PhalaError as exc:
-            if not (is_retryable(exc) and self._policy.max_attempts > 1):
-                self._count_failure(exc)
+            if self._policy.max_attempts == 1 or not self._should_retry(exc):
+                self._stats.failed[type(exc).__name__] += 1
                 raise
             return await self._retry(path, cvm_id, decode, exc)
-        self.stats.ok += 1
+        self._stats.ok += 1
         return value, 1
 
     async def _retry(
-        self, path: str, cvm_id: str | int | None, decode: _Decode[_T], first_error: PhalaError
+        self, path: str, cvm_id: str | int | None, decode: Decode[_T], first_error: PhalaError
     ) -> tuple[_T, int]:
         pending: PhalaError | None = first_error
         attempt = 0
@@ -357,7 +392,7 @@ class PhalaClient:
             stop=stop_after_attempt(self._policy.max_attempts)
             | _StopWhen(self._retry_after_too_long),
             wait=self._wait,
-            retry=retry_if_exception(is_retryable),
+            retry=retry_if_exception(self._should_retry),
             before_sleep=self._log_retry,
             reraise=True,
         )
@@ -368,18 +403,23 @@ class PhalaClient:
                     if pending is not None:
                         error, pending = pending, None
                         raise error
-                    self.stats.retries += 1
+                    self._stats.retries += 1
                     value = await self._attempt(path, cvm_id, decode)
-                    self.stats.ok += 1
+                    self._stats.ok += 1
                     return value, attempt
         except PhalaError as exc:
             exc.attempts = attempt
-            self._count_failure(exc)
+            self._stats.failed[type(exc).__name__] += 1
             raise
         raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
 
-    def _count_failure(self, error: PhalaError) -> None:
-        self.stats.failed[type(error).__name__] += 1
+    def _should_retry(self, error: BaseException) -> bool:
+        if not is_retryable(error):
+            return False
+        if self._budget is not None and not self._budget.allows_retry():
+            self._stats.retries_denied += 1
+            return False
+        return True
 
     def _retry_after_too_long(self, state: RetryCallState) -> bool:
         error = state.outcome.exception() if state.outcome else None
@@ -397,7 +437,7 @@ class PhalaClient:
         if isinstance(error, PhalaError):
             logger.info(
                 "retrying %s: attempt %d of %d failed (%s: %s); waiting %.3fs",
-                _subject(error.cvm_id),
+                subject(error.cvm_id),
                 state.attempt_number,
                 self._policy.max_attempts,
                 type(error).__name__,
@@ -407,114 +447,54 @@ class PhalaClient:
 
     # -- one attempt -------------------------------------------------------------------------
 
-    async def _attempt(self, path: str, cvm_id: str | int | None, decode: _Decode[_T]) -> _T:
-        """Send one request and turn its answer into a value or a :class:`PhalaError`."""
+    async def _attempt(self, path: str, cvm_id: str | int | None, decode: Decode[_T]) -> _T:
+        """Wait for the pacing in force, send one request, and learn from its answer."""
         session = self._ensure_session()
         await self._gate.wait()
+        pacer = self._pacer
+        if pacer is not None and (delay := pacer.delay()) > 0:
+            await asyncio.sleep(delay)
+        if self._hard_limiter is not None:
+            await self._hard_limiter.acquire()
+        stats = self._stats
         async with self._limiter:  # type: ignore[union-attr]  # set by _ensure_session
-            self.stats.requests += 1
+            epoch = pacer.epoch if pacer is not None else 0
+            stats.requests += 1
+            stats.in_flight += 1
             if logger.isEnabledFor(logging.DEBUG):
-                logger.debug("GET %s (%s)", path, _subject(cvm_id))
+                logger.debug("GET %s (%s)", path, subject(cvm_id))
             try:
-                # Paths are built from validated segments and integers, so need no quoting.
-                url = URL(self._base_url + path, encoded=True)
-                async with session.get(
-                    url,
-                    headers=self._headers,
-                    allow_redirects=False,
-                    timeout=self._aiohttp_timeout,
-                ) as response:
-                    body = await self._read_body(response, cvm_id)
-                    status = response.status
-                    if 200 <= status < 300:
-                        _check_json(response, cvm_id)
-                        return decode(body, cvm_id=cvm_id)
-                    error = self._status_error(response, body, cvm_id)
-            except PhalaError:
+                value = await self._exchange.get(session, path, cvm_id, decode)
+            except PhalaError as exc:
+                self._learn_from_failure(exc, epoch)
                 raise
-            except TimeoutError as exc:
-                raise APITimeoutError(
-                    f"{_subject(cvm_id)}: no complete answer within {self._timeout}s",
-                    cvm_id=cvm_id,
-                ) from exc
-            except aiohttp.ClientPayloadError as exc:
-                if isinstance(exc.__cause__, ContentEncodingError):
-                    raise DecodeError(
-                        f"{_subject(cvm_id)}: the compressed response body did not decompress",
-                        cvm_id=cvm_id,
-                    ) from exc
-                raise APIConnectionError(
-                    f"{_subject(cvm_id)}: the response body was cut short", cvm_id=cvm_id
-                ) from exc
-            except (aiohttp.ClientError, OSError) as exc:
-                raise APIConnectionError(
-                    f"{_subject(cvm_id)}: connection failed ({type(exc).__name__})", cvm_id=cvm_id
-                ) from exc
-        raise error
+            finally:
+                stats.in_flight -= 1
+        if pacer is not None:
+            pacer.on_success()
+        if self._budget is not None:
+            self._budget.record(True)
+        return value
 
-    def _status_error(
-        self, response: aiohttp.ClientResponse, body: bytes, cvm_id: str | int | None
-    ) -> APIStatusError:
-        status = response.status
-        retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        if status == 429:
-            self.stats.rate_limited += 1
-        error = error_for_status(
-            status, body, response.headers, cvm_id=cvm_id, retry_after=retry_after
-        )
-        # One rate-limited answer pauses every worker of this client, not only this one.
-        if (
-            retry_after is not None
-            and status in (429, 503)
-            and retry_after <= self._policy.retry_after_cap
-        ):
-            self._gate.pause_for(retry_after)
-        return error
-
-    async def _read_body(self, response: aiohttp.ClientResponse, cvm_id: str | int | None) -> bytes:
-        """Read the body, refusing one over ``max_response_bytes`` without buffering it."""
-        limit = self._max_response_bytes
-        length = response.content_length
-        if length is not None and length > limit:
-            raise self._too_large(cvm_id, f"declares {length} bytes, more")
-        if length is not None and "Content-Encoding" not in response.headers:
-            return await response.read()
-        # Unknown length or compressed: count the decoded bytes as they arrive.
-        chunks: list[bytes] = []
-        size = 0
-        while chunk := await response.content.read(_READ_CHUNK):
-            size += len(chunk)
-            if size > limit:
-                raise self._too_large(cvm_id, "is longer")
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    def _too_large(self, cvm_id: str | int | None, what: str) -> ResponseTooLargeError:
-        limit = self._max_response_bytes
-        return ResponseTooLargeError(
-            f"{_subject(cvm_id)}: the response body {what} than the {limit}-byte cap "
-            f"(max_response_bytes)",
-            cvm_id=cvm_id,
-            limit=limit,
-        )
-
-
-def _subject(cvm_id: str | int | None) -> str:
-    return "the CVM list" if cvm_id is None else f"CVM {cvm_id!r}"
-
-
-def _check_json(response: aiohttp.ClientResponse, cvm_id: str | int | None) -> None:
-    content_type = response.headers.get("Content-Type", "")
-    if not _is_json(content_type):
-        raise DecodeError(
-            f"{_subject(cvm_id)}: expected a JSON body, got Content-Type {content_type[:60]!r}",
-            cvm_id=cvm_id,
-        )
-
-
-def _is_json(content_type: str) -> bool:
-    media = content_type.partition(";")[0].strip().lower()
-    return media == "application/json" or media.endswith("+json")
+    def _learn_from_failure(self, error: PhalaError, epoch: int) -> None:
+        """Feed a failed attempt to the shared pause, the pacer and the retry budget."""
+        if isinstance(error, APIStatusError):
+            status, retry_after = error.status_code, error.retry_after
+            if status == 429:
+                self._stats.rate_limited += 1
+            if status == 429 or (status == 503 and retry_after is not None):
+                self._stats.throttled += 1
+                # One throttled answer pauses every worker of this client, not only this one.
+                if retry_after is not None and retry_after <= self._policy.retry_after_cap:
+                    self._gate.pause_for(retry_after)
+                if self._pacer is not None:
+                    self._pacer.on_throttle(epoch)
+                return  # pacing answers throttles; they say nothing of the API's health
+            healthy = status not in RETRYABLE_STATUSES
+        else:
+            healthy = not isinstance(error, APIConnectionError)
+        if self._budget is not None:
+            self._budget.record(healthy)
 
 
 class _StopWhen(stop_base):

@@ -1,0 +1,145 @@
+"""One HTTP exchange: send a GET, read a bounded body, and turn the answer into a value or a
+:class:`PhalaError`. Every aiohttp failure is translated here, and nowhere else."""
+
+from __future__ import annotations
+
+from typing import Protocol, TypeVar
+
+import aiohttp
+from aiohttp.http_exceptions import ContentEncodingError
+from yarl import URL
+
+from ._errors import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    DecodeError,
+    PhalaError,
+    ResponseTooLargeError,
+    error_for_status,
+)
+from ._retry import parse_retry_after
+
+__all__ = ["Decode", "Exchange", "subject"]
+
+_T_co = TypeVar("_T_co", covariant=True)
+_READ_CHUNK = 64 * 1024
+
+
+class Decode(Protocol[_T_co]):
+    """Turns a complete 2xx body into a value, or raises :class:`DecodeError`."""
+
+    def __call__(self, body: bytes, *, cvm_id: str | int | None) -> _T_co: ...
+
+
+def subject(cvm_id: str | int | None) -> str:
+    """What an error message is about."""
+    return "the CVM list" if cvm_id is None else f"CVM {cvm_id!r}"
+
+
+class Exchange:
+    """Sends GETs for one client: its base URL, headers, timeout and body cap, fixed once."""
+
+    __slots__ = ("_base_url", "_headers", "_max_bytes", "_timeout", "_timeout_seconds")
+
+    def __init__(
+        self, *, base_url: str, headers: dict[str, str], timeout: float, max_bytes: int
+    ) -> None:
+        self._base_url = base_url
+        self._headers = headers
+        self._timeout_seconds = timeout
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._max_bytes = max_bytes
+
+    async def get(
+        self,
+        session: aiohttp.ClientSession,
+        path: str,
+        cvm_id: str | int | None,
+        decode: Decode[_T_co],
+    ) -> _T_co:
+        """GET ``base_url + path`` and decode a 2xx answer.
+
+        Raises:
+            APIStatusError: a non-2xx answer (redirects are never followed).
+            APITimeoutError: the attempt took longer than the timeout.
+            APIConnectionError: refused, reset, or the body was cut short.
+            ResponseError: a 2xx answer too large, not JSON, or not the expected shape.
+        """
+        try:
+            # Paths are built from validated segments and integers, so need no quoting.
+            url = URL(self._base_url + path, encoded=True)
+            async with session.get(
+                url, headers=self._headers, allow_redirects=False, timeout=self._timeout
+            ) as response:
+                body = await self._read_body(response, cvm_id)
+                if 200 <= response.status < 300:
+                    _check_json(response, cvm_id)
+                    return decode(body, cvm_id=cvm_id)
+                raise _status_error(response, body, cvm_id)
+        except PhalaError:
+            raise
+        except TimeoutError as exc:
+            raise APITimeoutError(
+                f"{subject(cvm_id)}: no complete answer within {self._timeout_seconds}s",
+                cvm_id=cvm_id,
+            ) from exc
+        except aiohttp.ClientPayloadError as exc:
+            if isinstance(exc.__cause__, ContentEncodingError):
+                raise DecodeError(
+                    f"{subject(cvm_id)}: the compressed response body did not decompress",
+                    cvm_id=cvm_id,
+                ) from exc
+            raise APIConnectionError(
+                f"{subject(cvm_id)}: the response body was cut short", cvm_id=cvm_id
+            ) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise APIConnectionError(
+                f"{subject(cvm_id)}: connection failed ({type(exc).__name__})", cvm_id=cvm_id
+            ) from exc
+
+    async def _read_body(self, response: aiohttp.ClientResponse, cvm_id: str | int | None) -> bytes:
+        """Read the body, refusing one over the cap without buffering it."""
+        limit = self._max_bytes
+        length = response.content_length
+        if length is not None and length > limit:
+            raise self._too_large(cvm_id, f"declares {length} bytes, more")
+        if length is not None and "Content-Encoding" not in response.headers:
+            return await response.read()
+        # Unknown length, or compressed: count the decoded bytes as they arrive.
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := await response.content.read(_READ_CHUNK):
+            size += len(chunk)
+            if size > limit:
+                raise self._too_large(cvm_id, "is longer")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _too_large(self, cvm_id: str | int | None, what: str) -> ResponseTooLargeError:
+        limit = self._max_bytes
+        return ResponseTooLargeError(
+            f"{subject(cvm_id)}: the response body {what} than the {limit}-byte cap "
+            f"(max_response_bytes)",
+            cvm_id=cvm_id,
+            limit=limit,
+        )
+
+
+def _status_error(
+    response: aiohttp.ClientResponse, body: bytes, cvm_id: str | int | None
+) -> APIStatusError:
+    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+    return error_for_status(
+        response.status, body, response.headers, cvm_id=cvm_id, retry_after=retry_after
+    )
+
+
+def _check_json(response: aiohttp.ClientResponse, cvm_id: str | int | None) -> None:
+    content_type = response.headers.get("Content-Type", "")
+    media = content_type.partition(";")[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        raise DecodeError(
+            f"{subject(cvm_id)}: expected a JSON body, got Content-Type {content_type[:60]!r}",
+            cvm_id=cvm_id,
+        )

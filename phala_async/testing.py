@@ -1,0 +1,527 @@
+"""A local simulator of the Phala Cloud API, for tests and benchmarks.
+
+`PhalaSimulator` is a real `aiohttp.web` server on 127.0.0.1 that serves the two endpoints this
+package uses, as the API reference describes them:
+
+- `GET /api/v1/cvms/{cvm_id}`: the `CvmBasicInfo` document of one CVM, looked up by integer id,
+  name, `app_<40 hex>`, bare 40-hex app or instance id, or VM UUID (dashed or not);
+- `GET /api/v1/cvms/paginated?page=&page_size=`: `HostedCvm` items over the workspace, in id order.
+
+Both require `X-API-Key: <api_key>` or `Authorization: Bearer <token>` (401 otherwise), and every
+answer carries a unique `X-Request-ID`. Errors use the real server's bodies: 403 for CVMs of
+another workspace, 404 `ERR-03-001`, 422 FastAPI validation details, 429 `ERR-05-002` with
+`Retry-After`. The same shape is served whatever `X-Phala-Version` is sent (the `2025-10-28` one).
+
+Failures can be injected on the detail endpoint at random (`fault_rate`, `faults`), by a request
+budget (`rate_limit`), or in a fixed order per path segment (`script`); counters and a request log
+show what the server saw. Example:
+
+    import aiohttp
+    from phala_async.testing import Fault, PhalaSimulator
+
+    async def main() -> None:
+        async with PhalaSimulator(cvms=10) as sim:
+            sim.script(3, Fault.HTTP_503, Fault.OK)
+            headers = {"X-API-Key": sim.api_key}
+            async with aiohttp.ClientSession(headers=headers) as session:
+                for _ in range(2):
+                    async with session.get(f"{sim.base_url}/cvms/3") as response:
+                        print(response.status)  # 503, then 200
+            assert sim.requests["3"] == 2
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import enum
+import hmac
+import json
+import math
+import random
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Self
+
+from aiohttp import web
+
+from phala_async import _sim_data as data
+
+__all__ = ["DEFAULT_FAULTS", "Fault", "PhalaSimulator", "RequestRecord"]
+
+
+class Fault(enum.StrEnum):
+    """Kinds of failure the simulator can inject instead of (or before) a normal answer."""
+
+    HTTP_500 = "500"
+    HTTP_502 = "502"  # an HTML page, as a proxy in front of the API sends it
+    HTTP_503 = "503"
+    HTTP_504 = "504"
+    RATE_LIMIT = "429"  # with `Retry-After: <retry_after>`
+    RESET = "reset"  # the connection is aborted before any response byte
+    TRUNCATE = "truncate"  # full Content-Length announced, half the body sent, connection closed
+    DELAY = "delay"  # sleep `fault_delay` seconds, then answer normally
+    NOT_JSON = "not_json"  # 200 with a JSON content type and an HTML body
+    BAD_GZIP = "bad_gzip"  # 200 with `Content-Encoding: gzip` and a body that is not gzip
+    OK = "ok"  # answer normally (useful in `script`)
+
+
+DEFAULT_FAULTS: tuple[Fault, ...] = (
+    Fault.HTTP_500,
+    Fault.HTTP_502,
+    Fault.HTTP_503,
+    Fault.HTTP_504,
+    Fault.RATE_LIMIT,
+    Fault.RESET,
+    Fault.TRUNCATE,
+    Fault.DELAY,
+)
+_LOG_SIZE = 100_000  # request_log keeps the last this many records
+_SHUTDOWN_TIMEOUT = 0.5  # seconds close() lets in-flight handlers finish before cancelling them
+_JSON = "application/json"
+_FAULT_BODIES: dict[Fault, tuple[int, bytes, str]] = {
+    Fault.HTTP_500: (500, data.encode({"detail": "Internal Server Error"}), _JSON),
+    Fault.HTTP_502: (502, data.BAD_GATEWAY_PAGE, "text/html"),
+    Fault.HTTP_503: (503, data.encode({"detail": "Service Unavailable"}), _JSON),
+    Fault.HTTP_504: (504, data.encode({"detail": "Gateway Timeout"}), _JSON),
+    Fault.NOT_JSON: (200, b"<html>oops</html>", _JSON),
+}
+
+
+def _as_fault(kind: Fault | str | int) -> Fault:
+    try:
+        return Fault(str(kind))
+    except ValueError:
+        choices = ", ".join(repr(fault.value) for fault in Fault)
+        raise ValueError(f"unknown fault {kind!r}: pass a Fault or one of {choices}") from None
+
+
+def _format_retry_after(value: float | str) -> str:
+    if isinstance(value, str):
+        return value  # an HTTP-date, sent as given
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"retry_after must be >= 0 seconds or an HTTP-date string, not {value!r}")
+    return str(int(value)) if value == int(value) else str(value)
+
+
+def _response(status: int, body: bytes, content_type: str = _JSON, **headers: str) -> web.Response:
+    headers["X-Request-ID"] = f"req_{secrets.token_hex(8)}"
+    return web.Response(status=status, body=body, content_type=content_type, headers=headers)
+
+
+class _Aborted(web.Response):
+    """Returned after the transport was aborted: aiohttp's write fails quietly as a disconnect."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """One request as the simulator saw it; credentials are never stored.
+
+    Attributes:
+        time: `loop.time()` when the handler finished.
+        path: The request path, without the query string.
+        cvm_key: The segment after `/cvms/` (`"paginated"` for the list), None for other paths.
+        status: The status answered, `"reset"` for an aborted connection, or `"unanswered"`
+            if the handler was cancelled (at shutdown).
+        header_names: Lower-cased names of the request headers.
+        authenticated: Whether a valid credential was sent.
+        phala_version: The `X-Phala-Version` header, if any.
+        user_agent: The `User-Agent` header, if any.
+    """
+
+    time: float
+    path: str
+    cvm_key: str | None
+    status: int | str
+    header_names: frozenset[str]
+    authenticated: bool
+    phala_version: str | None
+    user_agent: str | None
+
+
+_Answer = Callable[[web.Request, str], tuple[int, bytes]]
+
+
+class PhalaSimulator:
+    """A local Phala Cloud API server with deterministic CVMs and injectable failures.
+
+    Workspace CVMs have ids `1..cvms`; ids `cvms+1..cvms+forbidden` exist in another workspace
+    (403). CVM documents derive from `(seed, id)` only and are encoded once, at construction.
+    `X-Phala-Version` is recorded but does not change the shape.
+
+    A detail request is processed in this order: counted, authenticated (401), a scripted answer
+    for its segment (which replaces the rate limit and random fault), the rate limit (429), a
+    random fault with probability `fault_rate`, `latency`, then the lookup (422/404/403/200).
+    The list endpoint only counts, authenticates and applies `script("paginated", ...)`.
+
+    Args:
+        cvms: Number of CVMs in the workspace.
+        api_key: The accepted `X-API-Key` value.
+        token: The accepted `Authorization: Bearer` token.
+        forbidden: Number of extra CVMs that belong to another workspace.
+        fault_rate: Fraction (0-1) of detail requests answered with a random fault.
+        faults: The kinds random faults are drawn from, uniformly.
+        fault_delay: Seconds a `Fault.DELAY` waits before answering.
+        retry_after: `Retry-After` of an injected 429: seconds (fractions are sent as given, for
+            fast tests) or an HTTP-date string.
+        rate_limit: Answered detail requests allowed per fixed one-second window; None: no limit.
+        rate_limit_retry_after: `Retry-After` seconds of a rate-limit 429.
+        latency: Seconds added before every answer that passes the rate limit.
+        seed: Seed of the CVM data and of the random faults.
+        host: Interface to listen on.
+        port: Port to listen on; 0 picks a free one.
+
+    Raises:
+        ValueError: A value is out of range; the message says what to pass.
+    """
+
+    def __init__(
+        self,
+        *,
+        cvms: int = 100,
+        api_key: str = "phak_simulator_test_key",
+        token: str = "simulator-oauth-token",  # noqa: S107 -- a fixed test credential, not a secret
+        forbidden: int = 0,
+        fault_rate: float = 0.0,
+        faults: Sequence[Fault | str] = DEFAULT_FAULTS,
+        fault_delay: float = 2.0,
+        retry_after: float | str = 0,
+        rate_limit: float | None = None,
+        rate_limit_retry_after: int = 1,
+        latency: float = 0.0,
+        seed: int = 0,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        counts = {"cvms": cvms, "forbidden": forbidden, "port": port}
+        for name, value in {**counts, "rate_limit_retry_after": rate_limit_retry_after}.items():
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0, not {value!r}")
+        for name, delay in (("fault_delay", fault_delay), ("latency", latency)):
+            if not delay >= 0:  # also rejects NaN
+                raise ValueError(f"{name} must be >= 0 seconds, not {delay!r}")
+        if not 0.0 <= fault_rate <= 1.0:
+            raise ValueError(f"fault_rate must be between 0.0 and 1.0, not {fault_rate!r}")
+        if fault_rate and not faults:
+            raise ValueError("faults is empty: pass at least one Fault when fault_rate > 0")
+        if rate_limit is not None and not rate_limit > 0:
+            raise ValueError(f"rate_limit must be > 0 per second, or None, not {rate_limit!r}")
+        if not api_key or not token:
+            raise ValueError("api_key and token must be non-empty strings")
+        self._cvms, self._forbidden, self._seed = cvms, forbidden, seed
+        self._api_key, self._token = api_key, token
+        self._secrets = (api_key.encode(), token.encode())
+        self._fault_rate, self._faults = fault_rate, tuple(_as_fault(kind) for kind in faults)
+        self._fault_delay, self._latency = fault_delay, latency
+        self._retry_after, self._retry_after_header = retry_after, _format_retry_after(retry_after)
+        self._rate_limit, self._rate_limit_retry_after = rate_limit, str(rate_limit_retry_after)
+        self._host, self._port = host, port
+        # Faults are random but reproducible for one seed and one request order.
+        self._rng = random.Random(seed)  # noqa: S311 -- fault injection, not security
+        self._identities = [data.cvm_identity(seed, i) for i in range(1, cvms + forbidden + 1)]
+        self._index = {key: ident.id for ident in self._identities for key in ident.lookup_keys()}
+        # Encoded once, so serving is a lookup (about 50 µs per CVM here, 0.5 s for 10 000).
+        self._bodies = [data.encoded_documents(seed, ident) for ident in self._identities[:cvms]]
+        self._scripts: dict[str, collections.deque[Fault]] = {}
+        self._window, self._window_count = -1, 0
+        self._runner: web.AppRunner | None = None
+        self._bound_port: int | None = None
+        self._requests: collections.Counter[str] = collections.Counter()
+        self._status_counts: collections.Counter[int | str] = collections.Counter()
+        self._log: collections.deque[RequestRecord] = collections.deque(maxlen=_LOG_SIZE)
+        self._total_requests = self._in_flight = self._max_in_flight = 0
+
+    def __repr__(self) -> str:
+        where = self.base_url if self._bound_port is not None else "not started"
+        return (
+            f"PhalaSimulator(cvms={self._cvms}, forbidden={self._forbidden}, "
+            f"fault_rate={self._fault_rate}, rate_limit={self._rate_limit}, {where})"
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> str:
+        """Start listening and return `base_url`.
+
+        Raises:
+            RuntimeError: The simulator is already running.
+            OSError: The address could not be bound.
+        """
+        if self._runner is not None:
+            raise RuntimeError("the simulator is already running: call close() first")
+        app = web.Application()
+        app.router.add_get("/api/v1/cvms/paginated", self._handle_list)
+        app.router.add_get("/api/v1/cvms/{cvm_id}", self._handle_detail)
+        app.router.add_route("*", "/{tail:.*}", self._handle_unknown)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self._host, self._port).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner, self._bound_port = runner, runner.addresses[0][1]
+        return self.base_url
+
+    async def close(self) -> None:
+        """Stop the server; in-flight requests get a short grace period. Safe to call twice."""
+        runner, self._runner, self._bound_port = self._runner, None, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- configuration and data --------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        """`http://<host>:<port>/api/v1`; RuntimeError before `start()`."""
+        if self._bound_port is None:
+            raise RuntimeError("the simulator is not running: call start() or use `async with`")
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"http://{host}:{self._bound_port}/api/v1"
+
+    @property
+    def api_key(self) -> str:
+        """The accepted `X-API-Key` value."""
+        return self._api_key
+
+    @property
+    def token(self) -> str:
+        """The accepted bearer token."""
+        return self._token
+
+    @property
+    def retry_after(self) -> float | str:
+        """The `Retry-After` value of an injected `Fault.RATE_LIMIT`."""
+        return self._retry_after
+
+    @property
+    def cvm_ids(self) -> list[int]:
+        """Ids of the workspace CVMs, in order."""
+        return list(range(1, self._cvms + 1))
+
+    @property
+    def forbidden_ids(self) -> list[int]:
+        """Ids of the CVMs that exist in another workspace (answered with 403)."""
+        return list(range(self._cvms + 1, self._cvms + self._forbidden + 1))
+
+    def cvm(self, cvm_id: int) -> dict[str, Any]:
+        """A fresh copy of the JSON document served for workspace CVM `cvm_id`.
+
+        Raises:
+            KeyError: `cvm_id` is not in `cvm_ids`.
+        """
+        if not 1 <= cvm_id <= self._cvms:
+            raise KeyError(f"CVM {cvm_id!r} is not in the workspace (ids 1..{self._cvms})")
+        document: dict[str, Any] = json.loads(self._bodies[cvm_id - 1][0])
+        return document
+
+    def script(self, key: str | int, *kinds: Fault | str) -> None:
+        """Queue answers for the next requests whose path segment is `str(key)`.
+
+        Scripted answers are used in order, one per request, before the rate limit and random
+        faults; `Fault.OK` is a normal answer. Use the key `"paginated"` for the list endpoint.
+        Calling again appends to the queue.
+
+        Raises:
+            ValueError: No kinds given, or an unknown kind.
+        """
+        if not kinds:
+            raise ValueError("pass at least one Fault to script")
+        faults = [_as_fault(kind) for kind in kinds]
+        self._scripts.setdefault(str(key), collections.deque()).extend(faults)
+
+    # -- counters ----------------------------------------------------------------------------
+
+    @property
+    def requests(self) -> collections.Counter[str]:
+        """Requests per raw path segment under `/cvms/` (a copy; the list counts as "paginated").
+
+        Every request is counted, including faults and authentication failures.
+        """
+        return collections.Counter(self._requests)
+
+    @property
+    def total_requests(self) -> int:
+        """Requests received on any path."""
+        return self._total_requests
+
+    @property
+    def status_counts(self) -> collections.Counter[int | str]:
+        """Answers given by status code (a copy); `"reset"` counts aborted connections."""
+        return collections.Counter(self._status_counts)
+
+    @property
+    def in_flight(self) -> int:
+        """Detail requests being handled now."""
+        return self._in_flight
+
+    @property
+    def max_in_flight(self) -> int:
+        """The most detail requests handled at once since start or `reset_counters()`."""
+        return self._max_in_flight
+
+    @property
+    def request_log(self) -> list[RequestRecord]:
+        """The last 100 000 requests, oldest first (a copy)."""
+        return list(self._log)
+
+    def reset_counters(self) -> None:
+        """Zero every counter and empty the request log; scripts and the rate limit stay."""
+        self._requests.clear()
+        self._status_counts.clear()
+        self._log.clear()
+        self._total_requests, self._max_in_flight = 0, self._in_flight
+
+    # -- request handling --------------------------------------------------------------------
+
+    def _authenticated(self, headers: Mapping[str, str]) -> bool:
+        api_key = headers.get("X-API-Key")
+        if api_key is not None and hmac.compare_digest(
+            api_key.encode("utf-8", "surrogateescape"), self._secrets[0]
+        ):
+            return True
+        scheme, _, token = headers.get("Authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            token.strip().encode("utf-8", "surrogateescape"), self._secrets[1]
+        )
+
+    def _record(self, request: web.Request, key: str | None, status: int | str, auth: bool) -> None:
+        self._status_counts[status] += 1
+        headers = request.headers
+        self._log.append(
+            RequestRecord(
+                time=asyncio.get_running_loop().time(),
+                path=request.path,
+                cvm_key=key,
+                status=status,
+                header_names=frozenset(name.lower() for name in headers),
+                authenticated=auth,
+                phala_version=headers.get("X-Phala-Version"),
+                user_agent=headers.get("User-Agent"),
+            )
+        )
+
+    async def _handle_detail(self, request: web.Request) -> web.StreamResponse:
+        segment = request.match_info["cvm_id"]
+        self._requests[segment] += 1
+        self._in_flight += 1
+        self._max_in_flight = max(self._max_in_flight, self._in_flight)
+        try:
+            return await self._serve(request, segment, self._lookup, chaos=True)
+        finally:
+            self._in_flight -= 1
+
+    async def _handle_list(self, request: web.Request) -> web.StreamResponse:
+        self._requests["paginated"] += 1
+        return await self._serve(request, "paginated", self._page, chaos=False)
+
+    async def _handle_unknown(self, request: web.Request) -> web.StreamResponse:
+        self._total_requests += 1
+        self._record(request, None, 404, self._authenticated(request.headers))
+        return _response(404, data.NO_ROUTE)
+
+    async def _serve(
+        self, request: web.Request, key: str, answer: _Answer, *, chaos: bool
+    ) -> web.StreamResponse:
+        self._total_requests += 1
+        authenticated = self._authenticated(request.headers)
+        status: int | str = "unanswered"
+        try:
+            if authenticated:
+                response = await self._answer(request, key, answer, chaos)
+            else:
+                response = _response(401, data.UNAUTHENTICATED)
+            status = "reset" if isinstance(response, _Aborted) else response.status
+            return response
+        finally:
+            self._record(request, key, status, authenticated)
+
+    async def _answer(
+        self, request: web.Request, key: str, answer: _Answer, chaos: bool
+    ) -> web.StreamResponse:
+        fault: Fault | None = None
+        if self._scripts and (queue := self._scripts.get(key)):
+            fault = queue.popleft()
+            if not queue:
+                del self._scripts[key]
+        elif chaos:
+            if self._rate_limit is not None and self._over_rate_limit(self._rate_limit):
+                return _response(
+                    429, data.RATE_LIMITED, **{"Retry-After": self._rate_limit_retry_after}
+                )
+            if self._fault_rate and self._rng.random() < self._fault_rate:
+                fault = self._rng.choice(self._faults)
+        if fault is Fault.DELAY:
+            await asyncio.sleep(self._fault_delay)
+        if self._latency:
+            await asyncio.sleep(self._latency)
+        status, body = answer(request, key)
+        if fault in (None, Fault.OK, Fault.DELAY):
+            return _response(status, body)
+        return await self._fault(request, fault, status, body)
+
+    def _over_rate_limit(self, limit: float) -> bool:
+        window = int(asyncio.get_running_loop().time())  # fixed one-second windows
+        if window != self._window:
+            self._window, self._window_count = window, 0
+        if self._window_count >= limit:
+            return True  # a 429 does not use up the window's budget
+        self._window_count += 1
+        return False
+
+    async def _fault(
+        self, request: web.Request, fault: Fault, status: int, body: bytes
+    ) -> web.StreamResponse:
+        """The answer for an injected fault; `status` and `body` are the normal answer."""
+        if fault in _FAULT_BODIES:
+            return _response(*_FAULT_BODIES[fault])
+        if fault is Fault.RATE_LIMIT:
+            return _response(429, data.RATE_LIMITED, **{"Retry-After": self._retry_after_header})
+        transport = request.transport
+        if fault is Fault.RESET:
+            if transport is not None:
+                transport.abort()
+            return _Aborted()
+        if fault is Fault.BAD_GZIP:
+            return _response(200, body, **{"Content-Encoding": "gzip"})
+        # Fault.TRUNCATE: announce the whole body, send half of it, then hang up.
+        response = web.StreamResponse(status=status)
+        response.content_type = "application/json"
+        response.content_length = len(body)
+        response.headers["X-Request-ID"] = f"req_{secrets.token_hex(8)}"
+        await response.prepare(request)
+        await response.write(body[: len(body) // 2])
+        if transport is not None:
+            transport.close()
+        return response
+
+    def _lookup(self, request: web.Request, segment: str) -> tuple[int, bytes]:
+        cvm_id = self._index.get(segment)  # the exact forms, one dict hit on the fast path
+        if cvm_id is None:
+            key = data.canonical_key(segment)
+            if key is None:
+                return 422, data.INVALID_ID
+            cvm_id = self._index.get(key)
+            if cvm_id is None:
+                return 404, data.not_found(segment)
+        if cvm_id > self._cvms:
+            return 403, data.FORBIDDEN
+        return 200, self._bodies[cvm_id - 1][0]
+
+    def _page(self, request: web.Request, key: str) -> tuple[int, bytes]:
+        parsed = data.page_request(request.query)
+        if isinstance(parsed, bytes):
+            return 422, parsed
+        page, page_size = parsed
+        first = (page - 1) * page_size + 1
+        ids = range(first, min(first + page_size - 1, self._cvms) + 1)
+        items = [self._bodies[cvm_id - 1][1] for cvm_id in ids]
+        return 200, data.page_body(items, self._cvms, page, page_size)
