@@ -99,6 +99,7 @@ class CvmStream(AsyncIterator[CvmResult]):
         self._finished = False
         self._failure: BaseException | None = None
         self._abort_error: PhalaError | None = None
+        self._consumer: asyncio.Task[object] | None = None
 
     # -- the iterator ------------------------------------------------------------------------
 
@@ -166,13 +167,28 @@ class CvmStream(AsyncIterator[CvmResult]):
             raise ClientClosedError()
         self._started = True
         self._client._streams.add(self)
+        # A consumer cancelled while busy in its own loop body never calls __anext__ again, so
+        # watch the task that started the sweep: when it ends, the sweep ends with it.
+        self._consumer = asyncio.current_task()
+        if self._consumer is not None:
+            self._consumer.add_done_callback(self._on_consumer_done)
         self._running = self._concurrency
         self._workers = [
             asyncio.create_task(self._work(), name=f"phala_async sweep worker {n}")
             for n in range(self._concurrency)
         ]
 
+    def _on_consumer_done(self, _task: asyncio.Task[object]) -> None:
+        if not self._finished:
+            self._finished = True
+            for task in self._workers:
+                task.cancel()
+            self._client._streams.discard(self)
+
     async def _stop_workers(self) -> None:
+        if self._consumer is not None:
+            self._consumer.remove_done_callback(self._on_consumer_done)
+            self._consumer = None
         workers, self._workers = self._workers, []
         current = asyncio.current_task()
         for task in workers:

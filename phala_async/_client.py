@@ -449,8 +449,9 @@ class PhalaClient:
 
     async def _attempt(self, path: str, cvm_id: str | int | None, decode: Decode[_T]) -> _T:
         """Wait for the pacing in force, send one request, and learn from its answer."""
+        if self._closed:
+            raise ClientClosedError(cvm_id=cvm_id)
         session = self._ensure_session()
-        await self._gate.wait()
         pacer = self._pacer
         if pacer is not None and (delay := pacer.delay()) > 0:
             await asyncio.sleep(delay)
@@ -458,6 +459,8 @@ class PhalaClient:
             await self._hard_limiter.acquire()
         stats = self._stats
         async with self._limiter:  # type: ignore[union-attr]  # set by _ensure_session
+            # Last, so that nothing is sent during a pause, however long the waits above were.
+            await self._gate.wait()
             epoch = pacer.epoch if pacer is not None else 0
             stats.requests += 1
             stats.in_flight += 1
@@ -484,11 +487,12 @@ class PhalaClient:
                 self._stats.rate_limited += 1
             if status == 429 or (status == 503 and retry_after is not None):
                 self._stats.throttled += 1
+                # During a pause, an answer only echoes the throttle that started it.
+                if self._pacer is not None and self._gate.remaining == 0:
+                    self._pacer.on_throttle(epoch, asked_to_wait=bool(retry_after))
                 # One throttled answer pauses every worker of this client, not only this one.
                 if retry_after is not None and retry_after <= self._policy.retry_after_cap:
                     self._gate.pause_for(retry_after)
-                if self._pacer is not None:
-                    self._pacer.on_throttle(epoch)
                 return  # pacing answers throttles; they say nothing of the API's health
             healthy = status not in RETRYABLE_STATUSES
         else:

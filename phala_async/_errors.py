@@ -50,6 +50,7 @@ __all__ = [
     "ResponseError",
     "ResponseTooLargeError",
     "UnprocessableEntityError",
+    "describe",
     "error_for_status",
 ]
 
@@ -89,8 +90,25 @@ def _rebuild(cls: type[PhalaError], state: dict[str, Any]) -> PhalaError:
     return error
 
 
+# Long enough for any id of a valid length (128) and then some; absurd values are cut.
+_SHOWN_CHARS = 200
+
+
+def describe(value: object) -> str:
+    """A short, safe ``repr`` of a caller's value for a message: long values are cut."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 512:
+        return f"<int of {value.bit_length()} bits>"  # repr() of a huge int raises
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - a caller's object with a broken __repr__
+        text = f"<{type(value).__name__} object>"
+    if len(text) > _SHOWN_CHARS:
+        return f"{text[:_SHOWN_CHARS]}... ({len(text)} characters)"
+    return text
+
+
 def _about(cvm_id: str | int | None) -> str:
-    return "request" if cvm_id is None else f"CVM {cvm_id!r}"
+    return "request" if cvm_id is None else f"CVM {describe(cvm_id)}"
 
 
 class ConfigurationError(PhalaError, ValueError):
@@ -118,7 +136,7 @@ class InvalidCvmIdError(PhalaError, ValueError):
 
     def __init__(self, value: object, reason: str) -> None:
         shown = value if isinstance(value, (str, int)) and not isinstance(value, bool) else None
-        super().__init__(f"invalid CVM id {value!r}: {reason}", cvm_id=shown, attempts=0)
+        super().__init__(f"invalid CVM id {describe(value)}: {reason}", cvm_id=shown, attempts=0)
         self.value = value
         self.reason = reason
 
@@ -250,7 +268,7 @@ def parse_error_body(body: bytes) -> tuple[str | None, str | None]:
     """
     try:
         parsed = _error_body_decoder.decode(body)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return None, None
     detail = parsed.message if parsed.message is not None else parsed.detail
     if isinstance(detail, list):

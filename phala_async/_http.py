@@ -16,6 +16,7 @@ from ._errors import (
     DecodeError,
     PhalaError,
     ResponseTooLargeError,
+    describe,
     error_for_status,
 )
 from ._retry import parse_retry_after
@@ -34,7 +35,7 @@ class Decode(Protocol[_T_co]):
 
 def subject(cvm_id: str | int | None) -> str:
     """What an error message is about."""
-    return "the CVM list" if cvm_id is None else f"CVM {cvm_id!r}"
+    return "the CVM list" if cvm_id is None else f"CVM {describe(cvm_id)}"
 
 
 class Exchange:

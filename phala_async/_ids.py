@@ -23,6 +23,8 @@ _UUID_V4 = re.compile(
     r"[0-9a-f]{8}-?[0-9a-f]{4}-?4[0-9a-f]{3}-?[89ab][0-9a-f]{3}-?[0-9a-f]{12}",
     re.ASCII | re.IGNORECASE,
 )
+# Any int of up to 128 decimal digits fits in this many bits; check before str() of a huge int.
+_MAX_INT_BITS = (10**MAX_ID_LENGTH).bit_length()
 _HEX40 = re.compile(r"[0-9a-f]{40}", re.ASCII | re.IGNORECASE)
 
 
@@ -45,6 +47,8 @@ def normalize_cvm_id(cvm_id: object) -> str:
     if isinstance(cvm_id, int):
         if cvm_id < 0:
             raise InvalidCvmIdError(cvm_id, "an integer id cannot be negative")
+        if cvm_id.bit_length() > _MAX_INT_BITS:
+            raise InvalidCvmIdError(cvm_id, f"has more than {MAX_ID_LENGTH} digits")
         text = str(cvm_id)
     else:
         text = cvm_id

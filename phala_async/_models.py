@@ -12,7 +12,7 @@ from datetime import datetime
 
 import msgspec
 
-from ._errors import DecodeError
+from ._errors import DecodeError, describe
 
 __all__ = [
     "CvmDetail",
@@ -95,6 +95,8 @@ class CvmDetail(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _cvm_decoder = msgspec.json.Decoder(CvmDetail)
+# msgspec raises these too: invalid UTF-8 inside a string, and nesting deeper than it recurses.
+_UNDECODABLE = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 _PATH = re.compile(r" - at `([^`]*)`$")
 
 
@@ -107,11 +109,11 @@ def decode_cvm(body: bytes, *, cvm_id: str | int | None) -> CvmDetail:
     """
     try:
         return _cvm_decoder.decode(body)
-    except msgspec.DecodeError as exc:
+    except _UNDECODABLE as exc:
         raise decode_error(exc, cvm_id=cvm_id, what="CVM details") from exc
 
 
-def decode_error(exc: msgspec.DecodeError, *, cvm_id: str | int | None, what: str) -> DecodeError:
+def decode_error(exc: Exception, *, cvm_id: str | int | None, what: str) -> DecodeError:
     """Translate a msgspec failure into a :class:`DecodeError` naming the id and the JSON path."""
     reason = str(exc)
     match = _PATH.search(reason)
@@ -123,7 +125,7 @@ def decode_error(exc: msgspec.DecodeError, *, cvm_id: str | int | None, what: st
     elif match:
         reason = reason[: match.start()]
     where = f" at {path}" if path else ""
-    subject = "request" if cvm_id is None else f"CVM {cvm_id!r}"
+    subject = "request" if cvm_id is None else f"CVM {describe(cvm_id)}"
     return DecodeError(
         f"{subject}: {what} did not decode{where}: {reason}", cvm_id=cvm_id, path=path
     )
@@ -239,5 +241,5 @@ def decode_page(body: bytes, *, cvm_id: str | int | None = None) -> CvmPage:
     """
     try:
         return _page_decoder.decode(body)
-    except msgspec.DecodeError as exc:
+    except _UNDECODABLE as exc:
         raise decode_error(exc, cvm_id=cvm_id, what="the CVM list page") from exc

@@ -53,7 +53,12 @@ class RetryPolicy:
             )
         for name in ("backoff_initial", "backoff_max", "retry_after_cap"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value < 0
+            ):
                 raise ConfigurationError(
                     f"{name} must be a finite number of seconds >= 0, not {value!r}"
                 )
@@ -88,7 +93,9 @@ def backoff_delay(attempt: int, policy: RetryPolicy, rng: random.Random | None =
     ``backoff_max``, of which half is always waited and half is random, so clients that failed
     together do not retry together, yet none retries at once.
     """
-    ceiling = min(policy.backoff_max, policy.backoff_initial * 2.0 ** max(attempt - 1, 0))
+    # The exponent is capped: 2.0 ** 1024 overflows, and the cap applies long before anyway.
+    doublings = min(max(attempt - 1, 0), 64)
+    ceiling = min(policy.backoff_max, policy.backoff_initial * 2.0**doublings)
     uniform = (rng or _rng).random()
     return ceiling / 2 + uniform * ceiling / 2
 

@@ -51,14 +51,17 @@ class PauseGate:
 class AdaptiveRate:
     """A client-side send rate that finds an unpublished rate limit and stays just under it.
 
-    Unpaced until the server first throttles (429, or 503 with ``Retry-After``). Then the rate is
-    set to ``decrease`` times the successes the client saw in the last ``window`` seconds (what
-    the server actually let through), and grows back by ``increase`` of that rate per second
-    without a throttle, so a limit that was lifted is found again. Sends are spaced evenly at the
-    current rate rather than burst, so a fixed-window limit is not overrun at each window start.
+    Unpaced until the server throttles in earnest. Then the rate is set to ``decrease`` times the
+    successes per second the client saw over the last ``window`` seconds (what the server
+    actually let through), and grows back by ``increase`` of that rate per second without
+    a throttle, so a limit that was lifted is found again. Sends are spaced evenly at the current
+    rate rather than burst, so a fixed-window limit is not overrun at each window start.
 
-    A burst of throttled answers lowers the rate once: only an answer to a request sent at the
-    current rate (after the last decrease) can lower it again.
+    What counts as throttling in earnest: the server asked for a wait (``Retry-After`` > 0), or at
+    least ``min_share`` of the answers in the window were throttles. A stray 429 among many
+    successes does not lower the rate, since lowering on every stray would compound into a crawl.
+    A burst of throttled answers lowers the rate once: only an answer to a request sent after the
+    last decrease can lower it again.
     """
 
     __slots__ = (
@@ -67,9 +70,12 @@ class AdaptiveRate:
         "_decrease",
         "_epoch",
         "_increase",
+        "_min_answers",
+        "_min_share",
         "_next_send",
         "_since",
         "_successes",
+        "_throttles",
         "_window",
         "decreases",
     )
@@ -80,17 +86,21 @@ class AdaptiveRate:
         decrease: float = 0.9,
         increase: float = 0.02,
         window: float = 1.0,
+        min_share: float = 0.05,
         clock: Clock = time.monotonic,
     ) -> None:
         self._clock = clock
         self._decrease = decrease
         self._increase = increase
         self._window = window
+        self._min_share = min_share
         self._base: float | None = None
         self._since = 0.0
         self._next_send = 0.0
         self._epoch = 0
         self._successes: deque[float] = deque()
+        self._throttles: deque[float] = deque()
+        self._min_answers = 20
         #: How many times a throttle lowered the rate.
         self.decreases = 0
 
@@ -108,9 +118,10 @@ class AdaptiveRate:
 
     def delay(self) -> float:
         """Reserve the next send slot; return how long to wait for it (0 when unpaced)."""
-        rate = self.rate
-        if rate is None:
+        if self._base is None:
             return 0.0
+        rate = self.rate
+        assert rate is not None  # noqa: S101 - _base is set, so rate is
         now = self._clock()
         slot = max(now, self._next_send)
         self._next_send = slot + 1.0 / rate
@@ -118,34 +129,51 @@ class AdaptiveRate:
 
     def on_success(self) -> None:
         """Count a request the server let through."""
-        now = self._clock()
-        successes = self._successes
-        successes.append(now)
-        horizon = now - self._window
-        while successes[0] < horizon:
-            successes.popleft()
+        self._record(self._successes)
 
-    def on_throttle(self, sent_epoch: int) -> None:
-        """Lower the rate after a throttled answer to a request sent in ``sent_epoch``."""
+    def on_throttle(self, sent_epoch: int, *, asked_to_wait: bool) -> None:
+        """Learn from a throttled answer.
+
+        Args:
+            sent_epoch: :attr:`epoch` when the throttled request was sent.
+            asked_to_wait: the answer carried a ``Retry-After`` greater than zero.
+        """
+        now = self._record(self._throttles)
         if sent_epoch != self._epoch:
             return  # sent before the last decrease: that decrease already answered it
-        now = self._clock()
         horizon = now - self._window
-        let_through = sum(1 for t in self._successes if t >= horizon) / self._window
+        successes = sum(1 for t in self._successes if t >= horizon)
+        throttles = sum(1 for t in self._throttles if t >= horizon)
+        answers = successes + throttles
+        if not asked_to_wait and (
+            answers < self._min_answers or throttles < self._min_share * answers
+        ):
+            return  # a stray throttle, or too few answers yet to tell
         current = self.rate
-        if let_through < 1.0:
+        if successes == 0:
             # Nothing got through lately, so there is no rate to learn from; the server's
             # Retry-After pause holds requests meanwhile. Slow down only if already paced.
             if current is None:
                 return
             let_through = current / 2
-        elif current is not None:
-            let_through = min(let_through, current)
+        else:
+            let_through = successes / self._window
+            if current is not None:
+                # Never faster than now, and at most half as fast per decrease.
+                let_through = min(current, max(let_through, current / 2 / self._decrease))
         self._base = max(1.0, self._decrease * let_through)
         self._since = now
         self._next_send = now
         self._epoch += 1
         self.decreases += 1
+
+    def _record(self, times: deque[float]) -> float:
+        now = self._clock()
+        times.append(now)
+        horizon = now - self._window
+        while times[0] < horizon:
+            times.popleft()
+        return now
 
 
 class RetryBudget:
