@@ -1,0 +1,8 @@
+"""``python -m phala_async``: the same command line as the ``phala-async`` script."""
+
+import sys
+
+from ._cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""What the command line writes: one sweep record per id (JSON lines or CSV, each flushed as it
+completes), messages and logs on stderr, and the redaction that keeps credentials out of them."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import logging
+import sys
+from collections.abc import Iterable, Iterator
+from typing import Protocol, TextIO
+
+import msgspec
+
+from ._bulk import CvmResult
+from ._errors import APIStatusError
+from ._models import CvmDetail
+
+__all__ = [
+    "CSV_COLUMNS",
+    "MIN_SECRET_LENGTH",
+    "CsvWriter",
+    "JsonLinesWriter",
+    "NullWriter",
+    "RecordWriter",
+    "Redactor",
+    "UsageError",
+    "logging_to_stderr",
+    "open_writer",
+    "print_error",
+]
+
+#: The columns of ``--format csv``: the main CVM fields, then what went wrong.
+CSV_COLUMNS = (
+    "cvm_id",
+    "ok",
+    "id",
+    "name",
+    "status",
+    "app_id",
+    "vcpu",
+    "memory",
+    "disk_size",
+    "instance_id",
+    "vm_uuid",
+    "teepod_name",
+    "region",
+    "scheduled_delete_at",
+    "error_type",
+    "error_status",
+    "error_message",
+    "attempts",
+)
+_CVM_COLUMNS = (
+    "id",
+    "name",
+    "status",
+    "app_id",
+    "vcpu",
+    "memory",
+    "disk_size",
+    "instance_id",
+    "vm_uuid",
+)
+
+
+class UsageError(Exception):
+    """A command line that cannot run (exit status 2); the message says what to do instead."""
+
+
+#: Shorter values are no real credential, and masking them would garble ordinary words.
+MIN_SECRET_LENGTH = 8
+
+
+class Redactor:
+    """Replaces every credential (of :data:`MIN_SECRET_LENGTH` characters or more) in a text
+    with ``***`` before it is printed."""
+
+    def __init__(self, secrets: Iterable[str | None]) -> None:
+        found = {secret.strip() for secret in secrets if secret}
+        # Longest first, so a secret that contains another is masked whole.
+        self._secrets = sorted(
+            (secret for secret in found if len(secret) >= MIN_SECRET_LENGTH), key=len, reverse=True
+        )
+
+    def __call__(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+
+class _ErrorInfo(msgspec.Struct, frozen=True):
+    type: str
+    status: int | None
+    message: str
+    attempts: int
+
+
+# omit_defaults drops the absent half (a record has ``cvm`` or ``error``); it does not reach into
+# CvmDetail, which keeps its own settings and so its documented shape.
+class _Record(msgspec.Struct, frozen=True, omit_defaults=True):
+    cvm_id: str | int
+    ok: bool
+    cvm: CvmDetail | None = None
+    error: _ErrorInfo | None = None
+
+
+def _error_info(result: CvmResult, redact: Redactor) -> _ErrorInfo:
+    error = result.error
+    assert error is not None  # noqa: S101 - only called for failed results
+    status = error.status_code if isinstance(error, APIStatusError) else None
+    return _ErrorInfo(type(error).__name__, status, redact(error.message), result.attempts)
+
+
+class RecordWriter(Protocol):
+    """Where sweep records go."""
+
+    def write(self, result: CvmResult) -> None:
+        """Write the record of ``result``."""
+
+    def close(self) -> None:
+        """Release the output."""
+
+
+class _StreamWriter:
+    """Writes one record per result and flushes it, so an interrupted sweep keeps every completed
+    record. Closes the stream only if it opened it."""
+
+    def __init__(self, stream: TextIO, *, redact: Redactor, owned: bool) -> None:
+        self._stream = stream
+        self._redact = redact
+        self._owned = owned
+
+    def write(self, result: CvmResult) -> None:
+        """Write and flush the record of ``result``."""
+        self._emit(result)
+        self._stream.flush()
+
+    def _emit(self, result: CvmResult) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Close the output file (never stdout)."""
+        if self._owned:
+            self._stream.close()
+
+
+class JsonLinesWriter(_StreamWriter):
+    """``{"cvm_id", "ok": true, "cvm": {...}}`` or ``{"cvm_id", "ok": false, "error": {...}}``."""
+
+    def _emit(self, result: CvmResult) -> None:
+        if result.cvm is not None:
+            record = _Record(result.cvm_id, True, cvm=result.cvm)
+        else:
+            record = _Record(result.cvm_id, False, error=_error_info(result, self._redact))
+        self._stream.write(msgspec.json.encode(record).decode() + "\n")
+
+
+class CsvWriter(_StreamWriter):
+    """One row per id under :data:`CSV_COLUMNS`; empty cells for what does not apply."""
+
+    def __init__(self, stream: TextIO, *, redact: Redactor, owned: bool) -> None:
+        super().__init__(stream, redact=redact, owned=owned)
+        self._csv = csv.writer(stream, lineterminator="\n")
+        self._csv.writerow(CSV_COLUMNS)
+        stream.flush()
+
+    def _emit(self, result: CvmResult) -> None:
+        row: dict[str, object] = {"cvm_id": result.cvm_id, "attempts": result.attempts}
+        cvm = result.cvm
+        if cvm is not None:
+            row["ok"] = "true"
+            row.update({column: getattr(cvm, column) for column in _CVM_COLUMNS})
+            if cvm.teepod is not None:
+                row["teepod_name"] = cvm.teepod.name
+                row["region"] = cvm.teepod.region_identifier
+            # to_builtins renders the date exactly as the JSON lines do (RFC 3339, "Z").
+            row["scheduled_delete_at"] = msgspec.to_builtins(cvm.scheduled_delete_at)
+        else:
+            info = _error_info(result, self._redact)
+            row.update(ok="false", error_type=info.type, error_status=info.status)
+            row["error_message"] = info.message
+        self._csv.writerow("" if row.get(column) is None else row[column] for column in CSV_COLUMNS)
+
+
+class NullWriter:
+    """Writes nothing (the demo without ``--output``)."""
+
+    def write(self, result: CvmResult) -> None:
+        """Discard ``result``."""
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def open_writer(output_format: str, path: str | None, *, redact: Redactor) -> RecordWriter:
+    """The writer for ``--format`` and ``--output`` (stdout when ``path`` is None or ``-``).
+
+    Raises:
+        UsageError: the output file cannot be created.
+    """
+    cls: type[_StreamWriter] = CsvWriter if output_format == "csv" else JsonLinesWriter
+    if path is None or path == "-":
+        return cls(sys.stdout, redact=redact, owned=False)
+    try:
+        # newline="" hands line endings to the writer (the csv module's advice).
+        stream = open(path, "w", encoding="utf-8", newline="")  # noqa: SIM115 - closed by close()
+    except OSError as exc:
+        raise UsageError(
+            f"cannot write --output {path!r} ({exc.strerror}): pick a writable path"
+        ) from exc
+    return cls(stream, redact=redact, owned=True)
+
+
+def print_error(message: str) -> None:
+    """Print ``phala-async: message`` on stderr (redact it first if it may hold a credential)."""
+    print(f"phala-async: {message}", file=sys.stderr)
+
+
+class _RedactingFormatter(logging.Formatter):
+    def __init__(self, redact: Redactor, *, clear_line: bool) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self._redact = redact
+        # On a terminal, wipe the progress line first; it is redrawn below the log line.
+        self._prefix = "\r\x1b[K" if clear_line else ""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self._prefix + self._redact(super().format(record))
+
+
+@contextlib.contextmanager
+def logging_to_stderr(verbosity: int, redact: Redactor) -> Iterator[None]:
+    """Send the ``phala_async`` logs to stderr while the block runs: retries at ``verbosity`` 1,
+    every request at 2; nothing at 0. Every line goes through ``redact``."""
+    if not verbosity:
+        yield
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_RedactingFormatter(redact, clear_line=sys.stderr.isatty()))
+    package_logger = logging.getLogger("phala_async")
+    previous_level = package_logger.level
+    package_logger.setLevel(logging.INFO if verbosity == 1 else logging.DEBUG)
+    package_logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        package_logger.removeHandler(handler)
+        package_logger.setLevel(previous_level)
