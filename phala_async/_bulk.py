@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
-from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, Self
 
+import msgspec
+
 from ._errors import ClientClosedError, InvalidCvmIdError, PhalaError
 from ._ids import normalize_cvm_id
-from ._models import CvmDetail
+from ._models import CvmDetail, decode_cvm
 
 if TYPE_CHECKING:
     from ._client import PhalaClient
@@ -20,8 +20,7 @@ if TYPE_CHECKING:
 __all__ = ["CvmResult", "CvmStream", "gather_in_order"]
 
 
-@dataclass(frozen=True, slots=True)
-class CvmResult:
+class CvmResult(msgspec.Struct, frozen=True, kw_only=True):
     """What became of one id in a sweep.
 
     Attributes:
@@ -200,6 +199,7 @@ class CvmStream(AsyncIterator[CvmResult]):
 
     async def _work(self) -> None:
         client = self._client
+        queue = self._queue
         try:
             while not isinstance(cvm_id := await self._next_id(), _Marker):
                 try:
@@ -211,12 +211,15 @@ class CvmStream(AsyncIterator[CvmResult]):
                     continue
                 self._seen.add(segment)
                 try:
-                    cvm, attempts = await client._fetch(segment, cvm_id)
+                    cvm, attempts = await client._call(f"/cvms/{segment}", cvm_id, decode_cvm)
                 except PhalaError as exc:
                     result = CvmResult(cvm_id=cvm_id, error=exc, attempts=exc.attempts)
                 else:
                     result = CvmResult(cvm_id=cvm_id, cvm=cvm, attempts=attempts)
-                await self._queue.put(result)
+                if queue.full():
+                    await queue.put(result)
+                else:
+                    queue.put_nowait(result)
         except Exception as exc:  # noqa: BLE001 - handed to the consumer, never swallowed
             if self._failure is None:
                 self._failure = exc
@@ -278,6 +281,6 @@ async def gather_in_order(
             for index in positions[normalize_cvm_id(result.cvm_id)]:
                 same = given[index] is result.cvm_id
                 results[index] = (
-                    result if same else dataclasses.replace(result, cvm_id=given[index])
+                    result if same else msgspec.structs.replace(result, cvm_id=given[index])
                 )
     return [result for result in results if result is not None]

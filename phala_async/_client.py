@@ -237,7 +237,11 @@ class PhalaClient:
             connector = aiohttp.TCPConnector(
                 limit=self._concurrency, limit_per_host=self._concurrency
             )
-            self._session = aiohttp.ClientSession(connector=connector)
+            # Our own session carries the headers and timeout as defaults, which saves aiohttp
+            # merging them into every request; an injected session gets them per request.
+            self._session = aiohttp.ClientSession(
+                connector=connector, **self._exchange.session_defaults()
+            )
             # aiohttp silently resends an idempotent request once when a pooled connection
             # drops. Our retry policy owns retries: it counts them, backs off and respects the
             # retry budget, so turn that off on our own session (aiohttp's test client does too).
@@ -279,7 +283,7 @@ class PhalaClient:
             ClientClosedError: the client is closed.
         """
         segment = normalize_cvm_id(cvm_id)
-        cvm, _ = await self._fetch(segment, cvm_id)
+        cvm, _ = await self._call(f"/cvms/{segment}", cvm_id, decode_cvm)
         return cvm
 
     def stream_cvms(
@@ -359,10 +363,6 @@ class PhalaClient:
         return concurrency
 
     # -- one call, with retries --------------------------------------------------------------
-
-    async def _fetch(self, segment: str, cvm_id: str | int) -> tuple[CvmDetail, int]:
-        """Fetch one normalised id; return the CVM and how many attempts it took."""
-        return await self._call(f"/cvms/{segment}", cvm_id, decode_cvm)
 
     async def _call(
         self, path: str, cvm_id: str | int | None, decode: Decode[_T]
@@ -451,23 +451,26 @@ class PhalaClient:
         """Wait for the pacing in force, send one request, and learn from its answer."""
         if self._closed:
             raise ClientClosedError(cvm_id=cvm_id)
-        session = self._ensure_session()
+        session = self._session
+        if session is None or self._limiter is None:
+            session = self._ensure_session()
         pacer = self._pacer
-        if pacer is not None and (delay := pacer.delay()) > 0:
+        if pacer is not None and pacer.paced and (delay := pacer.delay()) > 0:
             await asyncio.sleep(delay)
         if self._hard_limiter is not None:
             await self._hard_limiter.acquire()
         stats = self._stats
         async with self._limiter:  # type: ignore[union-attr]  # set by _ensure_session
             # Last, so that nothing is sent during a pause, however long the waits above were.
-            await self._gate.wait()
+            if self._gate.paused:
+                await self._gate.wait()
             epoch = pacer.epoch if pacer is not None else 0
             stats.requests += 1
             stats.in_flight += 1
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug("GET %s (%s)", path, subject(cvm_id))
             try:
-                value = await self._exchange.get(session, path, cvm_id, decode)
+                value = await self._exchange.get(session, path, cvm_id, decode, self._owns_session)
             except PhalaError as exc:
                 self._learn_from_failure(exc, epoch)
                 raise

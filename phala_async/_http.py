@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 from aiohttp.http_exceptions import ContentEncodingError
@@ -52,14 +52,21 @@ class Exchange:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._max_bytes = max_bytes
 
+    def session_defaults(self) -> dict[str, Any]:
+        """Keyword arguments for a ``ClientSession`` of our own that sends what we send."""
+        return {"headers": self._headers, "timeout": self._timeout}
+
     async def get(
         self,
         session: aiohttp.ClientSession,
         path: str,
         cvm_id: str | int | None,
         decode: Decode[_T_co],
+        has_defaults: bool,
     ) -> _T_co:
         """GET ``base_url + path`` and decode a 2xx answer.
+
+        ``has_defaults`` says that ``session`` was made with :meth:`session_defaults`.
 
         Raises:
             APIStatusError: a non-2xx answer (redirects are never followed).
@@ -70,10 +77,22 @@ class Exchange:
         try:
             # Paths are built from validated segments and integers, so need no quoting.
             url = URL(self._base_url + path, encoded=True)
-            async with session.get(
-                url, headers=self._headers, allow_redirects=False, timeout=self._timeout
-            ) as response:
-                body = await self._read_body(response, cvm_id)
+            if has_defaults:
+                request = session.get(url, allow_redirects=False)
+            else:
+                request = session.get(
+                    url, headers=self._headers, allow_redirects=False, timeout=self._timeout
+                )
+            async with request as response:
+                length = response.content_length
+                if (
+                    length is not None
+                    and length <= self._max_bytes
+                    and "Content-Encoding" not in response.headers
+                ):
+                    body = await response.read()
+                else:
+                    body = await self._read_capped(response, cvm_id)
                 if 200 <= response.status < 300:
                     _check_json(response, cvm_id)
                     return decode(body, cvm_id=cvm_id)
@@ -99,14 +118,15 @@ class Exchange:
                 f"{subject(cvm_id)}: connection failed ({type(exc).__name__})", cvm_id=cvm_id
             ) from exc
 
-    async def _read_body(self, response: aiohttp.ClientResponse, cvm_id: str | int | None) -> bytes:
-        """Read the body, refusing one over the cap without buffering it."""
+    async def _read_capped(
+        self, response: aiohttp.ClientResponse, cvm_id: str | int | None
+    ) -> bytes:
+        """Read a body declared too large, of unknown length or compressed, refusing one over
+        the cap without buffering it."""
         limit = self._max_bytes
         length = response.content_length
         if length is not None and length > limit:
             raise self._too_large(cvm_id, f"declares {length} bytes, more")
-        if length is not None and "Content-Encoding" not in response.headers:
-            return await response.read()
         # Unknown length, or compressed: count the decoded bytes as they arrive.
         chunks: list[bytes] = []
         size = 0

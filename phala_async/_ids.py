@@ -23,8 +23,8 @@ _UUID_V4 = re.compile(
     r"[0-9a-f]{8}-?[0-9a-f]{4}-?4[0-9a-f]{3}-?[89ab][0-9a-f]{3}-?[0-9a-f]{12}",
     re.ASCII | re.IGNORECASE,
 )
-# Any int of up to 128 decimal digits fits in this many bits; check before str() of a huge int.
-_MAX_INT_BITS = (10**MAX_ID_LENGTH).bit_length()
+# Ints below this have at most 128 digits; checked before str(), which fails on huge ints.
+_INT_LIMIT = 10**MAX_ID_LENGTH
 _HEX40 = re.compile(r"[0-9a-f]{40}", re.ASCII | re.IGNORECASE)
 
 
@@ -42,19 +42,22 @@ def normalize_cvm_id(cvm_id: object) -> str:
         InvalidCvmIdError: the value is not a ``str`` or ``int`` (``bool`` included), is a negative
             integer, or is not 1 to 128 characters of ``A-Z a-z 0-9 _ -`` once normalised.
     """
+    if type(cvm_id) is int and 0 <= cvm_id < _INT_LIMIT:
+        return str(cvm_id)  # the common case, and always a valid segment
     if isinstance(cvm_id, bool) or not isinstance(cvm_id, (str, int)):
         raise InvalidCvmIdError(cvm_id, f"must be a str or int, not {type(cvm_id).__name__}")
     if isinstance(cvm_id, int):
         if cvm_id < 0:
             raise InvalidCvmIdError(cvm_id, "an integer id cannot be negative")
-        if cvm_id.bit_length() > _MAX_INT_BITS:
+        if cvm_id >= _INT_LIMIT:
             raise InvalidCvmIdError(cvm_id, f"has more than {MAX_ID_LENGTH} digits")
         text = str(cvm_id)
     else:
         text = cvm_id
-    if _UUID_V4.fullmatch(text):
+    length = len(text)  # the two rewritten forms have fixed lengths: skip their regexes otherwise
+    if length in (32, 36) and _UUID_V4.fullmatch(text):
         text = text.replace("-", "")
-    elif _HEX40.fullmatch(text):
+    elif length == 40 and _HEX40.fullmatch(text):
         text = "app_" + text
     if _SEGMENT.fullmatch(text) is None:
         raise InvalidCvmIdError(cvm_id, _why_invalid(text))

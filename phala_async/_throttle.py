@@ -36,6 +36,11 @@ class PauseGate:
             self._until = until
 
     @property
+    def paused(self) -> bool:
+        """Whether a pause is in force now (cheap: the hot path asks before awaiting)."""
+        return self._until > self._clock()
+
+    @property
     def remaining(self) -> float:
         """Seconds until requests may go again; 0 when they may go now."""
         return max(0.0, self._until - self._clock())
@@ -78,6 +83,7 @@ class AdaptiveRate:
         "_throttles",
         "_window",
         "decreases",
+        "paced",
     )
 
     def __init__(
@@ -103,6 +109,8 @@ class AdaptiveRate:
         self._min_answers = 20
         #: How many times a throttle lowered the rate.
         self.decreases = 0
+        #: Whether sends are paced (a rate has been learned).
+        self.paced = False
 
     @property
     def rate(self) -> float | None:
@@ -162,6 +170,7 @@ class AdaptiveRate:
                 # Never faster than now, and at most half as fast per decrease.
                 let_through = min(current, max(let_through, current / 2 / self._decrease))
         self._base = max(1.0, self._decrease * let_through)
+        self.paced = True
         self._since = now
         self._next_send = now
         self._epoch += 1
