@@ -30,27 +30,6 @@ __all__ = [
     "print_error",
 ]
 
-#: The columns of ``--format csv``: the main CVM fields, then what went wrong.
-CSV_COLUMNS = (
-    "cvm_id",
-    "ok",
-    "id",
-    "name",
-    "status",
-    "app_id",
-    "vcpu",
-    "memory",
-    "disk_size",
-    "instance_id",
-    "vm_uuid",
-    "teepod_name",
-    "region",
-    "scheduled_delete_at",
-    "error_type",
-    "error_status",
-    "error_message",
-    "attempts",
-)
 _CVM_COLUMNS = (
     "id",
     "name",
@@ -61,6 +40,19 @@ _CVM_COLUMNS = (
     "disk_size",
     "instance_id",
     "vm_uuid",
+)
+#: The columns of ``--format csv``: the main CVM fields, then what went wrong.
+CSV_COLUMNS = (
+    "cvm_id",
+    "ok",
+    *_CVM_COLUMNS,
+    "teepod_name",
+    "region",
+    "scheduled_delete_at",
+    "error_type",
+    "error_status",
+    "error_message",
+    "attempts",
 )
 
 
