@@ -140,9 +140,14 @@ class CvmStream(AsyncIterator[CvmResult]):
         raise StopAsyncIteration
 
     async def aclose(self) -> None:
-        """Stop the sweep: cancel every request still running and wait until they have ended."""
+        """Stop the sweep: cancel every request still running and wait until they have ended.
+
+        A consumer waiting for the next result in another task then sees the iteration end.
+        """
         self._finished = True
         await self._stop_workers()
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(_DONE)
         if self._async_ids is not None:
             closer = getattr(self._async_ids, "aclose", None)
             if closer is not None:
@@ -201,7 +206,7 @@ class CvmStream(AsyncIterator[CvmResult]):
         client = self._client
         queue = self._queue
         try:
-            while not isinstance(cvm_id := await self._next_id(), _Marker):
+            while not self._finished and not isinstance(cvm_id := await self._next_id(), _Marker):
                 try:
                     segment = normalize_cvm_id(cvm_id)
                 except InvalidCvmIdError as exc:

@@ -118,8 +118,9 @@ class PhalaClient:
             503 with ``Retry-After``) pace sends just under what the server let through, then
             feel back up. ``concurrency`` stays the ceiling. On by default.
         rate_limit: a hard cap in requests per second, for accounts that know their limit.
-        retry_budget: stop retrying while most of the last 100 requests failed, so a down API
-            sees little more than one request per id. On by default.
+        retry_budget: stop retrying while most recent requests failed (of the last 100, or 4 x
+            ``concurrency`` if more), so a down API sees little more than one request per id.
+            On by default.
 
     Raises:
         ConfigurationError: an argument is missing or out of range; the message says what to pass.
@@ -181,7 +182,9 @@ class PhalaClient:
         self._pacer = AdaptiveRate() if adaptive else None
         self._rate_limit = rate_limit
         self._hard_limiter: AsyncLimiter | None = None
-        self._budget = RetryBudget() if retry_budget else None
+        # The window spans a few rounds of requests in flight, so that one stall (a long GC
+        # pause, a network blip) does not look like a down API.
+        self._budget = RetryBudget(window=max(100, 4 * concurrency)) if retry_budget else None
         self._streams: weakref.WeakSet[CvmStream] = weakref.WeakSet()
         self._closed = False
         self._stats = ClientStats()

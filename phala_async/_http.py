@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Protocol, TypeVar
 
 import aiohttp
@@ -49,7 +50,8 @@ class Exchange:
         self._base_url = base_url
         self._headers = headers
         self._timeout_seconds = timeout
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        # No aiohttp timer at all: the attempt is bounded by asyncio.timeout in get().
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=None, sock_read=None)
         self._max_bytes = max_bytes
 
     def session_defaults(self) -> dict[str, Any]:
@@ -74,29 +76,34 @@ class Exchange:
             APIConnectionError: refused, reset, or the body was cut short.
             ResponseError: a 2xx answer too large, not JSON, or not the expected shape.
         """
+        hidden: PhalaError | None = None
         try:
-            # Paths are built from validated segments and integers, so need no quoting.
-            url = URL(self._base_url + path, encoded=True)
-            if has_defaults:
-                request = session.get(url, allow_redirects=False)
-            else:
-                request = session.get(
-                    url, headers=self._headers, allow_redirects=False, timeout=self._timeout
-                )
-            async with request as response:
-                length = response.content_length
-                if (
-                    length is not None
-                    and length <= self._max_bytes
-                    and "Content-Encoding" not in response.headers
-                ):
-                    body = await response.read()
+            # asyncio.timeout rather than aiohttp's own timer: aiohttp's can turn a cancellation
+            # that lands as the timer fires into a TimeoutError (aio-libs/aiohttp#5979), which
+            # would be retried instead of stopping the sweep.
+            async with asyncio.timeout(self._timeout_seconds):
+                # Paths are built from validated segments and integers, so need no quoting.
+                url = URL(self._base_url + path, encoded=True)
+                if has_defaults:
+                    request = session.get(url, allow_redirects=False)
                 else:
-                    body = await self._read_capped(response, cvm_id)
-                if 200 <= response.status < 300:
-                    _check_json(response, cvm_id)
-                    return decode(body, cvm_id=cvm_id)
-                raise _status_error(response, body, cvm_id)
+                    request = session.get(
+                        url, headers=self._headers, allow_redirects=False, timeout=self._timeout
+                    )
+                async with request as response:
+                    length = response.content_length
+                    if (
+                        length is not None
+                        and length <= self._max_bytes
+                        and "Content-Encoding" not in response.headers
+                    ):
+                        body = await response.read()
+                    else:
+                        body = await self._read_capped(response, cvm_id)
+                    if 200 <= response.status < 300:
+                        _check_json(response, cvm_id)
+                        return decode(body, cvm_id=cvm_id)
+                    raise _status_error(response, body, cvm_id)
         except PhalaError:
             raise
         except TimeoutError as exc:
@@ -113,10 +120,18 @@ class Exchange:
             raise APIConnectionError(
                 f"{subject(cvm_id)}: the response body was cut short", cvm_id=cvm_id
             ) from exc
+        except aiohttp.ClientResponseError as exc:
+            # Its request_info holds the request headers, credential included: build the error
+            # here and raise it outside the handler, so nothing links back to this exception.
+            hidden = APIConnectionError(
+                f"{subject(cvm_id)}: the server's answer was not valid HTTP ({exc.message})",
+                cvm_id=cvm_id,
+            )
         except (aiohttp.ClientError, OSError) as exc:
             raise APIConnectionError(
                 f"{subject(cvm_id)}: connection failed ({type(exc).__name__})", cvm_id=cvm_id
             ) from exc
+        raise hidden
 
     async def _read_capped(
         self, response: aiohttp.ClientResponse, cvm_id: str | int | None

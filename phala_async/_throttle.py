@@ -62,9 +62,10 @@ class AdaptiveRate:
     a throttle, so a limit that was lifted is found again. Sends are spaced evenly at the current
     rate rather than burst, so a fixed-window limit is not overrun at each window start.
 
-    What counts as throttling in earnest: the server asked for a wait (``Retry-After`` > 0), or at
-    least ``min_share`` of the answers in the window were throttles. A stray 429 among many
-    successes does not lower the rate, since lowering on every stray would compound into a crawl.
+    What counts as throttling in earnest: the server asked for a wait (``Retry-After`` > 0), or
+    at least ``min_throttles`` answers and ``min_share`` of all answers in the window were
+    throttles. Stray 429s among many successes do not lower the rate, since lowering on every
+    stray would compound into a crawl.
     A burst of throttled answers lowers the rate once: only an answer to a request sent after the
     last decrease can lower it again.
     """
@@ -75,8 +76,8 @@ class AdaptiveRate:
         "_decrease",
         "_epoch",
         "_increase",
-        "_min_answers",
         "_min_share",
+        "_min_throttles",
         "_next_send",
         "_since",
         "_successes",
@@ -93,6 +94,7 @@ class AdaptiveRate:
         increase: float = 0.02,
         window: float = 1.0,
         min_share: float = 0.05,
+        min_throttles: int = 10,
         clock: Clock = time.monotonic,
     ) -> None:
         self._clock = clock
@@ -106,7 +108,7 @@ class AdaptiveRate:
         self._epoch = 0
         self._successes: deque[float] = deque()
         self._throttles: deque[float] = deque()
-        self._min_answers = 20
+        self._min_throttles = min_throttles
         #: How many times a throttle lowered the rate.
         self.decreases = 0
         #: Whether sends are paced (a rate has been learned).
@@ -153,10 +155,8 @@ class AdaptiveRate:
         successes = sum(1 for t in self._successes if t >= horizon)
         throttles = sum(1 for t in self._throttles if t >= horizon)
         answers = successes + throttles
-        if not asked_to_wait and (
-            answers < self._min_answers or throttles < self._min_share * answers
-        ):
-            return  # a stray throttle, or too few answers yet to tell
+        if not asked_to_wait and throttles < max(self._min_throttles, self._min_share * answers):
+            return  # stray throttles, too few to tell a limit from noise
         current = self.rate
         if successes == 0:
             # Nothing got through lately, so there is no rate to learn from; the server's
