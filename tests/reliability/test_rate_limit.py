@@ -1,0 +1,258 @@
+"""Rate limits: an unpublished limit found and kept by adaptive pacing, a hard cap kept by the
+limiter, and the pacer's decisions on an injected clock."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import pytest
+from _server_process import StartServer
+
+from phala_async import PhalaClient
+from phala_async._throttle import AdaptiveRate
+from phala_async.testing import PhalaSimulator
+
+LIMIT = 200  # requests per second the simulator lets through
+SWEEP_IDS = 3_000
+SWEEP_BOUND = 120.0  # seconds: far past the 15 s the sweep needs at the limit
+HARD_CAP = 50
+HARD_CAP_IDS = 150
+
+
+@dataclass(frozen=True)
+class SweepFigures:
+    """What one sweep against the rate-limited simulator measured."""
+
+    ok: int
+    wall: float
+    client_requests: int
+    client_429s: int
+    server_requests: int
+    server_429s: int
+    send_rate: float | None
+
+    @property
+    def rate(self) -> float:
+        return SWEEP_IDS / self.wall
+
+    @property
+    def client_429_share(self) -> float:
+        return self.client_429s / self.client_requests
+
+    @property
+    def server_429_share(self) -> float:
+        return self.server_429s / self.server_requests
+
+    def show(self, label: str) -> str:
+        return (
+            f"\n{label}: {self.ok}/{SWEEP_IDS} ok in {self.wall:.1f}s, {self.rate:.1f} ids/s = "
+            f"{self.rate / LIMIT:.1%} of the {LIMIT}/s limit; 429s: client "
+            f"{self.client_429s}/{self.client_requests} = {self.client_429_share:.1%}, server "
+            f"{self.server_429s}/{self.server_requests} = {self.server_429_share:.1%}; "
+            f"final send rate {self.send_rate}"
+        )
+
+
+async def _sweep_rate_limited(server_process: StartServer, *, adaptive: bool) -> SweepFigures:
+    server = server_process(cvms=SWEEP_IDS, rate_limit=LIMIT, rate_limit_retry_after=1)
+    async with PhalaClient(
+        api_key=server.api_key,
+        base_url=server.base_url,
+        concurrency=64,
+        max_attempts=20,
+        adaptive=adaptive,
+    ) as client:
+        started = time.perf_counter()
+        async with asyncio.timeout(SWEEP_BOUND):
+            results = await client.get_cvms(range(1, SWEEP_IDS + 1))
+        wall = time.perf_counter() - started
+        stats = client.stats
+    server_stats = server.settled_stats()
+    return SweepFigures(
+        ok=sum(result.ok for result in results),
+        wall=wall,
+        client_requests=stats.requests,
+        client_429s=stats.rate_limited,
+        server_requests=server_stats["total_requests"],
+        server_429s=server_stats["status_counts"].get("429", 0),
+        send_rate=stats.send_rate,
+    )
+
+
+async def test_adaptive_sweep_keeps_near_an_unpublished_limit(
+    server_process: StartServer,
+) -> None:
+    """A sweep at concurrency 64 against a 200/s limit gets every id, at 80% of the limit or
+    more, with under 10% of its requests answered 429."""
+    figures = await _sweep_rate_limited(server_process, adaptive=True)
+    print(figures.show("rate limit, adaptive"))
+    assert figures.ok == SWEEP_IDS
+    assert figures.rate >= 0.8 * LIMIT
+    assert figures.client_429_share < 0.10
+    assert figures.server_429_share < 0.10
+    assert figures.client_requests == figures.server_requests
+
+
+async def test_unpaced_sweep_against_the_limit_for_comparison(
+    server_process: StartServer,
+) -> None:
+    """The same sweep with adaptive pacing off still gets every id (its figures are printed to
+    show what pacing buys)."""
+    figures = await _sweep_rate_limited(server_process, adaptive=False)
+    print(figures.show("rate limit, adaptive=False"))
+    assert figures.ok == SWEEP_IDS
+    assert figures.client_requests == figures.server_requests
+
+
+async def test_hard_cap_keeps_the_server_observed_rate_under_it() -> None:
+    """``rate_limit=50`` lets the server see at most its burst of 50 plus 50 per second."""
+    async with (
+        PhalaSimulator(cvms=HARD_CAP_IDS) as simulator,
+        PhalaClient(
+            api_key=simulator.api_key,
+            base_url=simulator.base_url,
+            rate_limit=HARD_CAP,
+            concurrency=64,
+        ) as client,
+    ):
+        async with asyncio.timeout(30):
+            results = await client.get_cvms(range(1, HARD_CAP_IDS + 1))
+        times = sorted(record.time for record in simulator.request_log)
+    assert sum(result.ok for result in results) == HARD_CAP_IDS
+    assert len(times) == HARD_CAP_IDS
+    # The limiter is a leaky bucket of HARD_CAP: any span of t seconds holds at most
+    # HARD_CAP * (1 + t) requests, +1 for the two edges of the span and +1 for scheduling jitter
+    # between the limiter (in the client) and the log (in the server).
+    worst = max(
+        (j - i + 1) - HARD_CAP * (1 + times[j] - times[i])
+        for i in range(len(times))
+        for j in range(i, len(times))
+    )
+    after_burst = (len(times) - HARD_CAP) / (times[-1] - times[HARD_CAP - 1])
+    print(
+        f"\nhard cap {HARD_CAP}/s: {len(times)} requests over {times[-1] - times[0]:.2f}s, "
+        f"{after_burst:.1f}/s after the initial burst of {HARD_CAP}; worst excess over "
+        f"{HARD_CAP}*(1+t) in any span: {worst:.2f}"
+    )
+    assert worst <= 2.0
+    assert after_burst <= HARD_CAP * 1.05
+
+
+class FakeClock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _paced_after_successes(clock: FakeClock, per_second: int) -> AdaptiveRate:
+    """A pacer that saw ``per_second`` successes spread over the last second."""
+    pacer = AdaptiveRate(clock=clock)
+    for _ in range(per_second):
+        clock.now += 1.0 / per_second
+        pacer.on_success()
+    return pacer
+
+
+def test_burst_of_throttles_from_one_epoch_lowers_the_rate_once() -> None:
+    """Forty 429s with Retry-After to requests sent before any decrease lower the rate once, to
+    90% of what got through."""
+    clock = FakeClock()
+    pacer = _paced_after_successes(clock, 200)
+    epoch = pacer.epoch
+    for _ in range(40):
+        pacer.on_throttle(epoch, asked_to_wait=True)
+    print(f"\nAdaptiveRate: 200 successes/s then 40 throttles -> {pacer.rate} requests/s")
+    assert pacer.decreases == 1
+    assert pacer.rate == pytest.approx(0.9 * 200)
+    assert pacer.epoch == epoch + 1
+
+
+def test_throttle_of_the_current_epoch_lowers_the_rate_again() -> None:
+    """A 429 to a request sent after the first decrease lowers the rate a second time."""
+    clock = FakeClock()
+    pacer = _paced_after_successes(clock, 200)
+    pacer.on_throttle(pacer.epoch, asked_to_wait=True)
+    first = pacer.rate
+    pacer.on_throttle(pacer.epoch, asked_to_wait=True)
+    assert pacer.decreases == 2
+    assert first is not None
+    assert pacer.rate == pytest.approx(0.9 * first)
+
+
+def test_stray_throttles_without_retry_after_leave_the_rate_alone() -> None:
+    """Five 429s without Retry-After among 200 successes (2.4% of answers) do not pace."""
+    clock = FakeClock()
+    pacer = _paced_after_successes(clock, 200)
+    for _ in range(5):
+        pacer.on_throttle(pacer.epoch, asked_to_wait=False)
+    assert pacer.decreases == 0
+    assert pacer.rate is None
+
+
+def test_throttles_without_retry_after_pace_once_they_are_five_percent() -> None:
+    """429s without Retry-After lower the rate once they reach 5% of the answers in the window."""
+    clock = FakeClock()
+    pacer = _paced_after_successes(clock, 200)
+    epoch = pacer.epoch
+    for _ in range(10):
+        pacer.on_throttle(epoch, asked_to_wait=False)
+    before = pacer.decreases
+    pacer.on_throttle(epoch, asked_to_wait=False)  # 11 of 211 answers: 5.2%
+    assert before == 0
+    assert pacer.decreases == 1
+    assert pacer.rate == pytest.approx(0.9 * 200)
+
+
+def test_one_decrease_at_most_halves_the_rate() -> None:
+    """When far fewer requests got through than the current rate, one throttle halves it."""
+    clock = FakeClock()
+    pacer = _paced_after_successes(clock, 200)
+    pacer.on_throttle(pacer.epoch, asked_to_wait=True)
+    assert pacer.rate == pytest.approx(180.0)
+    clock.now += 5.0  # the window empties; the rate grows meanwhile
+    grown = pacer.rate
+    for _ in range(10):
+        clock.now += 0.1
+        pacer.on_success()
+    pacer.on_throttle(pacer.epoch, asked_to_wait=True)
+    assert grown is not None
+    assert pacer.rate == pytest.approx(grown / 2, rel=0.02)
+
+
+def test_rate_grows_back_without_throttles() -> None:
+    """Ten seconds without a throttle raise the rate by 2% of it per second."""
+    clock = FakeClock()
+    pacer = _paced_after_successes(clock, 100)
+    pacer.on_throttle(pacer.epoch, asked_to_wait=True)
+    lowered = pacer.rate
+    clock.now += 10.0
+    assert lowered == pytest.approx(90.0)
+    assert pacer.rate == pytest.approx(90.0 * 1.2)
+
+
+def test_delay_spaces_sends_at_the_rate() -> None:
+    """Once paced at 90/s, five sends at one instant are spaced 1/90 s apart."""
+    clock = FakeClock()
+    pacer = _paced_after_successes(clock, 100)
+    pacer.on_throttle(pacer.epoch, asked_to_wait=True)
+    delays = [pacer.delay() for _ in range(5)]
+    assert pacer.paced is True
+    assert delays == pytest.approx([n / 90.0 for n in range(5)])
+
+
+def test_no_rate_is_learned_when_nothing_succeeded() -> None:
+    """Throttles with no success in the window leave an unpaced pacer unpaced."""
+    clock = FakeClock()
+    pacer = AdaptiveRate(clock=clock)
+    for _ in range(10):
+        pacer.on_throttle(pacer.epoch, asked_to_wait=True)
+    assert pacer.rate is None
+    assert pacer.paced is False
+    assert pacer.decreases == 0
+    assert pacer.delay() == 0.0
