@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Final, Self
 
 import msgspec
 
-from ._errors import ClientClosedError, InvalidCvmIdError, PhalaError
+from ._errors import ClientClosedError, InvalidCvmIdError, PhalaError, describe
 from ._ids import normalize_cvm_id
 from ._models import CvmDetail, decode_cvm
 
@@ -256,7 +256,7 @@ class CvmStream(AsyncIterator[CvmResult]):
 def _shown(value: object) -> str | int:
     if isinstance(value, (str, int)) and not isinstance(value, bool):
         return value
-    return repr(value)
+    return describe(value)  # repr(), but short and safe for any object
 
 
 async def gather_in_order(

@@ -23,8 +23,9 @@ from ._errors import (
     ClientClosedError,
     ConfigurationError,
     PhalaError,
+    subject,
 )
-from ._http import Decode, Exchange, subject
+from ._http import Decode, Exchange
 from ._ids import normalize_cvm_id
 from ._models import CvmDetail, HostedCvm, decode_cvm, decode_page
 from ._retry import (
@@ -78,11 +79,6 @@ class ClientStats:
     failed: Counter[str] = field(default_factory=Counter)
     in_flight: int = 0
     send_rate: float | None = None
-
-    @property
-    def failures(self) -> int:
-        """Calls that raised, all types together."""
-        return sum(self.failed.values())
 
 
 class PhalaClient:
@@ -494,7 +490,7 @@ class PhalaClient:
             if status == 429 or (status == 503 and retry_after is not None):
                 self._stats.throttled += 1
                 # During a pause, an answer only echoes the throttle that started it.
-                if self._pacer is not None and self._gate.remaining == 0:
+                if self._pacer is not None and not self._gate.paused:
                     self._pacer.on_throttle(epoch, asked_to_wait=bool(retry_after))
                 # One throttled answer pauses every worker of this client, not only this one.
                 if retry_after is not None and retry_after <= self._policy.retry_after_cap:

@@ -52,6 +52,7 @@ __all__ = [
     "UnprocessableEntityError",
     "describe",
     "error_for_status",
+    "subject",
 ]
 
 
@@ -107,7 +108,8 @@ def describe(value: object) -> str:
     return text
 
 
-def _about(cvm_id: str | int | None) -> str:
+def subject(cvm_id: str | int | None) -> str:
+    """What an error message is about: the CVM, or the request when it was not for one id."""
     return "request" if cvm_id is None else f"CVM {describe(cvm_id)}"
 
 
@@ -318,7 +320,7 @@ def error_for_status(
     except ValueError:
         phrase = "Unknown Status"
     request_id = headers.get("X-Request-ID")
-    message = f"{_about(cvm_id)}: HTTP {status} {phrase}"
+    message = f"{subject(cvm_id)}: HTTP {status} {phrase}"
     if detail:
         message += f": {detail}"
     if request_id:

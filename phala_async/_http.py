@@ -17,12 +17,12 @@ from ._errors import (
     DecodeError,
     PhalaError,
     ResponseTooLargeError,
-    describe,
     error_for_status,
+    subject,
 )
 from ._retry import parse_retry_after
 
-__all__ = ["Decode", "Exchange", "subject"]
+__all__ = ["Decode", "Exchange"]
 
 _T_co = TypeVar("_T_co", covariant=True)
 _READ_CHUNK = 64 * 1024
@@ -32,11 +32,6 @@ class Decode(Protocol[_T_co]):
     """Turns a complete 2xx body into a value, or raises :class:`DecodeError`."""
 
     def __call__(self, body: bytes, *, cvm_id: str | int | None) -> _T_co: ...
-
-
-def subject(cvm_id: str | int | None) -> str:
-    """What an error message is about."""
-    return "the CVM list" if cvm_id is None else f"CVM {describe(cvm_id)}"
 
 
 class Exchange:

@@ -16,7 +16,7 @@ from datetime import datetime
 
 import msgspec
 
-from ._errors import DecodeError, describe
+from ._errors import DecodeError, subject
 
 __all__ = [
     "CvmDetail",
@@ -129,9 +129,8 @@ def decode_error(exc: Exception, *, cvm_id: str | int | None, what: str) -> Deco
     elif match:
         reason = reason[: match.start()]
     where = f" at {path}" if path else ""
-    subject = "request" if cvm_id is None else f"CVM {describe(cvm_id)}"
     return DecodeError(
-        f"{subject}: {what} did not decode{where}: {reason}", cvm_id=cvm_id, path=path
+        f"{subject(cvm_id)}: {what} did not decode{where}: {reason}", cvm_id=cvm_id, path=path
     )
 
 

@@ -40,11 +40,6 @@ class PauseGate:
         """Whether a pause is in force now (cheap: the hot path asks before awaiting)."""
         return self._until > self._clock()
 
-    @property
-    def remaining(self) -> float:
-        """Seconds until requests may go again; 0 when they may go now."""
-        return max(0.0, self._until - self._clock())
-
     async def wait(self) -> None:
         """Return once no pause is in force; at once (without yielding) when none is."""
         # An Event would need a timer task to set it; a pause is rare and short, so sleep, in a

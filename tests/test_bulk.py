@@ -17,19 +17,12 @@ from phala_async import (
     NotFoundError,
     PhalaClient,
 )
-from phala_async.testing import Fault, PhalaSimulator
+from phala_async.testing import DEFAULT_FAULTS, Fault, PhalaSimulator
 
 FAST_RETRY: dict[str, Any] = {"backoff_initial": 0.001, "backoff_max": 0.01}
 WORKER_PREFIX = "phala_async sweep worker"
-SWEEP_FAULTS = [
-    Fault.HTTP_500,
-    Fault.HTTP_502,
-    Fault.HTTP_503,
-    Fault.HTTP_504,
-    Fault.RATE_LIMIT,
-    Fault.RESET,
-    Fault.TRUNCATE,
-]
+# Every default fault but the delay, which would only make the sweep wait out timeouts.
+SWEEP_FAULTS = [fault for fault in DEFAULT_FAULTS if fault is not Fault.DELAY]
 
 
 def sweep_workers() -> list[asyncio.Task[Any]]:
