@@ -1,23 +1,50 @@
-"""Many ids at once: a lazily fed pool of workers, results in completion order or input order."""
+"""Sweeps: many ids fetched by a lazily fed pool of workers, results in completion order or
+input order.
+
+A sweep knows nothing of the client: it runs over a :data:`Fetch` callable, which makes the first
+attempt for an id and either returns the CVM, raises a final error, or hands back the rest of the
+retries to run later. Those retries are *parked* in tasks of their own, so a worker never sleeps
+through a backoff: its place goes on fetching other ids, and the parked id rejoins when its wait is
+over. Parked ids are bounded (``max_parked``), so a sweep holds at most a small multiple of
+``concurrency`` ids at once whatever the input's size.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+import copy
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    MutableSet,
+)
 from types import TracebackType
-from typing import TYPE_CHECKING, Final, Self
+from typing import Final, Self, TypeAlias
 
 import msgspec
 
-from ._errors import ClientClosedError, InvalidCvmIdError, PhalaError, describe
+from ._errors import ClientClosedError, InvalidCvmIdError, PhalaError, describe, subject
 from ._ids import normalize_cvm_id
-from ._models import CvmDetail, decode_cvm
+from ._models import CvmDetail
+from ._retry import ends_every_call
 
-if TYPE_CHECKING:
-    from ._client import PhalaClient
+__all__ = ["CvmResult", "CvmStream", "Fetch", "Fetched", "Retries", "gather_in_order"]
 
-__all__ = ["CvmResult", "CvmStream", "gather_in_order"]
+#: The rest of an id's retries: run it (in a task of its own) for ``(cvm, attempts)``.
+Retries: TypeAlias = Callable[[], Awaitable[tuple[CvmDetail, int]]]
+#: What a first attempt gives: the CVM and the attempts it took, or the retries still to run.
+Fetched: TypeAlias = tuple[CvmDetail, int] | Retries
+#: Makes the first attempt for ``(cvm_id as given, normalised segment)``; raises a final error.
+Fetch: TypeAlias = Callable[[str | int, str], Awaitable[Fetched]]
+#: Ends a running sweep with an error (the client is closing).
+Abort: TypeAlias = Callable[[PhalaError], Awaitable[None]]
+
+WORKER_NAME = "phala_async sweep worker"
 
 
 class CvmResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -67,18 +94,32 @@ class CvmStream(AsyncIterator[CvmResult]):
 
     Without ``async with``, call :meth:`aclose` when stopping early. Cancelling the task that
     iterates also stops the sweep. Workers start on the first ``__anext__`` (or ``__aenter__``).
+
+    An error that every other id would meet too (the credential was refused, TLS failed) ends the
+    sweep at once: nothing more is sent, the results already fetched are yielded, and then the
+    iteration raises that error.
     """
 
     def __init__(
         self,
-        client: PhalaClient,
+        fetch: Fetch,
         ids: Iterable[str | int] | AsyncIterable[str | int],
         *,
         concurrency: int,
+        running: MutableSet[Abort] | None = None,
+        max_parked: int | None = None,
     ) -> None:
+        """Args:
+        fetch: makes the first attempt for one id (see :data:`Fetch`).
+        ids: any iterable or async iterable of ids, read lazily.
+        concurrency: workers, each fetching one id at a time.
+        running: where a started sweep registers how to abort it, and unregisters when it ends.
+        max_parked: ids waiting for a retry at most (default ``4 * concurrency``); at the bound,
+            workers wait for a parked id to finish before reading more ids.
+        """
         if isinstance(ids, (str, bytes)):
             raise TypeError("ids must be an iterable of ids, not a single str; wrap it in a list")
-        self._client = client
+        self._fetch = fetch
         self._sync_ids: Iterator[str | int] | None = None
         self._async_ids: AsyncIterator[str | int] | None = None
         if isinstance(ids, AsyncIterable):
@@ -88,17 +129,33 @@ class CvmStream(AsyncIterator[CvmResult]):
         else:
             raise TypeError(f"ids must be an iterable or async iterable, not {type(ids).__name__}")
         self._concurrency = concurrency
+        self._running_sweeps = running
+        self._max_parked = max_parked if max_parked is not None else 4 * concurrency
         self._ids_lock = asyncio.Lock()
         self._ids_exhausted = False
         self._queue: asyncio.Queue[CvmResult | _Marker] = asyncio.Queue(maxsize=concurrency)
         self._seen: set[str] = set()
         self._workers: list[asyncio.Task[None]] = []
-        self._running = 0
+        self._parked: set[asyncio.Task[None]] = set()
+        self._parked_room = asyncio.Event()
+        self._busy = 0  # workers and parked ids still running
+        self._fetching = 0  # first attempts under way
+        self._most_parked = 0
         self._started = False
         self._finished = False
         self._failure: BaseException | None = None
         self._abort_error: PhalaError | None = None
         self._consumer: asyncio.Task[object] | None = None
+
+    @property
+    def parked(self) -> int:
+        """Ids waiting for a retry now."""
+        return len(self._parked)
+
+    @property
+    def most_parked(self) -> int:
+        """The most ids that waited for a retry at once, so far."""
+        return self._most_parked
 
     # -- the iterator ------------------------------------------------------------------------
 
@@ -123,6 +180,7 @@ class CvmStream(AsyncIterator[CvmResult]):
         self._start()
         if self._abort_error is not None and self._queue.empty():
             self._finished = True
+            await self._stop_workers()
             raise self._abort_error
         try:
             item = await self._queue.get()
@@ -155,8 +213,19 @@ class CvmStream(AsyncIterator[CvmResult]):
 
     async def _abort(self, error: PhalaError) -> None:
         """End the sweep with ``error`` (the client is closing)."""
-        self._abort_error = error
+        self._end_with(error)
         await self._stop_workers()
+
+    def _end_with(self, error: PhalaError) -> None:
+        """Stop sending at once; the consumer gets the results so far, then ``error``."""
+        if self._abort_error is not None:
+            return
+        self._abort_error = error
+        self._ids_exhausted = True
+        current = asyncio.current_task()
+        for task in (*self._workers, *self._parked):
+            if task is not current:
+                task.cancel()
         if not self._finished:
             # A full queue means the consumer is not waiting; it sees _abort_error once drained.
             with contextlib.suppress(asyncio.QueueFull):
@@ -167,70 +236,126 @@ class CvmStream(AsyncIterator[CvmResult]):
     def _start(self) -> None:
         if self._started:
             return
-        if self._client.closed:
-            raise ClientClosedError()
         self._started = True
-        self._client._streams.add(self)
+        if self._running_sweeps is not None:
+            self._running_sweeps.add(self._abort)
         # A consumer cancelled while busy in its own loop body never calls __anext__ again, so
         # watch the task that started the sweep: when it ends, the sweep ends with it.
         self._consumer = asyncio.current_task()
         if self._consumer is not None:
             self._consumer.add_done_callback(self._on_consumer_done)
-        self._running = self._concurrency
+        self._busy = self._concurrency
         self._workers = [
-            asyncio.create_task(self._work(), name=f"phala_async sweep worker {n}")
+            asyncio.create_task(self._work(), name=f"{WORKER_NAME} {n}")
             for n in range(self._concurrency)
         ]
 
     def _on_consumer_done(self, _task: asyncio.Task[object]) -> None:
         if not self._finished:
             self._finished = True
-            for task in self._workers:
+            for task in (*self._workers, *self._parked):
                 task.cancel()
-            self._client._streams.discard(self)
+            self._unregister()
+
+    def _unregister(self) -> None:
+        if self._running_sweeps is not None:
+            self._running_sweeps.discard(self._abort)
 
     async def _stop_workers(self) -> None:
         if self._consumer is not None:
             self._consumer.remove_done_callback(self._on_consumer_done)
             self._consumer = None
-        workers, self._workers = self._workers, []
+        tasks = [*self._workers, *self._parked]
+        self._workers = []
         current = asyncio.current_task()
-        for task in workers:
-            if task is not current:
-                task.cancel()
-        if workers:
-            await asyncio.gather(*(t for t in workers if t is not current), return_exceptions=True)
-        self._client._streams.discard(self)
+        others = [task for task in tasks if task is not current]
+        for task in others:
+            task.cancel()
+        if others:
+            await asyncio.gather(*others, return_exceptions=True)
+        self._parked.clear()
+        self._unregister()
 
     async def _work(self) -> None:
-        client = self._client
-        queue = self._queue
         try:
-            while not self._finished and not isinstance(cvm_id := await self._next_id(), _Marker):
+            while not self._finished:
+                # Room for every id now being fetched to be parked, so the bound holds.
+                if len(self._parked) + self._fetching >= self._max_parked:
+                    self._parked_room.clear()
+                    await self._parked_room.wait()
+                    continue
+                cvm_id = await self._next_id()
+                if isinstance(cvm_id, _Marker):
+                    break
                 try:
                     segment = normalize_cvm_id(cvm_id)
                 except InvalidCvmIdError as exc:
-                    await self._queue.put(CvmResult(cvm_id=_shown(cvm_id), error=exc))
+                    await self._put(CvmResult(cvm_id=_shown(cvm_id), error=exc))
                     continue
                 if segment in self._seen:
                     continue
                 self._seen.add(segment)
+                self._fetching += 1
                 try:
-                    cvm, attempts = await client._call(f"/cvms/{segment}", cvm_id, decode_cvm)
+                    fetched = await self._fetch(cvm_id, segment)
                 except PhalaError as exc:
-                    result = CvmResult(cvm_id=cvm_id, error=exc, attempts=exc.attempts)
+                    await self._fail(cvm_id, exc)
+                    continue
+                finally:
+                    self._fetching -= 1
+                if isinstance(fetched, tuple):
+                    cvm, attempts = fetched
+                    await self._put(CvmResult(cvm_id=cvm_id, cvm=cvm, attempts=attempts))
                 else:
-                    result = CvmResult(cvm_id=cvm_id, cvm=cvm, attempts=attempts)
-                if queue.full():
-                    await queue.put(result)
-                else:
-                    queue.put_nowait(result)
+                    self._park(cvm_id, fetched)
         except Exception as exc:  # noqa: BLE001 - handed to the consumer, never swallowed
             if self._failure is None:
                 self._failure = exc
             self._ids_exhausted = True
-        self._running -= 1
-        if self._running == 0:
+        await self._one_less()
+
+    def _park(self, cvm_id: str | int, retries: Retries) -> None:
+        self._busy += 1
+        task = asyncio.create_task(self._retry(cvm_id, retries), name=f"{WORKER_NAME} (retry)")
+        self._parked.add(task)
+        self._most_parked = max(self._most_parked, len(self._parked))
+        task.add_done_callback(self._unpark)
+
+    def _unpark(self, task: asyncio.Task[None]) -> None:
+        self._parked.discard(task)
+        self._parked_room.set()
+
+    async def _retry(self, cvm_id: str | int, retries: Retries) -> None:
+        try:
+            try:
+                cvm, attempts = await retries()
+            except PhalaError as exc:
+                await self._fail(cvm_id, exc)
+            else:
+                await self._put(CvmResult(cvm_id=cvm_id, cvm=cvm, attempts=attempts))
+        except Exception as exc:  # noqa: BLE001 - handed to the consumer, never swallowed
+            if self._failure is None:
+                self._failure = exc
+            self._ids_exhausted = True
+        await self._one_less()
+
+    async def _fail(self, cvm_id: str | int, error: PhalaError) -> None:
+        # A closed client, a refused credential or a failing TLS set-up would fail every id.
+        if ends_every_call(error) or isinstance(error, ClientClosedError):
+            self._end_with(error)
+        else:
+            await self._put(CvmResult(cvm_id=cvm_id, error=error, attempts=error.attempts))
+
+    async def _put(self, result: CvmResult) -> None:
+        queue = self._queue
+        if queue.full():
+            await queue.put(result)
+        else:
+            queue.put_nowait(result)
+
+    async def _one_less(self) -> None:
+        self._busy -= 1
+        if self._busy == 0 and self._abort_error is None:
             await self._queue.put(_DONE)
 
     async def _next_id(self) -> str | int | _Marker:
@@ -260,15 +385,15 @@ def _shown(value: object) -> str | int:
 
 
 async def gather_in_order(
-    client: PhalaClient,
+    stream_of: Callable[[list[str | int]], CvmStream],
     ids: Iterable[str | int] | AsyncIterable[str | int],
-    *,
-    concurrency: int,
 ) -> list[CvmResult]:
     """Run a sweep and return one result per given id, in the given order.
 
     Ids that normalise alike are fetched once; every position gets that result, with its own
-    ``cvm_id`` as given.
+    ``cvm_id`` as given. ``stream_of`` starts the sweep over the distinct ids. When the sweep
+    ends early on an error every id would meet (a refused credential, a TLS failure), the ids
+    not fetched get that error too, naming each its own id, and nothing more is sent.
     """
     given = [cvm_id async for cvm_id in ids] if isinstance(ids, AsyncIterable) else list(ids)
     results: list[CvmResult | None] = [None] * len(given)
@@ -281,11 +406,30 @@ async def gather_in_order(
             continue
         positions.setdefault(segment, []).append(index)
     first_of_each = [given[indexes[0]] for indexes in positions.values()]
-    async with CvmStream(client, first_of_each, concurrency=concurrency) as stream:
-        async for result in stream:
-            for index in positions[normalize_cvm_id(result.cvm_id)]:
-                same = given[index] is result.cvm_id
-                results[index] = (
-                    result if same else msgspec.structs.replace(result, cvm_id=given[index])
-                )
+    try:
+        async with stream_of(first_of_each) as stream:
+            async for result in stream:
+                for index in positions[normalize_cvm_id(result.cvm_id)]:
+                    same = given[index] is result.cvm_id
+                    results[index] = (
+                        result if same else msgspec.structs.replace(result, cvm_id=given[index])
+                    )
+    except PhalaError as exc:
+        if not ends_every_call(exc):
+            raise
+        for index, result in enumerate(results):
+            if result is None:
+                results[index] = CvmResult(cvm_id=given[index], error=_not_sent(exc, given[index]))
     return [result for result in results if result is not None]
+
+
+def _not_sent(error: PhalaError, cvm_id: str | int) -> PhalaError:
+    """``error``, as it stands for an id that was not sent because of it."""
+    if error.cvm_id == cvm_id:
+        return error
+    twin = copy.copy(error)
+    twin.cvm_id = cvm_id
+    twin.attempts = 0
+    twin.message = f"{subject(cvm_id)}: not sent, since {error.message}"
+    twin.args = (twin.message,)
+    return twin

@@ -3,45 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-import weakref
-from collections import Counter
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, Self, TypeVar
+from typing import Self, TypeVar
 
 import aiohttp
-from aiolimiter import AsyncLimiter
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
-from tenacity.stop import stop_base
 
+from ._bulk import Abort, CvmResult, CvmStream, Fetched, gather_in_order
 from ._config import check_positive, resolve_base_url, resolve_credential
-from ._errors import (
-    APIConnectionError,
-    APIStatusError,
-    ClientClosedError,
-    ConfigurationError,
-    PhalaError,
-    subject,
-)
-from ._http import Decode, Exchange
+from ._errors import ClientClosedError, ConfigurationError, EventLoopError, PhalaError, subject
+from ._http import Exchange
 from ._ids import normalize_cvm_id
 from ._models import CvmDetail, HostedCvm, decode_cvm, decode_page
-from ._retry import (
-    RETRYABLE_STATUSES,
-    RetryPolicy,
-    is_retryable,
-    retry_after_too_long,
-    wait_before_retry,
-)
-from ._throttle import AdaptiveRate, PauseGate, RetryBudget
+from ._response import Decode, interpret
+from ._retry import RetryPolicy, log_retry, next_wait, retrying
+from ._throttle import ClientStats, Governor, MaxInFlight
 from ._version import __version__
-
-if TYPE_CHECKING:
-    from tenacity import RetryCallState
-
-    from ._bulk import CvmResult, CvmStream
 
 __all__ = ["API_VERSION", "ClientStats", "PhalaClient"]
 
@@ -52,33 +31,6 @@ API_VERSION = "2025-10-28"
 DEFAULT_MAX_RESPONSE_BYTES = 1024 * 1024
 
 _T = TypeVar("_T")
-
-
-@dataclass
-class ClientStats:
-    """Counters over the life of a client (read them; the client updates them).
-
-    Attributes:
-        requests: HTTP requests sent, retries included.
-        retries: requests that were retries of an earlier failed one.
-        rate_limited: answers with status 429.
-        throttled: answers that slowed the client down (429, or 503 with ``Retry-After``).
-        retries_denied: retries not sent because most recent requests were failing.
-        ok: calls (one per id or page) that returned a value.
-        failed: calls that raised, by exception class name.
-        in_flight: requests on the wire right now.
-        send_rate: the adaptive send rate in requests per second, None while unpaced.
-    """
-
-    requests: int = 0
-    retries: int = 0
-    rate_limited: int = 0
-    throttled: int = 0
-    retries_denied: int = 0
-    ok: int = 0
-    failed: Counter[str] = field(default_factory=Counter)
-    in_flight: int = 0
-    send_rate: float | None = None
 
 
 class PhalaClient:
@@ -173,22 +125,21 @@ class PhalaClient:
         )
         self._session = session
         self._owns_session = session is None
-        self._limiter: asyncio.Semaphore | None = None
-        self._gate = PauseGate()
-        self._pacer = AdaptiveRate() if adaptive else None
-        self._rate_limit = rate_limit
-        self._hard_limiter: AsyncLimiter | None = None
-        # The window spans a few rounds of requests in flight, so that one stall (a long GC
-        # pause, a network blip) does not look like a down API.
-        self._budget = RetryBudget(window=max(100, 4 * concurrency)) if retry_budget else None
-        self._streams: weakref.WeakSet[CvmStream] = weakref.WeakSet()
+        self._governor = Governor(
+            concurrency=concurrency,
+            adaptive=adaptive,
+            rate_limit=rate_limit,
+            retry_budget=retry_budget,
+            retry_after_cap=self._policy.retry_after_cap,
+        )
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sweeps: set[Abort] = set()
         self._closed = False
-        self._stats = ClientStats()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        self._ensure_session()
+        self._open_session()
         return self
 
     async def __aexit__(
@@ -207,8 +158,8 @@ class PhalaClient:
         if self._closed:
             return
         self._closed = True
-        for stream in list(self._streams):
-            await stream._abort(ClientClosedError("the PhalaClient was closed during the sweep"))
+        for abort in list(self._sweeps):
+            await abort(ClientClosedError("the PhalaClient was closed during the sweep"))
         if self._owns_session and self._session is not None:
             await self._session.close()
 
@@ -224,14 +175,24 @@ class PhalaClient:
             f"{' closed' if self._closed else ''}>"
         )
 
-    def _ensure_session(self) -> aiohttp.ClientSession:
+    def _open_session(self) -> aiohttp.ClientSession:
+        """The session for this call, made on first use, in the loop that first used the client.
+
+        Raises:
+            ClientClosedError: the client is closed.
+            EventLoopError: called from another event loop than the first one.
+        """
         if self._closed:
             raise ClientClosedError()
-        if self._limiter is None:
-            # Made here, inside the running loop, not in __init__.
-            self._limiter = asyncio.Semaphore(self._concurrency)
-            if self._rate_limit is not None:
-                self._hard_limiter = AsyncLimiter(self._rate_limit, 1.0)
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif loop is not self._loop:
+            raise EventLoopError(
+                "this PhalaClient belongs to the event loop that first used it, and this call "
+                "runs in another one (a second asyncio.run()?); make one PhalaClient per event "
+                "loop, for example inside the coroutine that asyncio.run() runs"
+            )
         if self._session is None:
             connector = aiohttp.TCPConnector(
                 limit=self._concurrency, limit_per_host=self._concurrency
@@ -262,10 +223,8 @@ class PhalaClient:
 
     @property
     def stats(self) -> ClientStats:
-        """The client's counters, with ``send_rate`` as of now."""
-        if self._pacer is not None:
-            self._stats.send_rate = self._pacer.rate
-        return self._stats
+        """A snapshot of the client's counters as of now; read it again to see what changed."""
+        return self._governor.snapshot()
 
     async def get_cvm(self, cvm_id: str | int) -> CvmDetail:
         """Fetch the details of one CVM, retrying transient failures.
@@ -282,7 +241,7 @@ class PhalaClient:
             ClientClosedError: the client is closed.
         """
         segment = normalize_cvm_id(cvm_id)
-        cvm, _ = await self._call(f"/cvms/{segment}", cvm_id, decode_cvm)
+        cvm, _ = await self._call(f"/cvms/{segment}", cvm_id, decode_cvm, None)
         return cvm
 
     def stream_cvms(
@@ -302,9 +261,12 @@ class PhalaClient:
             concurrency: requests in flight for this sweep; defaults to, and cannot exceed, the
                 client's ``concurrency``.
         """
-        from ._bulk import CvmStream
-
-        return CvmStream(self, ids, concurrency=self._sweep_concurrency(concurrency))
+        sweep_concurrency = self._sweep_concurrency(concurrency)
+        # A sweep narrower than the client gets a limit of its own, so that its retries too
+        # stay within its concurrency.
+        extra = MaxInFlight(sweep_concurrency) if sweep_concurrency < self._concurrency else None
+        fetch = functools.partial(self._first_attempt, extra=extra)
+        return CvmStream(fetch, ids, concurrency=sweep_concurrency, running=self._sweeps)
 
     async def get_cvms(
         self,
@@ -317,9 +279,10 @@ class PhalaClient:
         Duplicates are fetched once and share that result. Never raises for one id's failure;
         each result's ``error`` says what went wrong.
         """
-        from ._bulk import gather_in_order
-
-        return await gather_in_order(self, ids, concurrency=self._sweep_concurrency(concurrency))
+        sweep_concurrency = self._sweep_concurrency(concurrency)
+        return await gather_in_order(
+            lambda distinct: self.stream_cvms(distinct, concurrency=sweep_concurrency), ids
+        )
 
     async def list_cvms(self, *, page_size: int = 100) -> AsyncIterator[HostedCvm]:
         """Every CVM in the workspace, page by page (``GET /cvms/paginated``), lazily.
@@ -342,7 +305,7 @@ class PhalaClient:
         page_number = 1
         while True:
             page, _ = await self._call(
-                f"/cvms/paginated?page={page_number}&page_size={page_size}", None, decode_page
+                f"/cvms/paginated?page={page_number}&page_size={page_size}", None, decode_page, None
             )
             for entry in page.items:
                 yield entry
@@ -364,150 +327,100 @@ class PhalaClient:
     # -- one call, with retries --------------------------------------------------------------
 
     async def _call(
-        self, path: str, cvm_id: str | int | None, decode: Decode[_T]
+        self, path: str, cvm_id: str | int | None, decode: Decode[_T], extra: MaxInFlight | None
     ) -> tuple[_T, int]:
         """GET ``path`` (already safe), decode the answer, and retry transient failures.
 
-        The first attempt runs bare; only a retryable failure builds the tenacity loop, which is
-        seeded with that failure so that backoff, logging and stopping live in one place, and a
-        request that succeeds at once never pays for them.
+        Returns the value and the attempts it took.
         """
         try:
-            value = await self._attempt(path, cvm_id, decode)
+            value = await self._attempt(path, cvm_id, decode, extra)
         except PhalaError as exc:
-            if self._policy.max_attempts == 1 or not self._should_retry(exc):
-                self._stats.failed[type(exc).__name__] += 1
+            wait = self._judge(exc, 1)
+            if wait is None:
+                self._governor.note_call(exc)
                 raise
-            return await self._retry(path, cvm_id, decode, exc)
-        self._stats.ok += 1
+            return await self._retries(path, cvm_id, decode, extra, exc, wait)
+        self._governor.note_call(None)
         return value, 1
 
-    async def _retry(
-        self, path: str, cvm_id: str | int | None, decode: Decode[_T], first_error: PhalaError
-    ) -> tuple[_T, int]:
-        pending: PhalaError | None = first_error
-        attempt = 0
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self._policy.max_attempts)
-            | _StopWhen(self._retry_after_too_long),
-            wait=self._wait,
-            retry=retry_if_exception(self._should_retry),
-            before_sleep=self._log_retry,
-            reraise=True,
-        )
+    async def _first_attempt(
+        self, cvm_id: str | int, segment: str, *, extra: MaxInFlight | None
+    ) -> Fetched:
+        """A sweep's fetch: the first attempt here, and any retries handed back to be parked, so
+        that the sweep's worker goes on with other ids while they wait."""
+        path = f"/cvms/{segment}"
         try:
-            async for attempt_manager in retrying:
+            cvm = await self._attempt(path, cvm_id, decode_cvm, extra)
+        except PhalaError as exc:
+            wait = self._judge(exc, 1)
+            if wait is None:
+                self._governor.note_call(exc)
+                raise
+            return functools.partial(self._retries, path, cvm_id, decode_cvm, extra, exc, wait)
+        self._governor.note_call(None)
+        return cvm, 1
+
+    def _judge(self, error: PhalaError, attempt: int) -> float | None:
+        """Seconds to wait before retrying after attempt ``attempt`` failed, or None to give up."""
+        governor = self._governor
+        return next_wait(
+            error,
+            attempt,
+            self._policy,
+            may_retry=governor.may_retry,
+            on_denied=governor.note_retry_denied,
+        )
+
+    async def _retries(
+        self,
+        path: str,
+        cvm_id: str | int | None,
+        decode: Decode[_T],
+        extra: MaxInFlight | None,
+        first_error: PhalaError,
+        wait: float,
+    ) -> tuple[_T, int]:
+        """Wait out the first failure's ``wait``, then retry under :func:`retrying` until a value,
+        a final error, or the last attempt. The first attempt was judged by the caller, once."""
+        governor = self._governor
+        log_retry(first_error, 1, self._policy, wait)
+        await asyncio.sleep(wait)
+        attempt = 1
+        try:
+            async for attempt_manager in retrying(
+                self._policy,
+                attempts_made=1,
+                may_retry=governor.may_retry,
+                on_denied=governor.note_retry_denied,
+            ):
                 with attempt_manager:
-                    attempt = attempt_manager.retry_state.attempt_number
-                    if pending is not None:
-                        error, pending = pending, None
-                        raise error
-                    self._stats.retries += 1
-                    value = await self._attempt(path, cvm_id, decode)
-                    self._stats.ok += 1
-                    return value, attempt
+                    attempt = attempt_manager.retry_state.attempt_number + 1
+                    governor.note_retry()
+                    value = await self._attempt(path, cvm_id, decode, extra)
         except PhalaError as exc:
             exc.attempts = attempt
-            self._stats.failed[type(exc).__name__] += 1
+            governor.note_call(exc)
             raise
-        raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
-
-    def _should_retry(self, error: BaseException) -> bool:
-        if not is_retryable(error):
-            return False
-        if self._budget is not None and not self._budget.allows_retry():
-            self._stats.retries_denied += 1
-            return False
-        return True
-
-    def _retry_after_too_long(self, state: RetryCallState) -> bool:
-        error = state.outcome.exception() if state.outcome else None
-        return isinstance(error, PhalaError) and retry_after_too_long(error, self._policy)
-
-    def _wait(self, state: RetryCallState) -> float:
-        error = state.outcome.exception() if state.outcome else None
-        if not isinstance(error, PhalaError):  # pragma: no cover - only PhalaError is retried
-            return 0.0
-        return wait_before_retry(error, state.attempt_number, self._policy)
-
-    def _log_retry(self, state: RetryCallState) -> None:
-        error = state.outcome.exception() if state.outcome else None
-        wait = state.next_action.sleep if state.next_action else 0.0
-        if isinstance(error, PhalaError):
-            logger.info(
-                "retrying %s: attempt %d of %d failed (%s: %s); waiting %.3fs",
-                subject(error.cvm_id),
-                state.attempt_number,
-                self._policy.max_attempts,
-                type(error).__name__,
-                error.message,
-                wait,
-            )
+        governor.note_call(None)
+        return value, attempt
 
     # -- one attempt -------------------------------------------------------------------------
 
-    async def _attempt(self, path: str, cvm_id: str | int | None, decode: Decode[_T]) -> _T:
-        """Wait for the pacing in force, send one request, and learn from its answer."""
-        if self._closed:
-            raise ClientClosedError(cvm_id=cvm_id)
+    async def _attempt(
+        self, path: str, cvm_id: str | int | None, decode: Decode[_T], extra: MaxInFlight | None
+    ) -> _T:
+        """Send one request when the governor allows it, and judge its answer."""
         session = self._session
-        if session is None or self._limiter is None:
-            session = self._ensure_session()
-        pacer = self._pacer
-        if pacer is not None and pacer.paced and (delay := pacer.delay()) > 0:
-            await asyncio.sleep(delay)
-        if self._hard_limiter is not None:
-            await self._hard_limiter.acquire()
-        stats = self._stats
-        async with self._limiter:  # type: ignore[union-attr]  # set by _ensure_session
-            # Last, so that nothing is sent during a pause, however long the waits above were.
-            if self._gate.paused:
-                await self._gate.wait()
-            epoch = pacer.epoch if pacer is not None else 0
-            stats.requests += 1
-            stats.in_flight += 1
+        if session is None or self._closed or self._loop is not asyncio.get_running_loop():
+            session = self._open_session()
+        async with self._governor.slot(extra):
+            # The pause may have outlasted the client.
+            if self._closed:
+                raise ClientClosedError(cvm_id=cvm_id)
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug("GET %s (%s)", path, subject(cvm_id))
-            try:
-                value = await self._exchange.get(session, path, cvm_id, decode, self._owns_session)
-            except PhalaError as exc:
-                self._learn_from_failure(exc, epoch)
-                raise
-            finally:
-                stats.in_flight -= 1
-        if pacer is not None:
-            pacer.on_success()
-        if self._budget is not None:
-            self._budget.record(True)
-        return value
-
-    def _learn_from_failure(self, error: PhalaError, epoch: int) -> None:
-        """Feed a failed attempt to the shared pause, the pacer and the retry budget."""
-        if isinstance(error, APIStatusError):
-            status, retry_after = error.status_code, error.retry_after
-            if status == 429:
-                self._stats.rate_limited += 1
-            if status == 429 or (status == 503 and retry_after is not None):
-                self._stats.throttled += 1
-                # During a pause, an answer only echoes the throttle that started it.
-                if self._pacer is not None and not self._gate.paused:
-                    self._pacer.on_throttle(epoch, asked_to_wait=bool(retry_after))
-                # One throttled answer pauses every worker of this client, not only this one.
-                if retry_after is not None and retry_after <= self._policy.retry_after_cap:
-                    self._gate.pause_for(retry_after)
-                return  # pacing answers throttles; they say nothing of the API's health
-            healthy = status not in RETRYABLE_STATUSES
-        else:
-            healthy = not isinstance(error, APIConnectionError)
-        if self._budget is not None:
-            self._budget.record(healthy)
-
-
-class _StopWhen(stop_base):
-    """A tenacity stop condition from a plain predicate (tenacity types ``|`` on stop_base only)."""
-
-    def __init__(self, predicate: Callable[[RetryCallState], bool]) -> None:
-        self._predicate = predicate
-
-    def __call__(self, retry_state: RetryCallState) -> bool:
-        return self._predicate(retry_state)
+            answer = await self._exchange.get(session, path, cvm_id, self._owns_session)
+            return interpret(
+                answer.status, answer.headers, answer.body, cvm_id=cvm_id, decode=decode
+            )

@@ -5,9 +5,11 @@
     PhalaError
     ├── ConfigurationError (also ValueError)      a PhalaClient argument or variable is wrong
     ├── ClientClosedError                         the client was closed
+    ├── EventLoopError (also RuntimeError)        the client was used from a second event loop
     ├── InvalidCvmIdError (also ValueError)       the id can never be asked for; nothing was sent
     ├── APIConnectionError                        transport: refused, reset, cut short
-    │   └── APITimeoutError                       an attempt ran past ``timeout``
+    │   ├── APITimeoutError                       an attempt ran past ``timeout``
+    │   └── APITLSError                           the server's certificate or TLS failed; final
     ├── APIStatusError                            the server answered with a non-2xx status
     │   ├── BadRequestError                       400
     │   ├── AuthenticationError                   401
@@ -35,12 +37,14 @@ import msgspec
 __all__ = [
     "APIConnectionError",
     "APIStatusError",
+    "APITLSError",
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
     "ClientClosedError",
     "ConfigurationError",
     "DecodeError",
+    "EventLoopError",
     "InternalServerError",
     "InvalidCvmIdError",
     "NotFoundError",
@@ -128,6 +132,17 @@ class ClientClosedError(PhalaError):
         super().__init__(message, **kwargs)
 
 
+class EventLoopError(PhalaError, RuntimeError):
+    """A ``PhalaClient`` was used from an event loop other than the one that first used it.
+
+    Its connection pool and limits belong to that loop; make one client per ``asyncio.run()``.
+    """
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        kwargs.setdefault("attempts", 0)
+        super().__init__(message, **kwargs)
+
+
 class InvalidCvmIdError(PhalaError, ValueError):
     """An identifier that can never be requested: nothing was sent for it.
 
@@ -149,6 +164,11 @@ class APIConnectionError(PhalaError):
 
 class APITimeoutError(APIConnectionError):
     """One attempt took longer than the client's ``timeout``."""
+
+
+class APITLSError(APIConnectionError):
+    """The TLS connection could not be set up (the certificate was not trusted, names another
+    host, or the handshake failed). Never retried: asking again would fail the same way."""
 
 
 class APIStatusError(PhalaError):

@@ -1,37 +1,39 @@
-"""One HTTP exchange: send a GET, read a bounded body, and turn the answer into a value or a
-:class:`PhalaError`. Every aiohttp failure is translated here, and nowhere else."""
+"""Moving bytes: send one GET, read a bounded body, and translate every aiohttp failure.
+
+What the answer means is decided elsewhere (:func:`phala_async._response.interpret`); this module
+only talks to aiohttp, and is the one place its exceptions become :class:`PhalaError`.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple
 
 import aiohttp
 from aiohttp.http_exceptions import ContentEncodingError
+from multidict import CIMultiDictProxy
 from yarl import URL
 
 from ._errors import (
     APIConnectionError,
-    APIStatusError,
     APITimeoutError,
     DecodeError,
     PhalaError,
     ResponseTooLargeError,
-    error_for_status,
     subject,
 )
-from ._retry import parse_retry_after
 
-__all__ = ["Decode", "Exchange"]
+__all__ = ["Answer", "Exchange"]
 
-_T_co = TypeVar("_T_co", covariant=True)
 _READ_CHUNK = 64 * 1024
 
 
-class Decode(Protocol[_T_co]):
-    """Turns a complete 2xx body into a value, or raises :class:`DecodeError`."""
+class Answer(NamedTuple):
+    """A complete HTTP answer: status, headers and the whole (decompressed) body."""
 
-    def __call__(self, body: bytes, *, cvm_id: str | int | None) -> _T_co: ...
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: bytes
 
 
 class Exchange:
@@ -45,7 +47,7 @@ class Exchange:
         self._base_url = base_url
         self._headers = headers
         self._timeout_seconds = timeout
-        # No aiohttp timer at all: the attempt is bounded by asyncio.timeout in get().
+        # No aiohttp timer at all: each attempt is bounded by our own _AttemptTimer in get().
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=None, sock_read=None)
         self._max_bytes = max_bytes
 
@@ -58,18 +60,17 @@ class Exchange:
         session: aiohttp.ClientSession,
         path: str,
         cvm_id: str | int | None,
-        decode: Decode[_T_co],
         has_defaults: bool,
-    ) -> _T_co:
-        """GET ``base_url + path`` and decode a 2xx answer.
+    ) -> Answer:
+        """GET ``base_url + path`` and read the whole answer, whatever its status.
 
         ``has_defaults`` says that ``session`` was made with :meth:`session_defaults`.
 
         Raises:
-            APIStatusError: a non-2xx answer (redirects are never followed).
             APITimeoutError: the attempt took longer than the timeout.
             APIConnectionError: refused, reset, or the body was cut short.
-            ResponseError: a 2xx answer too large, not JSON, or not the expected shape.
+            ResponseTooLargeError: the body is larger than the cap; it was not buffered.
+            DecodeError: a compressed body that does not decompress.
         """
         hidden: PhalaError | None = None
         try:
@@ -95,10 +96,7 @@ class Exchange:
                         body = await response.read()
                     else:
                         body = await self._read_capped(response, cvm_id)
-                    if 200 <= response.status < 300:
-                        _check_json(response, cvm_id)
-                        return decode(body, cvm_id=cvm_id)
-                    raise _status_error(response, body, cvm_id)
+                    return Answer(response.status, response.headers, body)
         except PhalaError:
             raise
         except TimeoutError as exc:
@@ -194,22 +192,3 @@ class _AttemptTimer:
             and exc_type is asyncio.CancelledError
         ):
             raise TimeoutError from exc
-
-
-def _status_error(
-    response: aiohttp.ClientResponse, body: bytes, cvm_id: str | int | None
-) -> APIStatusError:
-    retry_after = parse_retry_after(response.headers.get("Retry-After"))
-    return error_for_status(
-        response.status, body, response.headers, cvm_id=cvm_id, retry_after=retry_after
-    )
-
-
-def _check_json(response: aiohttp.ClientResponse, cvm_id: str | int | None) -> None:
-    content_type = response.headers.get("Content-Type", "")
-    media = content_type.partition(";")[0].strip().lower()
-    if media != "application/json" and not media.endswith("+json"):
-        raise DecodeError(
-            f"{subject(cvm_id)}: expected a JSON body, got Content-Type {content_type[:60]!r}",
-            cvm_id=cvm_id,
-        )

@@ -1,27 +1,45 @@
 """The retry policy: which failures are retried, how long to wait, and when to give up.
 
-Everything here is a plain function or a frozen value, tested without a server; the client feeds
-it to tenacity only after a first attempt has failed, so a request that succeeds at once never
-pays for the retry machinery.
+The decisions are plain functions or frozen values, tested without a server. :func:`retrying`
+is the one place tenacity is wired: it is built only after a first attempt has failed, so a
+request that succeeds at once never pays for the retry machinery.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
-from ._errors import APIConnectionError, APIStatusError, ConfigurationError, PhalaError
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
+from tenacity.stop import stop_base
+
+from ._errors import (
+    APIConnectionError,
+    APIStatusError,
+    APITLSError,
+    AuthenticationError,
+    ConfigurationError,
+    PhalaError,
+    subject,
+)
 
 __all__ = [
     "RETRYABLE_STATUSES",
     "RetryPolicy",
     "backoff_delay",
+    "ends_every_call",
     "is_retryable",
+    "next_wait",
     "parse_retry_after",
+    "retrying",
 ]
+
+logger = logging.getLogger("phala_async")
 
 #: Statuses that mean "ask again later": timeouts, too early, rate limits and server failures.
 RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -70,11 +88,18 @@ class RetryPolicy:
 
 
 def is_retryable(error: BaseException) -> bool:
-    """Whether asking again could succeed: transport failures and the statuses in
-    :data:`RETRYABLE_STATUSES`. Anything else, cancellation included, is final."""
+    """Whether asking again could succeed: transport failures (but for TLS failures) and the
+    statuses in :data:`RETRYABLE_STATUSES`. Anything else, cancellation included, is final."""
     if isinstance(error, APIConnectionError):
-        return True
+        return not isinstance(error, APITLSError)
     return isinstance(error, APIStatusError) and error.status_code in RETRYABLE_STATUSES
+
+
+def ends_every_call(error: BaseException) -> bool:
+    """Whether every other request would fail the same way: the credential was refused (401) or
+    the TLS connection cannot be trusted. A sweep ends at once on such an error; a 403 does not
+    (it is about one CVM, of another workspace)."""
+    return isinstance(error, (AuthenticationError, APITLSError))
 
 
 def retry_after_too_long(error: PhalaError, policy: RetryPolicy) -> bool:
@@ -108,6 +133,104 @@ def wait_before_retry(
     if isinstance(error, APIStatusError) and error.retry_after is not None:
         return error.retry_after
     return backoff_delay(attempt, policy, rng)
+
+
+def next_wait(
+    error: PhalaError,
+    attempt: int,
+    policy: RetryPolicy,
+    *,
+    may_retry: Callable[[], bool],
+    on_denied: Callable[[], None],
+) -> float | None:
+    """Judge a failed attempt once: the seconds to wait before the next, or None to give up.
+
+    Gives up on a final error, after ``policy.max_attempts``, when the server asks for a longer
+    wait than ``retry_after_cap``, or when ``may_retry()`` (the retry budget) says no; only that
+    last refusal calls ``on_denied``, since only then is a retry really skipped.
+
+    Args:
+        error: what attempt number ``attempt`` (1-based) raised.
+        attempt: the number of the attempt that failed.
+        policy: the retry policy.
+        may_retry: whether the retry budget allows a retry now (no side effects).
+        on_denied: counts a retry skipped for the budget.
+    """
+    if (
+        not is_retryable(error)
+        or attempt >= policy.max_attempts
+        or retry_after_too_long(error, policy)
+    ):
+        return None
+    if not may_retry():
+        on_denied()
+        return None
+    return wait_before_retry(error, attempt, policy)
+
+
+def retrying(
+    policy: RetryPolicy,
+    *,
+    attempts_made: int,
+    may_retry: Callable[[], bool],
+    on_denied: Callable[[], None],
+) -> AsyncRetrying:
+    """The tenacity loop for the attempts after the first ``attempts_made`` (which the caller ran
+    and judged with :func:`next_wait`, and whose wait it has already slept).
+
+    Every later failure is judged once, by :func:`next_wait` as tenacity's stop condition;
+    tenacity waits as :func:`wait_before_retry` says and logs each retry at INFO. The last error
+    is raised as it is (``reraise``).
+    """
+
+    def attempt_of(state: RetryCallState) -> tuple[PhalaError, int]:
+        error = state.outcome.exception() if state.outcome else None
+        assert isinstance(error, PhalaError)  # noqa: S101 - only PhalaError is retried
+        return error, state.attempt_number + attempts_made
+
+    def stop(state: RetryCallState) -> bool:
+        error, attempt = attempt_of(state)
+        decision = next_wait(error, attempt, policy, may_retry=may_retry, on_denied=on_denied)
+        return decision is None
+
+    def wait(state: RetryCallState) -> float:
+        return wait_before_retry(*attempt_of(state), policy)
+
+    def log(state: RetryCallState) -> None:
+        error, attempt = attempt_of(state)
+        pause = state.next_action.sleep if state.next_action else 0.0
+        log_retry(error, attempt, policy, pause)
+
+    return AsyncRetrying(
+        retry=retry_if_exception_type(PhalaError),
+        stop=_Stop(stop),
+        wait=wait,
+        before_sleep=log,
+        reraise=True,
+    )
+
+
+def log_retry(error: PhalaError, attempt: int, policy: RetryPolicy, wait: float) -> None:
+    """Log at INFO that attempt ``attempt`` failed and a retry follows after ``wait`` seconds."""
+    logger.info(
+        "retrying %s: attempt %d of %d failed (%s: %s); waiting %.3fs",
+        subject(error.cvm_id),
+        attempt,
+        policy.max_attempts,
+        type(error).__name__,
+        error.message,
+        wait,
+    )
+
+
+class _Stop(stop_base):
+    """A tenacity stop condition from a plain predicate (tenacity types ``stop=`` as stop_base)."""
+
+    def __init__(self, predicate: Callable[[RetryCallState], bool]) -> None:
+        self._predicate = predicate
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return self._predicate(retry_state)
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:

@@ -1,33 +1,146 @@
-"""Client-wide pacing: the shared pause, the adaptive send rate, and the retry budget.
+"""The governor: every limit on when a request may be sent, and what the answers teach.
 
-All three are plain objects with a clock, no I/O of their own beyond ``asyncio.sleep``, so their
-decisions are tested directly.
+One :class:`Governor` per client owns them all: the adaptive send rate, the optional hard cap, the
+concurrency limit, the shared pause, the first-contact check, the retry budget and the counters.
+The request path reads::
+
+    async with governor.slot() as slot:
+        answer = await send()          # an exception leaving the block is the outcome
+
+Each limit is a small object with aiometer's protocol (``wait_task_can_start``,
+``notify_task_started``, ``notify_task_finished``); ``wait_task_can_start`` returns None when the
+request may go at once, so the common case costs a method call and no await. Every limit takes a
+clock, so its decisions are tested with a fake one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import time
-from collections import deque
-from collections.abc import Callable
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Protocol
 
-__all__ = ["AdaptiveRate", "PauseGate", "RetryBudget"]
+from aiolimiter import AsyncLimiter
+
+from ._errors import APIConnectionError, APIStatusError, PhalaError, ResponseError
+from ._retry import RETRYABLE_STATUSES, ends_every_call
+
+__all__ = [
+    "AdaptiveRate",
+    "ClientStats",
+    "FirstContact",
+    "Governor",
+    "MaxInFlight",
+    "Outcome",
+    "PauseGate",
+    "RetryBudget",
+    "classify",
+]
 
 Clock = Callable[[], float]
+
+
+class Outcome(enum.Enum):
+    """What one answer says about the server, for the limits that learn from it."""
+
+    OK = "ok"  #: a usable answer, or a final one about the request itself (404, 403, a bad body)
+    THROTTLED = "throttled"  #: 429, or 503 with Retry-After: pacing answers it
+    OVERLOADED = "overloaded"  #: another 5xx, retryable: the server is failing or overloaded
+    FAILED = "failed"  #: no complete answer (refused, reset, timed out, cut short)
+    DOOMED = "doomed"  #: every request would fail the same way (a refused credential, TLS)
+    UNKNOWN = "unknown"  #: nothing was learned (cancelled before or while sending)
+
+
+def classify(error: BaseException | None) -> Outcome:
+    """The :class:`Outcome` an attempt's exception (None for a success) means; pure."""
+    if error is None:
+        return Outcome.OK
+    if not isinstance(error, PhalaError):
+        return Outcome.UNKNOWN
+    if ends_every_call(error):
+        return Outcome.DOOMED
+    if isinstance(error, APIStatusError):
+        status = error.status_code
+        if status == 429 or (status == 503 and error.retry_after is not None):
+            return Outcome.THROTTLED
+        if status >= 500 and status in RETRYABLE_STATUSES:
+            return Outcome.OVERLOADED
+        return Outcome.FAILED if status in RETRYABLE_STATUSES else Outcome.OK
+    if isinstance(error, APIConnectionError):
+        return Outcome.FAILED
+    if isinstance(error, ResponseError):
+        return Outcome.OK  # a 2xx body that cannot be used: the server itself is healthy
+    return Outcome.UNKNOWN  # the client closed before the request went out
+
+
+class Limit(Protocol):
+    """One rule on when a request may start (aiometer's meter protocol)."""
+
+    def wait_task_can_start(self) -> Awaitable[None] | None:
+        """None when a request may start now; else an awaitable that ends when it may."""
+
+    def notify_task_started(self, slot: Slot) -> None:
+        """The request is about to be sent."""
+
+    def notify_task_finished(self, slot: Slot) -> None:
+        """The request ended; ``slot.outcome`` says how (UNKNOWN if it was never sent)."""
+
+
+@dataclass(frozen=True)
+class ClientStats:
+    """A snapshot of a client's counters, taken when :attr:`PhalaClient.stats` was read.
+
+    Snapshots do not change: read ``stats`` again and compare the two to see what happened between.
+
+    Attributes:
+        requests: HTTP requests sent, retries and reconnects included.
+        retries: requests that were retries of an earlier failed one.
+        reconnects: requests sent again at once because a pooled connection had gone stale.
+        rate_limited: answers with status 429.
+        throttled: answers that slowed the client down (429, or 503 with ``Retry-After``).
+        overloaded: other retryable 5xx answers.
+        retries_denied: retries not sent because most recent requests were failing.
+        ok: calls (one per id or page) that returned a value.
+        failed: calls that raised, by exception class name.
+        coalesced: calls that shared a request already in flight for the same id.
+        cache_hits: calls answered from the cache without a request.
+        in_flight: requests on the wire when the snapshot was taken.
+        send_rate: the adaptive send rate in requests per second, None while unpaced.
+    """
+
+    requests: int = 0
+    retries: int = 0
+    reconnects: int = 0
+    rate_limited: int = 0
+    throttled: int = 0
+    overloaded: int = 0
+    retries_denied: int = 0
+    ok: int = 0
+    failed: Counter[str] = field(default_factory=Counter)
+    coalesced: int = 0
+    cache_hits: int = 0
+    in_flight: int = 0
+    send_rate: float | None = None
 
 
 class PauseGate:
     """Holds new requests until a moment the server named has passed.
 
-    One gate per client: when an answer carries ``Retry-After``, :meth:`pause_for` moves the
-    moment forward, and every request, whichever worker sends it, waits in :meth:`wait` first.
+    When an answer carries ``Retry-After``, the pause moves forward, and every request, whichever
+    task sends it, waits before it is sent.
     """
 
-    __slots__ = ("_clock", "_until")
+    __slots__ = ("_clock", "_until", "pause_for_cap")
 
-    def __init__(self, clock: Clock = time.monotonic) -> None:
+    def __init__(self, clock: Clock = time.monotonic, *, pause_for_cap: float = 60.0) -> None:
         self._clock = clock
         self._until = 0.0
+        #: A Retry-After longer than this does not pause the client (the call raises at once).
+        self.pause_for_cap = pause_for_cap
 
     def pause_for(self, seconds: float) -> None:
         """Hold new requests for ``seconds`` from now (never shortens a longer pause)."""
@@ -37,32 +150,186 @@ class PauseGate:
 
     @property
     def paused(self) -> bool:
-        """Whether a pause is in force now (cheap: the hot path asks before awaiting)."""
+        """Whether a pause is in force now."""
         return self._until > self._clock()
 
     async def wait(self) -> None:
-        """Return once no pause is in force; at once (without yielding) when none is."""
+        """Return once no pause is in force."""
         # An Event would need a timer task to set it; a pause is rare and short, so sleep, in a
         # loop since another answer may extend the pause meanwhile.
         while (delay := self._until - self._clock()) > 0:  # noqa: ASYNC110
             await asyncio.sleep(delay)
 
+    def wait_task_can_start(self) -> Awaitable[None] | None:
+        return self.wait() if self._until > self._clock() else None
+
+    def notify_task_started(self, slot: Slot) -> None:
+        pass
+
+    def notify_task_finished(self, slot: Slot) -> None:
+        retry_after = slot.retry_after
+        throttled = slot.outcome is Outcome.THROTTLED
+        if throttled and retry_after is not None and retry_after <= self.pause_for_cap:
+            self.pause_for(retry_after)
+
+
+class MaxInFlight:
+    """At most ``limit`` requests at once, granted in arrival order.
+
+    A plain counter with a queue of waiters, rather than ``asyncio.Semaphore``, so that the free
+    case is a method call without an await; a freed place is handed straight to the next waiter.
+    """
+
+    __slots__ = ("_active", "_waiters", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._active = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def active(self) -> int:
+        """Places taken now."""
+        return self._active
+
+    def wait_task_can_start(self) -> Awaitable[None] | None:
+        if self._active < self.limit and not self._waiters:
+            self._active += 1
+            return None
+        return self._wait()
+
+    async def _wait(self) -> None:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._release()  # granted as the cancellation landed: pass the place on
+            elif waiter in self._waiters:  # a waker may have dropped it already
+                self._waiters.remove(waiter)
+            raise
+
+    def notify_task_started(self, slot: Slot) -> None:
+        pass
+
+    def notify_task_finished(self, slot: Slot) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the place moves to this waiter; _active is unchanged
+                return
+        self._active -= 1
+
+
+class HardCap:
+    """An account's known limit, in requests per second (aiolimiter's leaky bucket)."""
+
+    __slots__ = ("_limiter",)
+
+    def __init__(self, per_second: float) -> None:
+        self._limiter = AsyncLimiter(per_second, 1.0)
+
+    def wait_task_can_start(self) -> Awaitable[None] | None:
+        return self._limiter.acquire()
+
+    def notify_task_started(self, slot: Slot) -> None:
+        pass
+
+    def notify_task_finished(self, slot: Slot) -> None:
+        pass
+
+
+class FirstContact:
+    """Sends the first request alone, so that a wrong credential or a failing TLS set-up costs
+    one request, not one per caller.
+
+    Until one answer shows the credential and the connection work, only one request (the probe)
+    is on the wire; the others wait. An answer that dooms every request (401, a TLS failure)
+    hands the probe role to the next waiter, whose caller may still want to try (a sweep ends
+    instead, cancelling its waiters). Any other outcome opens the gate for good.
+    """
+
+    __slots__ = ("_open", "_probing", "_waiters")
+
+    def __init__(self) -> None:
+        self._open = False
+        self._probing = False
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def wait_task_can_start(self) -> Awaitable[None] | None:
+        if self._open:
+            return None
+        if not self._probing:
+            self._probing = True
+            return None
+        return self._wait()
+
+    async def _wait(self) -> None:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._hand_on()  # made the probe as the cancellation landed: pass it on
+            elif waiter in self._waiters:  # a waker may have dropped it already
+                self._waiters.remove(waiter)
+            raise
+
+    def notify_task_started(self, slot: Slot) -> None:
+        pass
+
+    def notify_task_finished(self, slot: Slot) -> None:
+        if self._open:
+            return
+        if slot.outcome in (Outcome.DOOMED, Outcome.UNKNOWN, Outcome.FAILED):
+            # Refused, cancelled, or no answer at all: nothing is proven yet.
+            self._hand_on()
+            return
+        self._open = True
+        self._probing = False
+        waiters, self._waiters = self._waiters, deque()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _hand_on(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # this waiter is the probe now
+                return
+        self._probing = False
+
 
 class AdaptiveRate:
-    """A client-side send rate that finds an unpublished rate limit and stays just under it.
+    """A client-side send rate that finds an unpublished rate limit, and backs off an overloaded
+    server, staying just under what it lets through.
 
     Unpaced until the server throttles in earnest. Then the rate is set to ``decrease`` times the
     successes per second the client saw over the last ``window`` seconds (what the server
-    actually let through), and grows back by ``increase`` of that rate per second without
-    a throttle, so a limit that was lifted is found again. Sends are spaced evenly at the current
-    rate rather than burst, so a fixed-window limit is not overrun at each window start.
+    actually let through), and grows back by ``increase`` of that rate per second, so a limit that
+    was lifted is found again. Sends are spaced evenly at the current rate rather than burst, so a
+    fixed-window limit is not overrun at each window start.
 
-    What counts as throttling in earnest: the server asked for a wait (``Retry-After`` > 0), or
-    at least ``min_throttles`` answers and ``min_share`` of all answers in the window were
-    throttles. Stray 429s among many successes do not lower the rate, since lowering on every
-    stray would compound into a crawl.
-    A burst of throttled answers lowers the rate once: only an answer to a request sent after the
-    last decrease can lower it again.
+    Throttling in earnest: the server asked for a wait (``Retry-After`` > 0), or at least
+    ``min_throttles`` answers and ``min_share`` of all answers in the window were throttles.
+    Stray 429s among many successes do not lower the rate, since lowering on every stray would
+    compound into a crawl. A burst of throttled answers lowers the rate once: only an answer to a
+    request sent after the last decrease can lower it again.
+
+    Overload (retryable 5xx without ``Retry-After``) is treated as a throttle too, as botocore's
+    adaptive mode and Google's client-side throttling do, but with a higher bar, since some 5xx
+    are only noise: at least ``min_throttles`` of them that are ``overload_share`` of the answers
+    in the window. It lowers the rate to ``decrease`` times what the client was sending, at most
+    once a window, so a storm slows the client by about a tenth each second without collapsing
+    it; once ``recovery`` seconds pass with no overload and no throttle, pacing set by overload
+    alone is lifted.
     """
 
     __slots__ = (
@@ -71,9 +338,16 @@ class AdaptiveRate:
         "_decrease",
         "_epoch",
         "_increase",
+        "_last_overload_decrease",
+        "_last_signal",
         "_min_share",
         "_min_throttles",
         "_next_send",
+        "_overload_only",
+        "_overload_share",
+        "_overloads",
+        "_recovery",
+        "_sends",
         "_since",
         "_successes",
         "_throttles",
@@ -90,6 +364,8 @@ class AdaptiveRate:
         window: float = 1.0,
         min_share: float = 0.05,
         min_throttles: int = 10,
+        overload_share: float = 0.3,
+        recovery: float = 5.0,
         clock: Clock = time.monotonic,
     ) -> None:
         self._clock = clock
@@ -97,14 +373,21 @@ class AdaptiveRate:
         self._increase = increase
         self._window = window
         self._min_share = min_share
+        self._min_throttles = min_throttles
+        self._overload_share = overload_share
+        self._recovery = recovery
         self._base: float | None = None
         self._since = 0.0
         self._next_send = 0.0
         self._epoch = 0
         self._successes: deque[float] = deque()
         self._throttles: deque[float] = deque()
-        self._min_throttles = min_throttles
-        #: How many times a throttle lowered the rate.
+        self._overloads: deque[float] = deque()
+        self._sends: deque[float] = deque()
+        self._last_signal = float("-inf")
+        self._last_overload_decrease = float("-inf")
+        self._overload_only = False
+        #: How many times a throttle or an overload lowered the rate.
         self.decreases = 0
         #: Whether sends are paced (a rate has been learned).
         self.paced = False
@@ -125,9 +408,11 @@ class AdaptiveRate:
         """Reserve the next send slot; return how long to wait for it (0 when unpaced)."""
         if self._base is None:
             return 0.0
-        rate = self.rate
-        assert rate is not None  # noqa: S101 - _base is set, so rate is
         now = self._clock()
+        if self._overload_only and now - self._last_signal > self._recovery:
+            self._unpace()
+            return 0.0
+        rate = self._base * (1.0 + self._increase * (now - self._since))
         slot = max(now, self._next_send)
         self._next_send = slot + 1.0 / rate
         return slot - now
@@ -144,12 +429,11 @@ class AdaptiveRate:
             asked_to_wait: the answer carried a ``Retry-After`` greater than zero.
         """
         now = self._record(self._throttles)
+        self._last_signal = now
         if sent_epoch != self._epoch:
             return  # sent before the last decrease: that decrease already answered it
-        horizon = now - self._window
-        successes = sum(1 for t in self._successes if t >= horizon)
-        throttles = sum(1 for t in self._throttles if t >= horizon)
-        answers = successes + throttles
+        successes, throttles, overloads = self._counts(now)
+        answers = successes + throttles + overloads
         if not asked_to_wait and throttles < max(self._min_throttles, self._min_share * answers):
             return  # stray throttles, too few to tell a limit from noise
         current = self.rate
@@ -164,12 +448,65 @@ class AdaptiveRate:
             if current is not None:
                 # Never faster than now, and at most half as fast per decrease.
                 let_through = min(current, max(let_through, current / 2 / self._decrease))
-        self._base = max(1.0, self._decrease * let_through)
+        self._overload_only = False
+        self._lower_to(self._decrease * let_through, now)
+
+    def on_overload(self, sent_epoch: int) -> None:
+        """Learn from a retryable 5xx answer without ``Retry-After``.
+
+        Args:
+            sent_epoch: :attr:`epoch` when the failed request was sent.
+        """
+        now = self._record(self._overloads)
+        self._last_signal = now
+        if sent_epoch != self._epoch or now - self._last_overload_decrease < self._window:
+            return  # at most one decrease a window, for requests sent since the last one
+        successes, throttles, overloads = self._counts(now)
+        answers = successes + throttles + overloads
+        if overloads < max(self._min_throttles, self._overload_share * answers):
+            return
+        # What the client was sending: the answers over the time they span (the window is not
+        # full yet at the start of a storm); too short a span tells nothing yet.
+        span = now - self._earliest(now)
+        if span < self._window / 4:
+            return
+        sending = answers / span
+        current = self.rate
+        if current is not None:
+            sending = min(current, sending)
+        if self._base is None:
+            self._overload_only = True
+        self._last_overload_decrease = now
+        self._lower_to(self._decrease * sending, now)
+
+    def _lower_to(self, rate: float, now: float) -> None:
+        self._base = max(1.0, rate)
         self.paced = True
         self._since = now
         self._next_send = now
         self._epoch += 1
         self.decreases += 1
+
+    def _unpace(self) -> None:
+        self._base = None
+        self.paced = False
+        self._overload_only = False
+
+    def _counts(self, now: float) -> tuple[int, int, int]:
+        horizon = now - self._window
+        return (
+            sum(1 for t in self._successes if t >= horizon),
+            sum(1 for t in self._throttles if t >= horizon),
+            sum(1 for t in self._overloads if t >= horizon),
+        )
+
+    def _earliest(self, now: float) -> float:
+        horizon = now - self._window
+        firsts = [
+            next((t for t in times if t >= horizon), now)
+            for times in (self._successes, self._throttles, self._overloads)
+        ]
+        return min(firsts)
 
     def _record(self, times: deque[float]) -> float:
         now = self._clock()
@@ -178,6 +515,26 @@ class AdaptiveRate:
         while times[0] < horizon:
             times.popleft()
         return now
+
+    # -- the Limit protocol --------------------------------------------------------------------
+
+    def wait_task_can_start(self) -> Awaitable[None] | None:
+        if not self.paced:
+            return None
+        delay = self.delay()
+        return asyncio.sleep(delay) if delay > 0 else None
+
+    def notify_task_started(self, slot: Slot) -> None:
+        slot.epoch = self._epoch
+
+    def notify_task_finished(self, slot: Slot) -> None:
+        outcome = slot.outcome
+        if outcome is Outcome.OK:
+            self.on_success()
+        elif outcome is Outcome.THROTTLED:
+            self.on_throttle(slot.epoch, asked_to_wait=bool(slot.retry_after))
+        elif outcome is Outcome.OVERLOADED:
+            self.on_overload(slot.epoch)
 
 
 class RetryBudget:
@@ -198,7 +555,7 @@ class RetryBudget:
         self._successes = 0
         self._min_samples = min_samples
         self._min_success_ratio = min_success_ratio
-        #: How many retries were refused.
+        #: How many retries were refused (counted by :meth:`note_denied`).
         self.denied = 0
 
     def record(self, success: bool) -> None:
@@ -216,11 +573,187 @@ class RetryBudget:
         return self._successes / len(self._outcomes) if self._outcomes else 1.0
 
     def allows_retry(self) -> bool:
-        """Whether a retry may be sent now; counts a refusal in :attr:`denied`."""
-        if (
+        """Whether a retry may be sent now. Pure: asking twice changes nothing."""
+        return not (
             len(self._outcomes) >= self._min_samples
             and self.success_ratio < self._min_success_ratio
-        ):
-            self.denied += 1
-            return False
-        return True
+        )
+
+    def note_denied(self) -> None:
+        """Count a retry that was really skipped because :meth:`allows_retry` said no."""
+        self.denied += 1
+
+
+class Slot:
+    """One request's place: entered before it is sent, left with its outcome.
+
+    Attributes:
+        epoch: the adaptive rate's epoch when the request was sent.
+        outcome: what the answer meant, set on leaving the block.
+        retry_after: the answer's ``Retry-After``, when it was a throttle.
+    """
+
+    __slots__ = ("_entered", "_extra", "_governor", "epoch", "outcome", "retry_after")
+
+    def __init__(self, governor: Governor, extra: MaxInFlight | None) -> None:
+        self._governor = governor
+        self._extra = extra
+        self._entered: list[Limit] = []
+        self.epoch = 0
+        self.outcome = Outcome.UNKNOWN
+        self.retry_after: float | None = None
+
+    async def __aenter__(self) -> Slot:
+        entered = self._entered
+        try:
+            if self._extra is not None:
+                waiter = self._extra.wait_task_can_start()
+                if waiter is not None:
+                    await waiter
+                entered.append(self._extra)
+            for limit in self._governor.limits:
+                waiter = limit.wait_task_can_start()
+                if waiter is not None:
+                    await waiter
+                entered.append(limit)
+        except BaseException:
+            self._finish()
+            raise
+        for limit in entered:
+            limit.notify_task_started(self)
+        self._governor.on_started()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.outcome = classify(exc)
+        if isinstance(exc, APIStatusError):
+            self.retry_after = exc.retry_after
+            if exc.status_code == 429:
+                self._governor.note("rate_limited")
+        self._governor.on_finished(self)
+        self._finish()
+
+    def _finish(self) -> None:
+        for limit in reversed(self._entered):
+            limit.notify_task_finished(self)
+        self._entered.clear()
+
+
+class Governor:
+    """Every limit of one client, the retry budget and the counters.
+
+    Args:
+        concurrency: requests in flight at most.
+        adaptive: pace sends after throttles and overload (:class:`AdaptiveRate`).
+        rate_limit: a hard cap in requests per second, or None.
+        retry_budget: refuse retries while most recent requests fail (:class:`RetryBudget`).
+        retry_after_cap: the longest ``Retry-After`` that pauses the client.
+    """
+
+    def __init__(
+        self,
+        *,
+        concurrency: int,
+        adaptive: bool = True,
+        rate_limit: float | None = None,
+        retry_budget: bool = True,
+        retry_after_cap: float = 60.0,
+    ) -> None:
+        self.pacer = AdaptiveRate() if adaptive else None
+        self.in_flight = MaxInFlight(concurrency)
+        self.gate = PauseGate(pause_for_cap=retry_after_cap)
+        self.first_contact = FirstContact()
+        # Order matters: pacing and the cap before taking a place, the pause last, so that
+        # nothing is sent during a pause however long the waits before it were; the first
+        # contact after that, so the probe is a request that really goes out.
+        limits: list[Limit] = []
+        if self.pacer is not None:
+            limits.append(self.pacer)
+        if rate_limit is not None:
+            limits.append(HardCap(rate_limit))
+        limits += [self.in_flight, self.gate, self.first_contact]
+        self.limits: tuple[Limit, ...] = tuple(limits)
+        # The window spans a few rounds of requests in flight, so that one stall (a long GC
+        # pause, a network blip) does not look like a down API.
+        self.budget = RetryBudget(window=max(100, 4 * concurrency)) if retry_budget else None
+        self._counts = Counter[str]()
+        self._failed = Counter[str]()
+        self._requests = 0
+        self._active = 0
+
+    def slot(self, extra: MaxInFlight | None = None) -> Slot:
+        """A place for one request, under every limit (and ``extra``, a sweep's own limit)."""
+        return Slot(self, extra)
+
+    def may_retry(self) -> bool:
+        """Whether the retry budget allows a retry now; pure."""
+        return self.budget is None or self.budget.allows_retry()
+
+    def note_retry_denied(self) -> None:
+        """Count a retry skipped because :meth:`may_retry` said no."""
+        if self.budget is not None:
+            self.budget.note_denied()
+        self._counts["retries_denied"] += 1
+
+    def note_retry(self) -> None:
+        """Count a request that retries an earlier failed one."""
+        self._counts["retries"] += 1
+
+    def note_reconnect(self) -> None:
+        """Count a request sent again at once after a stale pooled connection."""
+        self._counts["reconnects"] += 1
+        self._requests += 1
+
+    def note_call(self, error: BaseException | None) -> None:
+        """Count a finished call (one per id or page): ok, or failed by exception class."""
+        if error is None:
+            self._counts["ok"] += 1
+        else:
+            self._failed[type(error).__name__] += 1
+
+    def note(self, counter: str, count: int = 1) -> None:
+        """Add to a named counter of :class:`ClientStats` (``coalesced``, ``cache_hits``...)."""
+        self._counts[counter] += count
+
+    def on_started(self) -> None:
+        """A request is on the wire (called by :class:`Slot`)."""
+        self._requests += 1
+        self._active += 1
+
+    def on_finished(self, slot: Slot) -> None:
+        """A request ended with ``slot.outcome`` (called by :class:`Slot`)."""
+        self._active -= 1
+        outcome = slot.outcome
+        if outcome is Outcome.UNKNOWN:
+            return
+        if outcome is Outcome.THROTTLED:
+            self._counts["throttled"] += 1
+        elif outcome is Outcome.OVERLOADED:
+            self._counts["overloaded"] += 1
+        budget = self.budget
+        if budget is not None and outcome is not Outcome.THROTTLED:
+            budget.record(outcome is Outcome.OK)
+
+    def snapshot(self) -> ClientStats:
+        """The counters as of now, as a value that does not change afterwards."""
+        counts = self._counts
+        return ClientStats(
+            requests=self._requests,
+            retries=counts["retries"],
+            reconnects=counts["reconnects"],
+            rate_limited=counts["rate_limited"],
+            throttled=counts["throttled"],
+            overloaded=counts["overloaded"],
+            retries_denied=counts["retries_denied"],
+            ok=counts["ok"],
+            failed=Counter(self._failed),
+            coalesced=counts["coalesced"],
+            cache_hits=counts["cache_hits"],
+            in_flight=self._active,
+            send_rate=self.pacer.rate if self.pacer is not None else None,
+        )

@@ -62,9 +62,11 @@ def test_budget_allows_retries_before_min_samples() -> None:
 
 
 def test_budget_denies_retries_once_most_requests_fail() -> None:
-    """Twenty failures out of twenty deny retries, and each refusal is counted."""
+    """Twenty failures out of twenty deny retries, and each refusal noted is counted."""
     budget = _budget_with([False] * 20)
     assert [budget.allows_retry() for _ in range(3)] == [False, False, False]
+    for _ in range(3):
+        budget.note_denied()
     assert budget.denied == 3
     assert budget.success_ratio == 0.0
 

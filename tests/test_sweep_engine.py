@@ -1,0 +1,148 @@
+"""Tests for how a sweep uses its slots: retry waits are parked, never held, and stay bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from phala_async import AuthenticationError, CvmResult, PhalaClient
+from phala_async.testing import Fault, PhalaSimulator
+
+FAILING = (1, 2, 3)
+
+
+def client_for(sim: PhalaSimulator, **overrides: Any) -> PhalaClient:
+    """A client against ``sim`` (keyword arguments override the defaults here)."""
+    options: dict[str, Any] = {"api_key": sim.api_key, "base_url": sim.base_url, "timeout": 5.0}
+    return PhalaClient(**{**options, **overrides})
+
+
+async def test_a_waiting_id_leaves_its_slot_to_the_others() -> None:
+    """While three ids wait out a long backoff twice, the other 397 are all fetched first, with
+    every slot busy; only then do the retries reach the server."""
+    async with PhalaSimulator(cvms=400, latency=0.01) as sim:
+        for cvm_id in FAILING:
+            sim.script(cvm_id, Fault.HTTP_503, Fault.HTTP_503, Fault.OK)
+        # Waits of 1.5 to 3 s: four slots fetch 397 ids in about 1 s, so the retries can only
+        # come last if no slot sleeps; with three of four asleep it would take about 4 s.
+        client = client_for(sim, concurrency=4, backoff_initial=3.0, backoff_max=3.0)
+        async with asyncio.timeout(30), client:
+            stream = client.stream_cvms(range(1, 401))
+            async with stream:
+                results = [result async for result in stream]
+        log = sim.request_log
+    keys = [record.cvm_key for record in log]
+    retried = [index for index, key in enumerate(keys) if key in {"1", "2", "3"}][3:]
+    others = [index for index, key in enumerate(keys) if key not in {"1", "2", "3"}]
+    assert len(results) == 400
+    assert all(result.ok for result in results)
+    assert {r.cvm_id: r.attempts for r in results if r.cvm_id in FAILING} == dict.fromkeys(
+        FAILING, 3
+    )
+    assert len(retried) == 6
+    assert max(others) < min(retried)
+    assert stream.most_parked == 3
+    assert sim.max_in_flight == 4
+
+
+async def test_parked_ids_stay_bounded_on_a_million_lazy_ids() -> None:
+    """On a lazily generated stream of a million ids with many retries, the sweep never reads
+    more than a small multiple of its concurrency ahead of what it has yielded."""
+    concurrency = 8
+    pulled = 0
+    ahead: list[int] = []
+
+    def ids() -> Iterator[int]:
+        nonlocal pulled
+        for n in range(1, 1_000_001):
+            pulled += 1
+            yield n
+
+    faulty = PhalaSimulator(cvms=3000, fault_rate=0.4, faults=["503"], seed=7)
+    async with faulty as sim:
+        client = client_for(sim, concurrency=concurrency, backoff_initial=0.05, backoff_max=0.1)
+        taken = 0
+        async with asyncio.timeout(30), client:
+            stream = client.stream_cvms(ids())
+            async with stream:
+                async for _ in stream:
+                    taken += 1
+                    ahead.append(pulled - taken)
+                    if taken == 1500:
+                        break
+    bound = concurrency + 4 * concurrency + concurrency  # workers, parked, the result queue
+    assert taken == 1500
+    assert pulled < 1_000_000
+    assert max(ahead) <= bound
+    assert 0 < stream.most_parked <= 4 * concurrency
+
+
+async def test_a_refused_credential_ends_a_500_id_sweep_after_one_request() -> None:
+    """A wrong key sends exactly one request for a 500-id sweep, which then raises the 401."""
+    async with PhalaSimulator(cvms=500) as sim:
+        client = client_for(sim, api_key="phak_wrong_key_for_this_test", concurrency=16)
+        seen: list[CvmResult] = []
+
+        async def sweep() -> None:
+            async with client.stream_cvms(range(1, 501)) as stream:
+                async for result in stream:
+                    seen.append(result)
+
+        async with asyncio.timeout(10), client:
+            with pytest.raises(AuthenticationError) as caught:
+                await sweep()
+        assert sim.total_requests == 1
+    assert seen == []
+    assert caught.value.status_code == 401
+
+
+async def test_get_cvms_with_a_refused_credential_reports_every_id_unsent() -> None:
+    """``get_cvms`` does not raise on a refused credential: each id gets the 401, one sent."""
+    async with PhalaSimulator(cvms=50) as sim:
+        client = client_for(sim, api_key="phak_wrong_key_for_this_test")
+        async with asyncio.timeout(10), client:
+            results = await client.get_cvms(range(1, 51))
+        assert sim.total_requests == 1
+    assert [result.cvm_id for result in results] == list(range(1, 51))
+    assert all(isinstance(result.error, AuthenticationError) for result in results)
+    assert [result.error.cvm_id for result in results if result.error] == list(range(1, 51))
+    assert sum(result.attempts for result in results) <= 1
+
+
+async def test_the_send_rate_falls_under_a_storm_of_503s() -> None:
+    """When half of all answers are 503, the client paces itself below what it sent without
+    faults, instead of sending faster."""
+    async with PhalaSimulator(cvms=3000, latency=0.002) as calm:
+        client = client_for(calm, concurrency=16, max_attempts=1)
+        async with asyncio.timeout(30), client:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            await client.get_cvms(range(1, 1001))
+            calm_rate = 1000 / (loop.time() - started)
+            assert client.stats.send_rate is None  # no faults: never paced
+    storm = PhalaSimulator(cvms=3000, latency=0.002, fault_rate=0.5, faults=["503"], seed=3)
+    async with storm as sim:
+        client = client_for(sim, concurrency=16, max_attempts=1)
+        async with asyncio.timeout(60), client:
+            await client.get_cvms(range(1, 3001))
+            stats = client.stats
+        statuses = sim.status_counts
+    assert statuses[503] > 0.4 * sum(statuses.values())
+    assert stats.overloaded == statuses[503]
+    assert stats.send_rate is not None
+    assert stats.send_rate < calm_rate
+
+
+def test_stats_are_a_snapshot() -> None:
+    """Two reads of ``stats`` are separate values: the first does not change afterwards."""
+    client = PhalaClient(api_key="phak_test", base_url="http://127.0.0.1:9/api/v1")
+    before = client.stats
+    client._governor.note_call(None)  # as a finished call would
+    after = client.stats
+    assert before is not after
+    assert (before.ok, after.ok) == (0, 1)
+    assert collections.Counter(before.failed) == collections.Counter()
