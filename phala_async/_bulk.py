@@ -417,8 +417,8 @@ async def gather_in_order(
     except PhalaError as exc:
         if not ends_every_call(exc):
             raise
-        for index, result in enumerate(results):
-            if result is None:
+        for index, done in enumerate(results):
+            if done is None:
                 results[index] = CvmResult(cvm_id=given[index], error=_not_sent(exc, given[index]))
     return [result for result in results if result is not None]
 
