@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 VENV313 := .venv-aiohttp313
 BIN313 := $(VENV313)/bin
 
-.PHONY: test lint typecheck unit compat venv demo bench clean
+.PHONY: test lint typecheck unit compat venv demo bench clean dist
 
 venv: $(VENV)/.installed
 
@@ -42,6 +42,14 @@ test: lint typecheck unit compat
 
 clean:
 	rm -rf $(VENV) $(VENV313) .mypy_cache .pytest_cache .ruff_cache build dist
+
+# What a release uploads: the sdist and the wheel built from it, their metadata checked by twine,
+# and the wheel's file list checked against the package (tests/test_wheel.py, run as a script).
+dist: venv
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
+	$(BIN)/twine check --strict dist/*
+	$(BIN)/python tests/test_wheel.py dist/*.whl
 
 demo: venv
 	$(BIN)/phala-async demo --cvms 1000
