@@ -14,7 +14,7 @@ bounded in concurrency and memory::
     asyncio.run(main())
 """
 
-from ._bulk import CvmResult, CvmStream
+from ._bulk import CvmFailed, CvmOk, CvmResult, CvmStream, SweepResult
 from ._client import API_VERSION, ClientStats, PhalaClient
 from ._errors import (
     APIConnectionError,
@@ -35,14 +35,28 @@ from ._errors import (
     RateLimitError,
     ResponseError,
     ResponseTooLargeError,
+    StatusTimeoutError,
     UnprocessableEntityError,
 )
 from ._ids import normalize_cvm_id
-from ._models import CvmDetail, CvmNetworkUrls, CvmNode, KMSInfo
+from ._models import (
+    CvmDetail,
+    CvmNetworkUrls,
+    CvmNode,
+    CvmPage,
+    GuestEvent,
+    HostedCvm,
+    KMSInfo,
+    ManagedUser,
+    VmConfiguration,
+    VmInfo,
+)
 from ._version import __version__
+from ._watch import VOLATILE_FIELDS, CvmEvent, CvmWatch
 
 __all__ = [
     "API_VERSION",
+    "VOLATILE_FIELDS",
     "APIConnectionError",
     "APIStatusError",
     "APITLSError",
@@ -53,15 +67,23 @@ __all__ = [
     "ClientStats",
     "ConfigurationError",
     "CvmDetail",
+    "CvmEvent",
+    "CvmFailed",
     "CvmNetworkUrls",
     "CvmNode",
+    "CvmOk",
+    "CvmPage",
     "CvmResult",
     "CvmStream",
+    "CvmWatch",
     "DecodeError",
     "EventLoopError",
+    "GuestEvent",
+    "HostedCvm",
     "InternalServerError",
     "InvalidCvmIdError",
     "KMSInfo",
+    "ManagedUser",
     "NotFoundError",
     "PermissionDeniedError",
     "PhalaClient",
@@ -69,7 +91,11 @@ __all__ = [
     "RateLimitError",
     "ResponseError",
     "ResponseTooLargeError",
+    "StatusTimeoutError",
+    "SweepResult",
     "UnprocessableEntityError",
+    "VmConfiguration",
+    "VmInfo",
     "__version__",
     "normalize_cvm_id",
 ]

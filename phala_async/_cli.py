@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import msgspec
 
-from ._bulk import CvmResult
+from ._bulk import SweepResult
 from ._cli_output import (
     NullWriter,
     RecordWriter,
@@ -301,7 +301,7 @@ def _get(args: argparse.Namespace, redact: Redactor) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
-async def _get_all(client: PhalaClient, ids: list[str]) -> list[CvmResult]:
+async def _get_all(client: PhalaClient, ids: list[str]) -> list[SweepResult]:
     async with client:
         return await client.get_cvms(ids)
 

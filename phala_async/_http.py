@@ -51,6 +51,15 @@ class Exchange:
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=None, sock_read=None)
         self._max_bytes = max_bytes
 
+    def with_timeout(self, timeout: float) -> Exchange:
+        """The same exchange with another per-attempt timeout."""
+        return Exchange(
+            base_url=self._base_url,
+            headers=self._headers,
+            timeout=timeout,
+            max_bytes=self._max_bytes,
+        )
+
     def session_defaults(self) -> dict[str, Any]:
         """Keyword arguments for a ``ClientSession`` of our own that sends what we send."""
         return {"headers": self._headers, "timeout": self._timeout}
