@@ -12,6 +12,10 @@ answer carries a unique `X-Request-ID`. Errors use the real server's bodies: 403
 another workspace, 404 `ERR-03-001`, 422 FastAPI validation details, 429 `ERR-05-002` with
 `Retry-After`. The same shape is served whatever `X-Phala-Version` is sent (the `2025-10-28` one).
 
+The workspace can change while the server runs, as a real one does between two sweeps:
+`add_cvms`, `remove_cvm` and `update_cvm` change the detail documents and the listing together
+(`total` and `pages` included); a removed CVM answers 404 `ERR-03-001` in every identifier form.
+
 Failures can be injected on the detail endpoint at random (`fault_rate`, `faults`), by a request
 budget (`rate_limit`), or in a fixed order per path segment (`script`); counters and a request log
 show what the server saw. Example:
@@ -37,7 +41,6 @@ import collections
 import dataclasses
 import enum
 import hmac
-import json
 import math
 import random
 import secrets
@@ -47,6 +50,7 @@ from typing import Any, Self
 from aiohttp import web
 
 from phala_async import _sim_data as data
+from phala_async._sim_state import Workspace
 
 __all__ = ["DEFAULT_FAULTS", "Fault", "PhalaSimulator", "RequestRecord"]
 
@@ -147,8 +151,10 @@ class PhalaSimulator:
     """A local Phala Cloud API server with deterministic CVMs and injectable failures.
 
     Workspace CVMs have ids `1..cvms`; ids `cvms+1..cvms+forbidden` exist in another workspace
-    (403). CVM documents derive from `(seed, id)` only and are encoded once, at construction.
-    `X-Phala-Version` is recorded but does not change the shape.
+    (403); CVMs added later (`add_cvms`) take the ids after the highest ever given, so they never
+    collide with those. CVM documents derive from `(seed, id)` and are encoded when the CVM is
+    made or changed (`update_cvm`), not per request. `X-Phala-Version` is recorded but does not
+    change the shape.
 
     A detail request is processed in this order: counted, authenticated (401), a scripted answer
     for its segment (which replaces the rate limit and random fault), the rate limit (429), a
@@ -209,7 +215,6 @@ class PhalaSimulator:
             raise ValueError(f"rate_limit must be > 0 per second, or None, not {rate_limit!r}")
         if not api_key or not token:
             raise ValueError("api_key and token must be non-empty strings")
-        self._cvms, self._forbidden, self._seed = cvms, forbidden, seed
         self._api_key, self._token = api_key, token
         self._secrets = (api_key.encode(), token.encode())
         self._fault_rate, self._faults = fault_rate, tuple(_as_fault(kind) for kind in faults)
@@ -219,10 +224,7 @@ class PhalaSimulator:
         self._host, self._port = host, port
         # Faults are random but reproducible for one seed and one request order.
         self._rng = random.Random(seed)  # noqa: S311 -- fault injection, not security
-        self._identities = [data.cvm_identity(seed, i) for i in range(1, cvms + forbidden + 1)]
-        self._index = {key: ident.id for ident in self._identities for key in ident.lookup_keys()}
-        # Encoded once, so serving is a lookup (about 50 µs per CVM here, 0.5 s for 10 000).
-        self._bodies = [data.encoded_documents(seed, ident) for ident in self._identities[:cvms]]
+        self._workspace = Workspace(seed=seed, cvms=cvms, forbidden=forbidden, instances_per_app=1)
         self._scripts: dict[str, collections.deque[Fault]] = {}
         self._window, self._window_count = -1, 0
         self._runner: web.AppRunner | None = None
@@ -235,7 +237,8 @@ class PhalaSimulator:
     def __repr__(self) -> str:
         where = self.base_url if self._bound_port is not None else "not started"
         return (
-            f"PhalaSimulator(cvms={self._cvms}, forbidden={self._forbidden}, "
+            f"PhalaSimulator(cvms={len(self._workspace.cvm_ids)}, "
+            f"forbidden={len(self._workspace.forbidden_ids)}, "
             f"fault_rate={self._fault_rate}, rate_limit={self._rate_limit}, {where})"
         )
 
@@ -304,24 +307,63 @@ class PhalaSimulator:
 
     @property
     def cvm_ids(self) -> list[int]:
-        """Ids of the workspace CVMs, in order."""
-        return list(range(1, self._cvms + 1))
+        """Ids of the workspace CVMs, in order; they follow `add_cvms` and `remove_cvm`."""
+        return self._workspace.cvm_ids
 
     @property
     def forbidden_ids(self) -> list[int]:
         """Ids of the CVMs that exist in another workspace (answered with 403)."""
-        return list(range(self._cvms + 1, self._cvms + self._forbidden + 1))
+        return self._workspace.forbidden_ids
 
     def cvm(self, cvm_id: int) -> dict[str, Any]:
-        """A fresh copy of the JSON document served for workspace CVM `cvm_id`.
+        """A fresh copy of the JSON document served now for workspace CVM `cvm_id`.
 
         Raises:
             KeyError: `cvm_id` is not in `cvm_ids`.
         """
-        if not 1 <= cvm_id <= self._cvms:
-            raise KeyError(f"CVM {cvm_id!r} is not in the workspace (ids 1..{self._cvms})")
-        document: dict[str, Any] = json.loads(self._bodies[cvm_id - 1][0])
-        return document
+        return self._workspace.document(cvm_id)
+
+    def add_cvms(self, count: int) -> list[int]:
+        """Add `count` CVMs to the workspace and return their ids, in order.
+
+        They take the ids after the highest ever given (forbidden and removed CVMs included), and
+        their documents derive from the seed and the id, like the first ones. With several
+        `instances_per_app`, this call's CVMs form new apps of their own.
+
+        Raises:
+            ValueError: `count` is negative.
+        """
+        if count < 0:
+            raise ValueError(f"count must be >= 0 CVMs to add, not {count!r}")
+        return self._workspace.add(count)
+
+    def remove_cvm(self, cvm_id: int) -> None:
+        """Remove a workspace CVM: every identifier form of it then answers 404 `ERR-03-001`.
+
+        It leaves the listing (its `total` and `pages` follow) and `cvm_ids`; its id is never given
+        again. The app id of an app with other instances left names the next one instead.
+
+        Raises:
+            KeyError: `cvm_id` is not in `cvm_ids`.
+        """
+        self._workspace.remove(cvm_id)
+
+    def update_cvm(self, cvm_id: int, **fields: Any) -> None:
+        """Change fields of a workspace CVM in its detail document and in its listing entry.
+
+        Fields are named as in the detail document (`status`, `name`, `vcpu`, `memory`,
+        `disk_size`, `teepod={...}`, ...); the listing entry changes alike (`teepod` is its
+        `node`, `name` and `status` also its `hosted` ones). Values are served as given, so a test
+        can also serve a malformed document. A new `name` finds the CVM; the old one no longer does.
+        Example: `sim.update_cvm(3, status="stopped", teepod={"id": 9, "name": "prod9"})`.
+
+        Raises:
+            KeyError: `cvm_id` is not in `cvm_ids`.
+            ValueError: An unknown field or an identifier (`id`, `app_id`, `vm_uuid`,
+                `instance_id`), or a `name` that is not a free CVM name; nothing was changed.
+            TypeError: A value that JSON cannot encode; nothing was changed.
+        """
+        self._workspace.update(cvm_id, fields)
 
     def script(self, key: str | int, *kinds: Fault | str) -> None:
         """Queue answers for the next requests whose path segment is `str(key)`.
@@ -504,24 +546,10 @@ class PhalaSimulator:
         return response
 
     def _lookup(self, request: web.Request, segment: str) -> tuple[int, bytes]:
-        cvm_id = self._index.get(segment)  # the exact forms, one dict hit on the fast path
-        if cvm_id is None:
-            key = data.canonical_key(segment)
-            if key is None:
-                return 422, data.INVALID_ID
-            cvm_id = self._index.get(key)
-            if cvm_id is None:
-                return 404, data.not_found(segment)
-        if cvm_id > self._cvms:
-            return 403, data.FORBIDDEN
-        return 200, self._bodies[cvm_id - 1][0]
+        return self._workspace.lookup(segment)
 
     def _page(self, request: web.Request, key: str) -> tuple[int, bytes]:
         parsed = data.page_request(request.query)
         if isinstance(parsed, bytes):
             return 422, parsed
-        page, page_size = parsed
-        first = (page - 1) * page_size + 1
-        ids = range(first, min(first + page_size - 1, self._cvms) + 1)
-        items = [self._bodies[cvm_id - 1][1] for cvm_id in ids]
-        return 200, data.page_body(items, self._cvms, page, page_size)
+        return 200, self._workspace.page(*parsed)
