@@ -5,7 +5,11 @@ package uses, as the API reference describes them:
 
 - `GET /api/v1/cvms/{cvm_id}`: the `CvmBasicInfo` document of one CVM, looked up by integer id,
   name, `app_<40 hex>`, bare 40-hex app or instance id, or VM UUID (dashed or not);
-- `GET /api/v1/cvms/paginated?page=&page_size=`: `HostedCvm` items over the workspace, in id order.
+- `GET /api/v1/cvms/paginated?page=&page_size=`: `HostedCvm` items over the workspace, in id order;
+  each item's `hosted.id` and `hosted.instance_id` are its CVM's VM UUID and instance id.
+
+An app may run as several CVMs (`instances_per_app`): they share the `app_id`, so `app_<hex>` names
+only the app's first instance, while the integer id, name, VM UUID and instance id name one CVM.
 
 Both require `X-API-Key: <api_key>` or `Authorization: Bearer <token>` (401 otherwise), and every
 answer carries a unique `X-Request-ID`. Errors use the real server's bodies: 403 for CVMs of
@@ -166,6 +170,11 @@ class PhalaSimulator:
         api_key: The accepted `X-API-Key` value.
         token: The accepted `Authorization: Bearer` token.
         forbidden: Number of extra CVMs that belong to another workspace.
+        instances_per_app: CVMs that are instances of one app and share its `app_id`: with 3,
+            CVMs 1-3 are one app, 4-6 the next (forbidden and added CVMs form apps of their
+            own). Each instance keeps its own id, name, VM UUID and instance id; `app_<hex>`
+            names the app's first instance still in the workspace (its lowest id), as a lookup
+            by app id that takes the oldest match does.
         fault_rate: Fraction (0-1) of detail requests answered with a random fault.
         faults: The kinds random faults are drawn from, uniformly.
         fault_delay: Seconds a `Fault.DELAY` waits before answering.
@@ -189,6 +198,7 @@ class PhalaSimulator:
         api_key: str = "phak_simulator_test_key",
         token: str = "simulator-oauth-token",  # noqa: S107 -- a fixed test credential, not a secret
         forbidden: int = 0,
+        instances_per_app: int = 1,
         fault_rate: float = 0.0,
         faults: Sequence[Fault | str] = DEFAULT_FAULTS,
         fault_delay: float = 2.0,
@@ -211,6 +221,12 @@ class PhalaSimulator:
             raise ValueError(f"fault_rate must be between 0.0 and 1.0, not {fault_rate!r}")
         if fault_rate and not faults:
             raise ValueError("faults is empty: pass at least one Fault when fault_rate > 0")
+        if isinstance(instances_per_app, bool) or not (
+            isinstance(instances_per_app, int) and instances_per_app >= 1
+        ):
+            raise ValueError(
+                f"instances_per_app must be an int >= 1 (CVMs per app), not {instances_per_app!r}"
+            )
         if rate_limit is not None and not rate_limit > 0:
             raise ValueError(f"rate_limit must be > 0 per second, or None, not {rate_limit!r}")
         if not api_key or not token:
@@ -224,7 +240,9 @@ class PhalaSimulator:
         self._host, self._port = host, port
         # Faults are random but reproducible for one seed and one request order.
         self._rng = random.Random(seed)  # noqa: S311 -- fault injection, not security
-        self._workspace = Workspace(seed=seed, cvms=cvms, forbidden=forbidden, instances_per_app=1)
+        self._workspace = Workspace(
+            seed=seed, cvms=cvms, forbidden=forbidden, instances_per_app=instances_per_app
+        )
         self._scripts: dict[str, collections.deque[Fault]] = {}
         self._window, self._window_count = -1, 0
         self._runner: web.AppRunner | None = None
