@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from phala_async import PhalaClient
 from phala_async._sim_data import cvm_identity
 from phala_async.testing import PhalaSimulator
 
@@ -133,3 +134,16 @@ def test_bad_instances_per_app_fails_at_construction(instances: Any) -> None:
     """instances_per_app other than an int >= 1 raises ValueError saying what to pass."""
     with pytest.raises(ValueError, match=r"instances_per_app must be an int >= 1"):
         PhalaSimulator(instances_per_app=instances)
+
+
+async def test_listed_cvm_ids_fetch_each_instance_itself() -> None:
+    """With 3 instances per app, every listed cvm_id is distinct and fetches that very CVM."""
+    async with (
+        PhalaSimulator(cvms=9, instances_per_app=3) as sim,
+        PhalaClient(api_key=sim.api_key, base_url=sim.base_url) as client,
+    ):
+        entries = [entry async for entry in client.list_cvms(page_size=4)]
+        fetched = [(await client.get_cvm(entry.cvm_id)).id for entry in entries]
+    assert len({entry.cvm_id for entry in entries}) == 9
+    assert len({entry.hosted.app_id for entry in entries}) == 3
+    assert fetched == sim.cvm_ids
