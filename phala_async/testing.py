@@ -21,8 +21,10 @@ The workspace can change while the server runs, as a real one does between two s
 (`total` and `pages` included); a removed CVM answers 404 `ERR-03-001` in every identifier form.
 
 Failures can be injected on the detail endpoint at random (`fault_rate`, `faults`), by a request
-budget (`rate_limit`), or in a fixed order per path segment (`script`); counters and a request log
-show what the server saw. Example:
+budget (`rate_limit`), or in a fixed order per path segment (`script`). Connections can go stale
+as behind a load balancer (`drop_after`: the request after that many on one keep-alive connection
+is dropped unanswered). Counters (`requests`, `total_requests`, `status_counts`, `connections`)
+and a request log show what the server saw. Example:
 
     import aiohttp
     from phala_async.testing import Fault, PhalaSimulator
@@ -48,6 +50,7 @@ import hmac
 import math
 import random
 import secrets
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Self
 
@@ -119,7 +122,14 @@ def _response(status: int, body: bytes, content_type: str = _JSON, **headers: st
 
 
 class _Aborted(web.Response):
-    """Returned after the transport was aborted: aiohttp's write fails quietly as a disconnect."""
+    """Returned after the transport was aborted: aiohttp's write fails quietly as a disconnect.
+
+    `recorded_status` is what the counters and the log record: `"reset"` or `"dropped"`.
+    """
+
+    def __init__(self, recorded_status: str) -> None:
+        super().__init__()
+        self.recorded_status = recorded_status
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -130,8 +140,9 @@ class RequestRecord:
         time: `loop.time()` when the handler finished.
         path: The request path, without the query string.
         cvm_key: The segment after `/cvms/` (`"paginated"` for the list), None for other paths.
-        status: The status answered, `"reset"` for an aborted connection, or `"unanswered"`
-            if the handler was cancelled (at shutdown).
+        status: The status answered, `"reset"` for a connection aborted by `Fault.RESET`,
+            `"dropped"` for one closed by `drop_after`, or `"unanswered"` if the handler was
+            cancelled (at shutdown).
         header_names: Lower-cased names of the request headers.
         authenticated: Whether a valid credential was sent.
         phala_version: The `X-Phala-Version` header, if any.
@@ -149,6 +160,32 @@ class RequestRecord:
 
 
 _Answer = Callable[[web.Request, str], tuple[int, bytes]]
+
+
+class _StaleConnections:
+    """Requests answered per connection, to drop a connection's request past `limit`."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        # Keyed by transport, held weakly: a closed connection leaves no entry behind.
+        self._answered: weakref.WeakKeyDictionary[asyncio.BaseTransport, int] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def drop_if_stale(self, request: web.Request) -> bool:
+        """Abort the connection if it answered `limit` requests, else count this one on it.
+
+        Returns whether the connection was aborted.
+        """
+        transport = request.transport
+        if transport is None:  # the client is already gone
+            return False
+        answered = self._answered.get(transport, 0)
+        if answered >= self._limit:
+            transport.abort()
+            return True
+        self._answered[transport] = answered + 1
+        return False
 
 
 class PhalaSimulator:
@@ -183,6 +220,9 @@ class PhalaSimulator:
         rate_limit: Answered detail requests allowed per fixed one-second window; None: no limit.
         rate_limit_retry_after: `Retry-After` seconds of a rate-limit 429.
         latency: Seconds added before every answer that passes the rate limit.
+        drop_after: Requests one connection may have answered: the next request on it is not
+            answered, its connection is aborted before any byte, as a load balancer closes an
+            idle keep-alive connection (counted and logged with status `"dropped"`). None: never.
         seed: Seed of the CVM data and of the random faults.
         host: Interface to listen on.
         port: Port to listen on; 0 picks a free one.
@@ -206,6 +246,7 @@ class PhalaSimulator:
         rate_limit: float | None = None,
         rate_limit_retry_after: int = 1,
         latency: float = 0.0,
+        drop_after: int | None = None,
         seed: int = 0,
         host: str = "127.0.0.1",
         port: int = 0,
@@ -227,6 +268,13 @@ class PhalaSimulator:
             raise ValueError(
                 f"instances_per_app must be an int >= 1 (CVMs per app), not {instances_per_app!r}"
             )
+        if drop_after is not None and (
+            isinstance(drop_after, bool) or not isinstance(drop_after, int) or drop_after < 1
+        ):
+            raise ValueError(
+                "drop_after must be an int >= 1 (requests a connection answers before the next "
+                f"one is dropped), or None, not {drop_after!r}"
+            )
         if rate_limit is not None and not rate_limit > 0:
             raise ValueError(f"rate_limit must be > 0 per second, or None, not {rate_limit!r}")
         if not api_key or not token:
@@ -245,8 +293,12 @@ class PhalaSimulator:
         )
         self._scripts: dict[str, collections.deque[Fault]] = {}
         self._window, self._window_count = -1, 0
+        # Per-connection bookkeeping only when connections are dropped: the path stays light.
+        self._stale = None if drop_after is None else _StaleConnections(drop_after)
         self._runner: web.AppRunner | None = None
+        self._listener: asyncio.Server | None = None
         self._bound_port: int | None = None
+        self._connections = 0
         self._requests: collections.Counter[str] = collections.Counter()
         self._status_counts: collections.Counter[int | str] = collections.Counter()
         self._log: collections.deque[RequestRecord] = collections.deque(maxlen=_LOG_SIZE)
@@ -277,17 +329,32 @@ class PhalaSimulator:
         app.router.add_route("*", "/{tail:.*}", self._handle_unknown)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT)
         await runner.setup()
+        server = runner.server  # aiohttp's protocol factory: one request handler per connection
+        if server is None:  # pragma: no cover -- setup() always makes one
+            raise RuntimeError("aiohttp's runner made no server")
+
+        def accept() -> asyncio.BaseProtocol:
+            self._connections += 1
+            return server()
+
         try:
-            await web.TCPSite(runner, self._host, self._port).start()
+            # Listening ourselves rather than through a web.TCPSite counts accepted connections.
+            listener = await asyncio.get_running_loop().create_server(
+                accept, self._host, self._port
+            )
         except BaseException:
             await runner.cleanup()
             raise
-        self._runner, self._bound_port = runner, runner.addresses[0][1]
+        self._runner, self._listener = runner, listener
+        self._bound_port = listener.sockets[0].getsockname()[1]
         return self.base_url
 
     async def close(self) -> None:
         """Stop the server; in-flight requests get a short grace period. Safe to call twice."""
-        runner, self._runner, self._bound_port = self._runner, None, None
+        runner, listener = self._runner, self._listener
+        self._runner = self._listener = self._bound_port = None
+        if listener is not None:
+            listener.close()  # no new connections; the runner's cleanup closes the open ones
         if runner is not None:
             await runner.cleanup()
 
@@ -433,12 +500,18 @@ class PhalaSimulator:
         """The last 100 000 requests, oldest first (a copy)."""
         return list(self._log)
 
+    @property
+    def connections(self) -> int:
+        """TCP connections accepted since start or `reset_counters()`."""
+        return self._connections
+
     def reset_counters(self) -> None:
         """Zero every counter and empty the request log; scripts and the rate limit stay."""
         self._requests.clear()
         self._status_counts.clear()
         self._log.clear()
         self._total_requests, self._max_in_flight = 0, self._in_flight
+        self._connections = 0
 
     # -- request handling --------------------------------------------------------------------
 
@@ -485,7 +558,11 @@ class PhalaSimulator:
 
     async def _handle_unknown(self, request: web.Request) -> web.StreamResponse:
         self._total_requests += 1
-        self._record(request, None, 404, self._authenticated(request.headers))
+        authenticated = self._authenticated(request.headers)
+        if self._stale is not None and self._stale.drop_if_stale(request):
+            self._record(request, None, "dropped", authenticated)
+            return _Aborted("dropped")
+        self._record(request, None, 404, authenticated)
         return _response(404, data.NO_ROUTE)
 
     async def _serve(
@@ -495,11 +572,13 @@ class PhalaSimulator:
         authenticated = self._authenticated(request.headers)
         status: int | str = "unanswered"
         try:
-            if authenticated:
+            if self._stale is not None and self._stale.drop_if_stale(request):
+                response: web.StreamResponse = _Aborted("dropped")
+            elif authenticated:
                 response = await self._answer(request, key, answer, chaos)
             else:
                 response = _response(401, data.UNAUTHENTICATED)
-            status = "reset" if isinstance(response, _Aborted) else response.status
+            status = response.recorded_status if isinstance(response, _Aborted) else response.status
             return response
         finally:
             self._record(request, key, status, authenticated)
@@ -549,7 +628,7 @@ class PhalaSimulator:
         if fault is Fault.RESET:
             if transport is not None:
                 transport.abort()
-            return _Aborted()
+            return _Aborted("reset")
         if fault is Fault.BAD_GZIP:
             return _response(200, body, **{"Content-Encoding": "gzip"})
         # Fault.TRUNCATE: announce the whole body, send half of it, then hang up.
