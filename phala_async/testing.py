@@ -8,34 +8,43 @@ package uses, as the API reference describes them:
 - `GET /api/v1/cvms/paginated?page=&page_size=`: `HostedCvm` items over the workspace, in id order;
   each item's `hosted.id` and `hosted.instance_id` are its CVM's VM UUID and instance id.
 
-An app may run as several CVMs (`instances_per_app`): they share the `app_id`, so `app_<hex>` names
-only the app's first instance, while the integer id, name, VM UUID and instance id name one CVM.
-
 Both require `X-API-Key: <api_key>` or `Authorization: Bearer <token>` (401 otherwise), and every
 answer carries a unique `X-Request-ID`. Errors use the real server's bodies: 403 for CVMs of
 another workspace, 404 `ERR-03-001`, 422 FastAPI validation details, 429 `ERR-05-002` with
 `Retry-After`. The same shape is served whatever `X-Phala-Version` is sent (the `2025-10-28` one).
 
+An app may run as several CVMs (`instances_per_app`): they share the `app_id`, so `app_<hex>` names
+only the app's first instance, while the integer id, name, VM UUID and instance id name one CVM.
 The workspace can change while the server runs, as a real one does between two sweeps:
 `add_cvms`, `remove_cvm` and `update_cvm` change the detail documents and the listing together
 (`total` and `pages` included); a removed CVM answers 404 `ERR-03-001` in every identifier form.
+
+With `tls=True` it serves HTTPS with a certificate of its own throwaway CA (trustme, from the
+`testing` extra); clients trust it through `ca_file` or `ca_pem`, and `tls_cert` serves a
+certificate for the wrong host or a self-signed one instead.
 
 Failures can be injected on the detail endpoint at random (`fault_rate`, `faults`), by a request
 budget (`rate_limit`), or in a fixed order per path segment (`script`). Connections can go stale
 as behind a load balancer (`drop_after`: the request after that many on one keep-alive connection
 is dropped unanswered). Counters (`requests`, `total_requests`, `status_counts`, `connections`)
-and a request log show what the server saw. Example:
+and a log of `RequestRecord`s show what the server saw.
+
+Public names: `PhalaSimulator`, `Fault` (the injectable failures), `DEFAULT_FAULTS` (those
+`fault_rate` draws from by default) and `RequestRecord` (one entry of `request_log`). Example:
+
+    import ssl
 
     import aiohttp
     from phala_async.testing import Fault, PhalaSimulator
 
     async def main() -> None:
-        async with PhalaSimulator(cvms=10) as sim:
+        async with PhalaSimulator(cvms=10, tls=True) as sim:
             sim.script(3, Fault.HTTP_503, Fault.OK)
+            trust = ssl.create_default_context(cafile=sim.ca_file)
             headers = {"X-API-Key": sim.api_key}
             async with aiohttp.ClientSession(headers=headers) as session:
                 for _ in range(2):
-                    async with session.get(f"{sim.base_url}/cvms/3") as response:
+                    async with session.get(f"{sim.base_url}/cvms/3", ssl=trust) as response:
                         print(response.status)  # 503, then 200
             assert sim.requests["3"] == 2
 """
@@ -50,14 +59,20 @@ import hmac
 import math
 import random
 import secrets
+import shutil
+import tempfile
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Self
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 from aiohttp import web
 
 from phala_async import _sim_data as data
 from phala_async._sim_state import Workspace
+
+if TYPE_CHECKING:
+    from phala_async._sim_tls import ServerCertificates
 
 __all__ = ["DEFAULT_FAULTS", "Fault", "PhalaSimulator", "RequestRecord"]
 
@@ -91,6 +106,7 @@ DEFAULT_FAULTS: tuple[Fault, ...] = (
 _LOG_SIZE = 100_000  # request_log keeps the last this many records
 _SHUTDOWN_TIMEOUT = 0.5  # seconds close() lets in-flight handlers finish before cancelling them
 _JSON = "application/json"
+_TLS_CERTS = ("valid", "wrong_host", "self_signed")
 _FAULT_BODIES: dict[Fault, tuple[int, bytes, str]] = {
     Fault.HTTP_500: (500, data.encode({"detail": "Internal Server Error"}), _JSON),
     Fault.HTTP_502: (502, data.BAD_GATEWAY_PAGE, "text/html"),
@@ -226,6 +242,12 @@ class PhalaSimulator:
         seed: Seed of the CVM data and of the random faults.
         host: Interface to listen on.
         port: Port to listen on; 0 picks a free one.
+        tls: Serve HTTPS with certificates of a fresh CA from trustme (`pip install
+            'phala-async[testing]'`); a client trusts it through `ca_file` or `ca_pem`.
+        tls_cert: The certificate the server presents: `"valid"` (signed by the CA for
+            127.0.0.1, localhost and ::1), `"wrong_host"` (signed by the CA for `other.example`
+            only) or `"self_signed"` (for the local names, signed by itself). An unknown CA needs
+            no option: serve `"valid"` and do not trust `ca_file`.
 
     Raises:
         ValueError: A value is out of range; the message says what to pass.
@@ -250,6 +272,8 @@ class PhalaSimulator:
         seed: int = 0,
         host: str = "127.0.0.1",
         port: int = 0,
+        tls: bool = False,
+        tls_cert: Literal["valid", "wrong_host", "self_signed"] = "valid",
     ) -> None:
         counts = {"cvms": cvms, "forbidden": forbidden, "port": port}
         for name, value in {**counts, "rate_limit_retry_after": rate_limit_retry_after}.items():
@@ -279,6 +303,13 @@ class PhalaSimulator:
             raise ValueError(f"rate_limit must be > 0 per second, or None, not {rate_limit!r}")
         if not api_key or not token:
             raise ValueError("api_key and token must be non-empty strings")
+        if tls_cert not in _TLS_CERTS:
+            raise ValueError(
+                f"tls_cert must be one of {', '.join(map(repr, _TLS_CERTS))}, not {tls_cert!r} "
+                "(for an unknown CA, serve 'valid' and do not trust ca_file)"
+            )
+        if tls_cert != "valid" and not tls:
+            raise ValueError(f"tls_cert={tls_cert!r} needs tls=True")
         self._api_key, self._token = api_key, token
         self._secrets = (api_key.encode(), token.encode())
         self._fault_rate, self._faults = fault_rate, tuple(_as_fault(kind) for kind in faults)
@@ -295,6 +326,12 @@ class PhalaSimulator:
         self._window, self._window_count = -1, 0
         # Per-connection bookkeeping only when connections are dropped: the path stays light.
         self._stale = None if drop_after is None else _StaleConnections(drop_after)
+        self._certificates: ServerCertificates | None = None
+        if tls:
+            from phala_async._sim_tls import ServerCertificates  # trustme, only when asked
+
+            self._certificates = ServerCertificates(tls_cert)
+        self._ca_file: Path | None = None  # alone in a temporary directory, while running
         self._runner: web.AppRunner | None = None
         self._listener: asyncio.Server | None = None
         self._bound_port: int | None = None
@@ -337,26 +374,34 @@ class PhalaSimulator:
             self._connections += 1
             return server()
 
+        tls_dir = ca_file = context = None
         try:
+            if self._certificates is not None:
+                tls_dir = Path(tempfile.mkdtemp(prefix="phala-simulator-"))
+                ca_file, context = self._certificates.server_context(tls_dir)
             # Listening ourselves rather than through a web.TCPSite counts accepted connections.
             listener = await asyncio.get_running_loop().create_server(
-                accept, self._host, self._port
+                accept, self._host, self._port, ssl=context
             )
         except BaseException:
             await runner.cleanup()
+            if tls_dir is not None:
+                shutil.rmtree(tls_dir, ignore_errors=True)
             raise
-        self._runner, self._listener = runner, listener
+        self._runner, self._listener, self._ca_file = runner, listener, ca_file
         self._bound_port = listener.sockets[0].getsockname()[1]
         return self.base_url
 
     async def close(self) -> None:
         """Stop the server; in-flight requests get a short grace period. Safe to call twice."""
-        runner, listener = self._runner, self._listener
-        self._runner = self._listener = self._bound_port = None
+        runner, listener, ca_file = self._runner, self._listener, self._ca_file
+        self._runner = self._listener = self._bound_port = self._ca_file = None
         if listener is not None:
             listener.close()  # no new connections; the runner's cleanup closes the open ones
         if runner is not None:
             await runner.cleanup()
+        if ca_file is not None:
+            shutil.rmtree(ca_file.parent, ignore_errors=True)  # the directory start() made
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -369,11 +414,40 @@ class PhalaSimulator:
 
     @property
     def base_url(self) -> str:
-        """`http://<host>:<port>/api/v1`; RuntimeError before `start()`."""
+        """`http://<host>:<port>/api/v1` (`https://` with `tls`); RuntimeError before `start()`."""
         if self._bound_port is None:
             raise RuntimeError("the simulator is not running: call start() or use `async with`")
+        scheme = "http" if self._certificates is None else "https"
         host = f"[{self._host}]" if ":" in self._host else self._host
-        return f"http://{host}:{self._bound_port}/api/v1"
+        return f"{scheme}://{host}:{self._bound_port}/api/v1"
+
+    @property
+    def ca_file(self) -> str:
+        """Path of the PEM bundle of the CA to trust, in a directory removed by `close()`.
+
+        For example `ssl.create_default_context(cafile=sim.ca_file)`.
+
+        Raises:
+            RuntimeError: The simulator serves plain HTTP, or is not running.
+        """
+        self._require_tls()
+        if self._ca_file is None:
+            raise RuntimeError("the simulator is not running: call start() or use `async with`")
+        return str(self._ca_file)
+
+    @property
+    def ca_pem(self) -> bytes:
+        """The PEM certificate of the CA to trust (the content of `ca_file`), running or not.
+
+        Raises:
+            RuntimeError: The simulator serves plain HTTP.
+        """
+        return self._require_tls().ca_pem
+
+    def _require_tls(self) -> ServerCertificates:
+        if self._certificates is None:
+            raise RuntimeError("the simulator serves plain HTTP: pass tls=True for a CA to trust")
+        return self._certificates
 
     @property
     def api_key(self) -> str:
