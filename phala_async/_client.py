@@ -6,7 +6,7 @@ import asyncio
 import logging
 import weakref
 from collections import Counter
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterable, Callable, Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Self, TypeVar
@@ -27,7 +27,8 @@ from ._errors import (
 )
 from ._http import Decode, Exchange
 from ._ids import normalize_cvm_id
-from ._models import CvmDetail, HostedCvm, decode_cvm, decode_page
+from ._listing import CvmListing
+from ._models import CvmDetail, CvmPage, decode_cvm, decode_page
 from ._retry import (
     RETRYABLE_STATUSES,
     RetryPolicy,
@@ -321,17 +322,21 @@ class PhalaClient:
 
         return await gather_in_order(self, ids, concurrency=self._sweep_concurrency(concurrency))
 
-    async def list_cvms(self, *, page_size: int = 100) -> AsyncIterator[HostedCvm]:
+    def list_cvms(self, *, page_size: int = 100) -> CvmListing:
         """Every CVM in the workspace, page by page (``GET /cvms/paginated``), lazily.
 
         Each page is fetched with the same retries and errors as :meth:`get_cvm` (errors carry
-        ``cvm_id=None``). Feed it straight into a sweep, without collecting the ids first::
+        ``cvm_id=None``). The listing's ``total`` is the workspace size once the first page
+        arrived. Feed it straight into a sweep, without collecting the ids first::
 
             ids = (entry.cvm_id async for entry in client.list_cvms())
             async with client.stream_cvms(ids) as results: ...
 
         Args:
             page_size: entries per page, 1 to 100 (the API's maximum).
+
+        Raises:
+            ConfigurationError: ``page_size`` is out of range (at the call, before any request).
         """
         if (
             isinstance(page_size, bool)
@@ -339,16 +344,14 @@ class PhalaClient:
             or not 1 <= page_size <= 100
         ):
             raise ConfigurationError(f"page_size must be an int from 1 to 100, not {page_size!r}")
-        page_number = 1
-        while True:
+
+        async def fetch_page(page_number: int) -> CvmPage:
             page, _ = await self._call(
                 f"/cvms/paginated?page={page_number}&page_size={page_size}", None, decode_page
             )
-            for entry in page.items:
-                yield entry
-            if not page.items or page_number >= page.pages:
-                return
-            page_number += 1
+            return page
+
+        return CvmListing(fetch_page)
 
     def _sweep_concurrency(self, concurrency: int | None) -> int:
         if concurrency is None:
