@@ -32,14 +32,15 @@ _DEFAULTS = {
 
 _DESCRIPTION = """\
 Fetch Phala Cloud CVM details from the shell: one, a list, or a whole workspace,
-retried and bounded, written as JSON lines or CSV.
+retried and bounded, written as JSON lines, CSV or a table.
 Options may go before or after the command."""
 
 _EPILOG = f"""\
 examples:
   {PROG} demo                          sweep 1,000 simulated CVMs, no account needed
   export {API_KEY_ENV}=phak_...       your key (Phala Cloud dashboard, API keys)
-  {PROG} get 1234 my-cvm-name          CVM details, one JSON object per line
+  {PROG} get 1234 my-cvm-name          CVM details: indented JSON on a terminal,
+                                            JSON lines in a pipe
   {PROG} sweep --all -o cvms.jsonl     every CVM of the workspace, a record per line
   {PROG} sweep --all -o cvms.jsonl --resume
                                             continue that sweep after it was stopped
@@ -171,9 +172,9 @@ def _output_options(
 ) -> None:
     parser.add_argument(
         "--format",
-        choices=("jsonl", "csv"),
+        choices=("jsonl", "csv", "table"),
         default="jsonl",
-        help="record format (default jsonl)",
+        help="record format (default jsonl); table is for people",
     )
     parser.add_argument(
         "-o", "--output", metavar="FILE", help=f"write the records to FILE (default {default_to})"
@@ -218,17 +219,19 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     everything = (_CONNECTION, _REQUEST, _REPORTING)
-    get = command(
-        "get",
-        "Print CVMs as JSON, one object per line; errors go to stderr.",
-        get_command,
-        everything,
-    )
+    get = command("get", "Print CVMs; errors go to stderr.", get_command, everything)
     get.add_argument(
         "ids",
         nargs="+",
         metavar="ID",
-        help="integer id, name, app_<hex> app id, VM UUID or instance id",
+        help="integer id, name, app_<hex> app id, VM UUID or instance id; '-' reads ids from "
+        "stdin, one per line",
+    )
+    get.add_argument(
+        "--format",
+        choices=("json", "jsonl", "csv", "table"),
+        help="json: indented objects; jsonl: one per line (default: json on a terminal, jsonl "
+        "in a pipe)",
     )
     sweep = command(
         "sweep",

@@ -1,5 +1,6 @@
-"""What the command line writes: one sweep record per id (JSON lines or CSV, each flushed as it
-completes), messages and logs on stderr, and the redaction that keeps credentials out of them."""
+"""What the command line writes: one sweep record per id (JSON lines, CSV or a table, each flushed
+as it completes), ``get``'s CVMs, messages and logs on stderr, and the redaction that keeps
+credentials out of them."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import contextlib
 import csv
 import logging
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol, TextIO
 
 import msgspec
@@ -20,12 +21,16 @@ __all__ = [
     "CSV_COLUMNS",
     "CVM_COLUMNS",
     "MIN_SECRET_LENGTH",
+    "TABLE_COLUMNS",
     "CsvWriter",
     "JsonLinesWriter",
     "NullWriter",
     "RecordWriter",
     "Redactor",
+    "TableWriter",
+    "format_table_row",
     "logging_to_stderr",
+    "print_cvms",
     "print_error",
     "record_writer",
 ]
@@ -53,6 +58,10 @@ CSV_COLUMNS = (
     "error_message",
     "attempts",
 )
+#: The columns of ``--format table``, and the widths a streamed table cuts them to (None: any).
+TABLE_COLUMNS = ("CVM_ID", "NAME", "STATUS", "VCPU", "MEMORY_MB", "REGION", "ERROR")
+_STREAMED_WIDTHS = (20, 24, 12, 4, 9, 16, None)
+_RIGHT_ALIGNED = frozenset({"VCPU", "MEMORY_MB"})
 
 
 #: Shorter values are no real credential, and masking them would garble ordinary words.
@@ -180,6 +189,62 @@ def _cvm_cells(cvm: CvmDetail) -> dict[str, object]:
     return cells
 
 
+def _table_row(result: CvmResult, redact: Redactor) -> tuple[str, ...]:
+    cvm = result.cvm
+    if cvm is None:
+        info = _error_info(result, redact)
+        return (str(result.cvm_id), "", "failed", "", "", "", _one_line(info.message))
+    region = cvm.teepod.region_identifier if cvm.teepod is not None else None
+    return (
+        str(result.cvm_id),
+        cvm.name,
+        cvm.status,
+        str(cvm.vcpu),
+        str(cvm.memory),
+        region or "",
+        "",
+    )
+
+
+def _fit(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def format_table_row(cells: Sequence[str], widths: Sequence[int | None]) -> str:
+    """One line of a table: each cell cut or padded to its width (None: as long as it is), numbers
+    right-aligned, two spaces between columns."""
+    parts = []
+    for header, cell, width in zip(TABLE_COLUMNS, cells, widths, strict=False):
+        if width is None:
+            parts.append(cell)
+        elif header in _RIGHT_ALIGNED:
+            parts.append(_fit(cell, width).rjust(width))
+        else:
+            parts.append(_fit(cell, width).ljust(width))
+    return "  ".join(parts).rstrip()
+
+
+class TableWriter(_StreamWriter):
+    """A table for people: a header, then a row per id as it completes, under fixed widths."""
+
+    def __init__(
+        self,
+        stream: TextIO,
+        *,
+        redact: Redactor,
+        widths: Sequence[int | None] = _STREAMED_WIDTHS,
+        header: bool = True,
+    ) -> None:
+        super().__init__(stream, redact=redact)
+        self._widths = widths
+        if header:
+            stream.write(format_table_row(TABLE_COLUMNS, widths) + "\n")
+            stream.flush()
+
+    def _emit(self, result: CvmResult) -> None:
+        self._stream.write(format_table_row(_table_row(result, self._redact), self._widths) + "\n")
+
+
 class NullWriter:
     """Writes nothing (the demo without ``--output``)."""
 
@@ -190,11 +255,40 @@ class NullWriter:
 def record_writer(
     output_format: str, stream: TextIO, *, redact: Redactor, header: bool = True
 ) -> RecordWriter:
-    """The writer of sweep records in ``output_format`` (``jsonl`` or ``csv``) on ``stream``;
-    ``header`` False when appending to a file that has one."""
+    """The writer of sweep records in ``output_format`` (``jsonl``, ``csv`` or ``table``) on
+    ``stream``; ``header`` False when appending to a file that has one."""
     if output_format == "csv":
         return CsvWriter(stream, redact=redact, header=header)
+    if output_format == "table":
+        return TableWriter(stream, redact=redact, header=header)
     return JsonLinesWriter(stream, redact=redact)
+
+
+def print_cvms(results: Sequence[CvmResult], output_format: str, stream: TextIO) -> None:
+    """``get``'s output: the fetched CVMs of ``results`` in ``output_format``.
+
+    ``json`` is each CVM as indented JSON, one after another (as jq prints them); ``jsonl`` one
+    compact object per line; ``csv`` the sweep's rows; ``table`` columns sized to the values.
+    """
+    fetched = [result for result in results if result.cvm is not None]
+    if output_format in ("json", "jsonl"):
+        for result in fetched:
+            body = msgspec.json.encode(result.cvm)
+            text = msgspec.json.format(body, indent=2) if output_format == "json" else body
+            stream.write(text.decode() + "\n")
+    elif output_format == "table":
+        rows = [_table_row(result, Redactor(())) for result in fetched]
+        columns = len(TABLE_COLUMNS) - 1  # every row is a CVM: no ERROR column
+        widths = [
+            max(len(row[index]) for row in [TABLE_COLUMNS, *rows]) for index in range(columns)
+        ]
+        for row in [TABLE_COLUMNS, *rows]:
+            stream.write(format_table_row(row[:columns], widths) + "\n")
+    else:
+        writer = record_writer(output_format, stream, redact=Redactor(()))
+        for result in fetched:
+            writer.write(result)
+    stream.flush()
 
 
 def print_error(message: str) -> None:

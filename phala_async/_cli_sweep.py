@@ -76,6 +76,8 @@ def sweep_command(args: argparse.Namespace, redact: Redactor) -> int:
     to_file = args.output not in (None, "-")
     if args.resume and not to_file:
         raise UsageError("--resume continues the sweep written to -o FILE: give that FILE")
+    if args.resume and args.format == "table":
+        raise UsageError("--resume reads back jsonl or csv records, not a table")
     given = args.ids + (read_ids_file(args.ids_file) if args.ids_file is not None else [])
     ids = distinct_ids(given)
     client = make_client(args)  # a bad option fails before any file is touched

@@ -103,6 +103,60 @@ def test_get_runs_as_a_subprocess(served: PhalaSimulator) -> None:
     assert "CVM '999': HTTP 404 Not Found" in done.stderr
 
 
+def test_get_reads_ids_from_stdin_with_a_dash_skipping_comments(
+    served: PhalaSimulator, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`get 4 -` takes the ids on stdin after 4, skipping blank lines and # comments."""
+    monkeypatch.setattr(sys, "stdin", io.StringIO("# production\n2\n\n  3  # the db\n"))
+    assert run(served, "get", "4", "-") == 0
+    assert jsonl(capsys.readouterr().out) == [documented(served, n) for n in (4, 2, 3)]
+
+
+def test_get_prints_indented_json_on_a_terminal(
+    served: PhalaSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With stdout a terminal, `get` prints each CVM as indented JSON, one after another."""
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    assert run(served, "get", "1", "2") == 0
+    text, decoder, found = terminal.getvalue(), json.JSONDecoder(), []
+    assert text.startswith('{\n  "id": 1,\n')
+    position = 0
+    while position < len(text.rstrip()):
+        value, position = decoder.raw_decode(text, position)
+        found.append(value)
+        position += 1  # the newline after each object
+    assert found == [documented(served, 1), documented(served, 2)]
+
+
+def test_get_format_table_has_a_row_per_cvm_under_aligned_columns(
+    served: PhalaSimulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`get --format table` prints a header and one row per CVM, its name and status in columns
+    starting where the header's do."""
+    assert run(served, "get", "1", "12", "--format", "table") == 0
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header.split() == ["CVM_ID", "NAME", "STATUS", "VCPU", "MEMORY_MB", "REGION"]
+    assert len(rows) == 2
+    for row, cvm_id in zip(rows, (1, 12), strict=True):
+        document = served.cvm(cvm_id)
+        assert row.split()[:3] == [str(cvm_id), document["name"], document["status"]]
+        assert row[header.index("NAME") :].startswith(document["name"])
+        assert row[header.index("STATUS") :].startswith(document["status"])
+
+
+def test_get_format_csv_writes_the_sweep_columns(
+    served: PhalaSimulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`get --format csv` writes the sweep's CSV header and one ok row per CVM."""
+    assert run(served, "get", "5", "6", "--format", "csv") == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [(row["cvm_id"], row["ok"], row["name"]) for row in rows] == [
+        ("5", "true", served.cvm(5)["name"]),
+        ("6", "true", served.cvm(6)["name"]),
+    ]
+
+
 # -- sweep: records -------------------------------------------------------------------------
 
 
@@ -169,6 +223,20 @@ def test_sweep_writes_csv_rows_checked_id_by_id(served: PhalaSimulator, tmp_path
         "PermissionDeniedError",
         "403",
     )
+
+
+def test_sweep_format_table_has_a_row_per_id_with_the_error_of_a_failed_one(
+    served: PhalaSimulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`sweep --format table` prints a header, then a row per id; a failed id says why."""
+    assert run(served, "sweep", "2", "999", "--format", "table") == 1
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header.split() == ["CVM_ID", "NAME", "STATUS", "VCPU", "MEMORY_MB", "REGION", "ERROR"]
+    by_first = {row.split()[0]: row for row in rows}
+    assert sorted(by_first) == ["2", "999"]
+    assert by_first["2"].split()[1:3] == [served.cvm(2)["name"], served.cvm(2)["status"]]
+    assert by_first["999"][header.index("STATUS") :].startswith("failed")
+    assert by_first["999"][header.index("ERROR") :].startswith("CVM '999': HTTP 404 Not Found")
 
 
 def test_ids_file_gives_one_record_per_distinct_id(
@@ -364,6 +432,10 @@ def test_ctrl_c_keeps_completed_records_in_the_partial_file_and_exits_130(
             "use https, or pass --allow-insecure-http",
         ),
         (["--api-key", SECRET_KEY, "sweep", "1", "--resume"], "give that FILE"),
+        (
+            ["--api-key", SECRET_KEY, "sweep", "1", "-o", "x", "--format", "table", "--resume"],
+            "a table",
+        ),
     ],
     ids=[
         "no-credentials",
@@ -377,6 +449,7 @@ def test_ctrl_c_keeps_completed_records_in_the_partial_file_and_exits_130(
         "unknown-command",
         "plain-http-elsewhere",
         "resume-without-output",
+        "resume-a-table",
     ],
 )
 def test_bad_usage_or_configuration_exits_2_with_a_one_line_fix(
