@@ -1,4 +1,4 @@
-"""The ``phala-async`` command line: ``get``, ``sweep``, ``serve`` and ``demo``.
+"""The ``phala-async`` command line: ``get``, ``sweep``, ``diff``, ``serve`` and ``demo``.
 
 :func:`main` parses the arguments, runs one command and returns the exit status (see
 :data:`_EPILOG`). Each command lives in its own ``_cli_*`` module; this one holds the parser.
@@ -15,6 +15,7 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any, NoReturn
 
 from ._cli_common import EXIT_OK, EXIT_USAGE, PROG, Stop, StoppedBySignal, UsageError
+from ._cli_diff import diff_command
 from ._cli_get import get_command
 from ._cli_output import Redactor, logging_to_stderr, print_error
 from ._cli_sim import demo_command, serve_command
@@ -32,7 +33,7 @@ _DEFAULTS = {
 
 _DESCRIPTION = """\
 Fetch Phala Cloud CVM details from the shell: one, a list, or a whole workspace,
-retried and bounded, written as JSON lines, CSV or a table.
+retried and bounded, written as JSON lines, CSV or a table; and compare two sweeps.
 Options may go before or after the command."""
 
 _EPILOG = f"""\
@@ -44,12 +45,13 @@ examples:
   {PROG} sweep --all -o cvms.jsonl     every CVM of the workspace, a record per line
   {PROG} sweep --all -o cvms.jsonl --resume
                                             continue that sweep after it was stopped
+  {PROG} diff old.jsonl cvms.jsonl     what changed since the last sweep
   cut -d, -f1 list.csv | {PROG} sweep --ids-file - --format csv -o cvms.csv
   {PROG} serve                         a local API to try --base-url against
 
 exit status:
-  0    every id ok
-  1    some ids failed, or the sweep stopped early
+  0    every id ok (diff: no difference)
+  1    some ids failed, or the sweep stopped early (diff: differences found)
   2    bad usage or configuration, or an unreadable file
   3    the API refused the credential (401/403 for the whole sweep)
   130  interrupted by Ctrl-C; 143 stopped by SIGTERM (records so far are kept)
@@ -246,6 +248,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("--all", action="store_true", help="fetch every CVM of the workspace")
     _output_options(sweep, default_to="stdout", resume=True)
+    diff = command(
+        "diff",
+        "Compare two sweep outputs: CVMs added, removed, changed, and ids failed in one of them.",
+        diff_command,
+    )
+    diff.add_argument("old", metavar="OLD", help="the earlier sweep's output (JSON lines or CSV)")
+    diff.add_argument("new", metavar="NEW", help="the later one, in the same format")
+    diff.add_argument(
+        "--format",
+        choices=("text", "jsonl"),
+        default="text",
+        help="text: a report for people (default); jsonl: one object per id that differs",
+    )
+    diff.add_argument(
+        "--fields",
+        metavar="PATHS",
+        action="append",
+        help="only these fields count, by path, comma-separated (status,teepod.name); a path "
+        "covers the fields under it",
+    )
+    diff.add_argument(
+        "--ignore",
+        metavar="PATHS",
+        action="append",
+        help="fields that never count, such as volatile ones (in_progress,public_urls)",
+    )
     serve = command(
         "serve", "Run the local Phala Cloud simulator on 127.0.0.1 until stopped.", serve_command
     )

@@ -635,7 +635,7 @@ def test_help_shows_every_command_and_examples(capsys: pytest.CaptureFixture[str
     status."""
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    for text in ("get", "sweep", "serve", "demo", "PHALA_CLOUD_API_KEY", "examples:"):
+    for text in ("get", "sweep", "diff", "serve", "demo", "PHALA_CLOUD_API_KEY", "examples:"):
         assert text in out
     statuses = [line.strip() for line in out.partition("exit status:\n")[2].splitlines()]
     assert [line.split()[0] for line in statuses] == ["0", "1", "2", "3", "130"]
@@ -649,8 +649,9 @@ def test_help_shows_every_command_and_examples(capsys: pytest.CaptureFixture[str
         ("serve", ["--port", "--fault-rate"], ["--api-key", "--base-url", "--timeout", "--quiet"]),
         ("demo", ["--concurrency", "--quiet", "--output"], ["--api-key", "--token", "--base-url"]),
         ("sweep", ["--allow-insecure-http", "--resume", "every id was attempted"], ["--port"]),
+        ("diff", ["--fields", "--ignore"], ["--api-key", "--concurrency"]),
     ],
-    ids=["serve", "demo", "sweep"],
+    ids=["serve", "demo", "sweep", "diff"],
 )
 def test_command_help_lists_only_the_options_the_command_uses(
     command: str, shown: list[str], not_shown: list[str], capsys: pytest.CaptureFixture[str]
