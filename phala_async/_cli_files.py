@@ -4,6 +4,7 @@ to compare two), and the ``--output`` file, replaced only once a sweep has finis
 from __future__ import annotations
 
 import csv
+import itertools
 import os
 import shutil
 import sys
@@ -187,8 +188,8 @@ class RecordFile:
 
 
 def newest_records(records: RecordFile) -> dict[str, StoredRecord]:
-    """The records by :attr:`StoredRecord.key`, the last one of each id (a resumed sweep may have
-    written an id twice), in the order the ids first appear."""
+    """The records by :attr:`StoredRecord.key`, the last one of each id (as --resume takes them,
+    should a file hold an id twice), in the order the ids first appear."""
     newest: dict[str, StoredRecord] = {}
     for record in records:
         newest[record.key] = record
@@ -311,7 +312,7 @@ class OutputFile:
         if drop:
             records = RecordFile(self.partial)
             kept = (record.line for record in records if record.key not in drop)
-            self._rewrite([records.header or "", *kept])
+            self._rewrite(itertools.chain([records.header or ""], kept))
         if os.path.exists(self.path):
             shutil.copymode(self.path, self.partial)
         os.replace(self.partial, self.path)

@@ -291,7 +291,7 @@ def finish(
                 status = EXIT_FAILED
         else:
             output.keep()
-    print_outcome(report, stop, args, redact)
+    print_outcome(report, args, redact)
     if not args.quiet:
         summary = format_summary(
             report.tally,
@@ -313,9 +313,7 @@ def _stopped(report: SweepReport, stop: Stop) -> str | None:
     return None if report.failure is None else "Stopped early"
 
 
-def print_outcome(
-    report: SweepReport, stop: Stop, args: argparse.Namespace, redact: Redactor
-) -> None:
+def print_outcome(report: SweepReport, args: argparse.Namespace, redact: Redactor) -> None:
     """Print why the sweep stopped early, or that the credential was refused, on one line."""
     if report.interrupted:
         return
