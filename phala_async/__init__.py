@@ -39,6 +39,7 @@ from ._errors import (
     UnprocessableEntityError,
 )
 from ._ids import normalize_cvm_id
+from ._listing import CvmListing
 from ._models import (
     CvmDetail,
     CvmNetworkUrls,
@@ -69,6 +70,7 @@ __all__ = [
     "CvmDetail",
     "CvmEvent",
     "CvmFailed",
+    "CvmListing",
     "CvmNetworkUrls",
     "CvmNode",
     "CvmOk",

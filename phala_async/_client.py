@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 import functools
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Iterable
+from collections.abc import AsyncIterable, Awaitable, Iterable
 from types import TracebackType
 from typing import Self, TypeVar
 
@@ -24,7 +24,8 @@ from ._errors import (
 )
 from ._http import Exchange
 from ._ids import normalize_cvm_id
-from ._models import CvmDetail, HostedCvm, decode_cvm, decode_page
+from ._listing import CvmListing
+from ._models import CvmDetail, CvmPage, decode_cvm, decode_page
 from ._response import Decode, interpret
 from ._retry import RetryPolicy, log_retry, next_wait, retrying
 from ._sharing import Flight, Flights, Orphaned, TTLCache
@@ -491,17 +492,22 @@ class PhalaClient:
             interval=float(interval),
         )
 
-    async def list_cvms(self, *, page_size: int = 100) -> AsyncIterator[HostedCvm]:
+    def list_cvms(self, *, page_size: int = 100) -> CvmListing:
         """Every CVM in the workspace, page by page (``GET /cvms/paginated``), lazily.
 
         Each page is fetched with the same retries and errors as :meth:`get_cvm` (errors carry
-        ``cvm_id=None``). Feed it straight into a sweep, without collecting the ids first::
+        ``cvm_id=None``). The listing's ``total`` is the workspace size once the first page
+        arrived. Each entry's ``cvm_id`` names that one CVM (its VM UUID), so every instance of
+        an app is swept. Feed it straight into a sweep, without collecting the ids first::
 
             ids = (entry.cvm_id async for entry in client.list_cvms())
             async with client.stream_cvms(ids) as results: ...
 
         Args:
             page_size: entries per page, 1 to 100 (the API's maximum).
+
+        Raises:
+            ConfigurationError: ``page_size`` is out of range (at the call, before any request).
         """
         if (
             isinstance(page_size, bool)
@@ -509,16 +515,13 @@ class PhalaClient:
             or not 1 <= page_size <= 100
         ):
             raise ConfigurationError(f"page_size must be an int from 1 to 100, not {page_size!r}")
-        page_number = 1
-        while True:
-            page, _ = await self._call(
-                f"/cvms/paginated?page={page_number}&page_size={page_size}", None, decode_page, None
-            )
-            for entry in page.items:
-                yield entry
-            if not page.items or page_number >= page.pages:
-                return
-            page_number += 1
+
+        async def fetch_page(page_number: int) -> CvmPage:
+            path = f"/cvms/paginated?page={page_number}&page_size={page_size}"
+            page, _ = await self._call(path, None, decode_page, None)
+            return page
+
+        return CvmListing(fetch_page)
 
     def _sweep_concurrency(self, concurrency: int | None) -> int:
         if concurrency is None:
