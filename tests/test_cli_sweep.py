@@ -13,10 +13,12 @@ from cli_support import (
     SECRET_KEY,
     SECRET_TOKEN,
     WRONG_KEY,
+    fetches,
     jsonl,
     no_credentials_fixture,  # noqa: F401 - an autouse fixture
     run,
     served_fixture,  # noqa: F401 - a fixture
+    simulator_thread,
 )
 
 from phala_async import (
@@ -247,3 +249,17 @@ def test_no_secret_in_a_refusal(served: PhalaSimulator, capsys: pytest.CaptureFi
     out, err = capsys.readouterr()
     assert "the API refused the API key from --api-key (HTTP 401 for the one id)" in err
     assert SECRET_KEY not in out + err
+
+
+def test_all_over_apps_of_three_instances_writes_one_record_per_cvm(tmp_path: Path) -> None:
+    """`--all` over a workspace whose apps run three instances each writes one ok record per
+    CVM, every instance included, each fetched once."""
+    output = tmp_path / "all.jsonl"
+    with simulator_thread(cvms=12, instances_per_app=3, api_key=SECRET_KEY) as sim:
+        assert run(sim, "sweep", "--all", "-o", str(output)) == 0
+        records = jsonl(output.read_text())
+        fetched = [fetches(sim, record["cvm_id"]) for record in records]
+    assert sorted(record["cvm"]["id"] for record in records) == list(range(1, 13))
+    assert len({record["cvm"]["app_id"] for record in records}) == 4
+    assert all(record["ok"] for record in records)
+    assert fetched == [1] * 12
