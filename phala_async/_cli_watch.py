@@ -9,7 +9,6 @@ import re
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -182,22 +181,14 @@ class EventWriter:
     """Writes each event on its own line in ``output_format`` (``jsonl`` or ``text``) and flushes
     it, so that a reader tailing the stream sees it at once. The stream belongs to the caller."""
 
-    def __init__(
-        self,
-        stream: TextIO,
-        output_format: str,
-        *,
-        redact: Redactor,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-    ) -> None:
+    def __init__(self, stream: TextIO, output_format: str, *, redact: Redactor) -> None:
         self._stream = stream
         self._format = event_text if output_format == "text" else event_json
         self._redact = redact
-        self._clock = clock
 
     def write(self, event: CvmEvent) -> None:
         """Write and flush the line of ``event``, stamped with the time now."""
-        self._stream.write(self._format(event, self._clock(), self._redact) + "\n")
+        self._stream.write(self._format(event, datetime.now(UTC), self._redact) + "\n")
         self._stream.flush()
 
 
