@@ -176,6 +176,42 @@ class PauseGate:
             self.pause_for(retry_after)
 
 
+class _Waiters:
+    """Tasks waiting for their turn, woken one at a time in arrival order."""
+
+    __slots__ = ("_futures",)
+
+    def __init__(self) -> None:
+        self._futures: deque[asyncio.Future[None]] = deque()
+
+    def __bool__(self) -> bool:
+        return bool(self._futures)
+
+    async def wait(self, *, give_back: Callable[[], None]) -> None:
+        """Wait to be woken; ``give_back`` passes the turn on if a cancellation lands just as
+        this waiter was woken."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._futures.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                give_back()
+            elif waiter in self._futures:  # a waker may have dropped it already
+                self._futures.remove(waiter)
+            raise
+
+    def wake_one(self) -> bool:
+        """Wake the longest waiting task still there; False when none was."""
+        futures = self._futures
+        while futures:
+            waiter = futures.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return True
+        return False
+
+
 class MaxInFlight:
     """At most ``limit`` requests at once, granted in arrival order.
 
@@ -188,7 +224,7 @@ class MaxInFlight:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._active = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._waiters = _Waiters()
 
     @property
     def active(self) -> int:
@@ -199,19 +235,8 @@ class MaxInFlight:
         if self._active < self.limit and not self._waiters:
             self._active += 1
             return None
-        return self._wait()
-
-    async def _wait(self) -> None:
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            await waiter
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self._release()  # granted as the cancellation landed: pass the place on
-            elif waiter in self._waiters:  # a waker may have dropped it already
-                self._waiters.remove(waiter)
-            raise
+        # Granted as a cancellation landed: the place is passed on.
+        return self._waiters.wait(give_back=self._release)
 
     def notify_task_started(self, slot: Slot) -> None:
         pass
@@ -220,13 +245,8 @@ class MaxInFlight:
         self._release()
 
     def _release(self) -> None:
-        waiters = self._waiters
-        while waiters:
-            waiter = waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)  # the place moves to this waiter; _active is unchanged
-                return
-        self._active -= 1
+        if not self._waiters.wake_one():  # else the place moved to a waiter: _active stays
+            self._active -= 1
 
 
 class HardCap:
@@ -263,7 +283,7 @@ class FirstContact:
         self._on_open = on_open
         self._open = False
         self._probing = False
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._waiters = _Waiters()
 
     def wait_task_can_start(self) -> Awaitable[None] | None:
         if self._open:
@@ -271,19 +291,8 @@ class FirstContact:
         if not self._probing:
             self._probing = True
             return None
-        return self._wait()
-
-    async def _wait(self) -> None:
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            await waiter
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self._hand_on()  # made the probe as the cancellation landed: pass it on
-            elif waiter in self._waiters:  # a waker may have dropped it already
-                self._waiters.remove(waiter)
-            raise
+        # Made the probe as a cancellation landed: the role is passed on.
+        return self._waiters.wait(give_back=self._hand_on)
 
     def notify_task_started(self, slot: Slot) -> None:
         pass
@@ -299,18 +308,12 @@ class FirstContact:
         self._probing = False
         if self._on_open is not None:
             self._on_open()
-        waiters, self._waiters = self._waiters, deque()
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        while self._waiters.wake_one():
+            pass
 
     def _hand_on(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)  # this waiter is the probe now
-                return
-        self._probing = False
+        if not self._waiters.wake_one():  # else that waiter is the probe now
+            self._probing = False
 
 
 class AdaptiveRate:
