@@ -191,7 +191,7 @@ class ManagedUser(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 class HostedCvm(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One entry of the workspace listing (``HostedCvm``).
 
-    To fetch its details, pass :attr:`cvm_id` (``app_<app id>``) to ``get_cvm`` or a sweep.
+    To fetch its details, pass :attr:`cvm_id` (its VM UUID) to ``get_cvm`` or a sweep.
     """
 
     hosted: VmInfo
@@ -218,9 +218,13 @@ class HostedCvm(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 
     @property
     def cvm_id(self) -> str:
-        """The identifier to ask ``GET /cvms/{cvm_id}`` for: ``app_`` and the app id."""
-        app_id = self.hosted.app_id
-        return app_id if app_id.startswith("app_") else f"app_{app_id}"
+        """The identifier that names this CVM alone, for ``GET /cvms/{cvm_id}``: its VM UUID.
+
+        That is ``hosted.id``, the detail's ``vm_uuid``, as listed (dashed; ``normalize_cvm_id``
+        drops the dashes of a v4 UUID, and the API takes either form). Not ``app_<app id>``: the
+        instances of a multi-instance app share their app id, which names only one of them.
+        """
+        return self.hosted.id
 
 
 class CvmPage(msgspec.Struct, frozen=True, kw_only=True, gc=False):

@@ -1,9 +1,11 @@
 """The bodies the simulator in `phala_async.testing` serves: pure data, no I/O.
 
-CVM documents: every value derives from `(seed, cvm_id)` alone, so one simulator configuration
-serves the same documents on every run and every machine. Each CVM has two: the detail body
-(`CvmBasicInfo`, as served with `X-Phala-Version: 2025-10-28`) and the list item (`HostedCvm`, as
-served by `/cvms/paginated`); they share name, status, `app_id`, node and sizes.
+CVM documents: every value derives from `(seed, cvm_id)` and the app the CVM is an instance of,
+so one simulator configuration serves the same documents on every run and every machine. Each CVM
+has two: the detail body (`CvmBasicInfo`, as served with `X-Phala-Version: 2025-10-28`) and the list
+item (`HostedCvm`, as served by `/cvms/paginated`); they share name, status, `app_id`, node and
+sizes, and the item's `hosted.id` / `hosted.instance_id` are the detail's `vm_uuid` / `instance_id`.
+`update_documents` changes both alike.
 
 Shapes follow the OpenAPI schemas: the detail's `project_id` is a bare hashid (`"0123abcd"`), the
 list item's carries the `prj_` prefix; `app_id` and `instance_id` are 40 lowercase hex characters
@@ -69,13 +71,16 @@ class CvmIdentity:
     vm_uuid: str
     instance_id: str
 
+    def app_keys(self) -> tuple[str, str]:
+        """The exact path segments that name this CVM's app (shared by all its instances)."""
+        return self.app_id, f"app_{self.app_id}"
+
     def lookup_keys(self) -> tuple[str, ...]:
-        """Every exact path segment that names this CVM."""
+        """Every exact path segment that names this CVM or its app."""
         return (
             str(self.id),
             self.name,
-            self.app_id,
-            f"app_{self.app_id}",
+            *self.app_keys(),
             self.instance_id,
             self.vm_uuid,
             self.vm_uuid.replace("-", ""),
@@ -86,12 +91,20 @@ def _digest(purpose: str, seed: int, cvm_id: int, size: int) -> bytes:
     return hashlib.blake2b(f"{purpose}:{seed}:{cvm_id}".encode(), digest_size=size).digest()
 
 
-def cvm_identity(seed: int, cvm_id: int) -> CvmIdentity:
-    """The identifiers of CVM `cvm_id`: cheap, so they can be computed for a whole workspace."""
+def cvm_identity(seed: int, cvm_id: int, app_first_id: int | None = None) -> CvmIdentity:
+    """The identifiers of CVM `cvm_id`: cheap, so they can be computed for a whole workspace.
+
+    Args:
+        seed: The simulator's seed.
+        cvm_id: The CVM's integer id.
+        app_first_id: The id of the first instance of the CVM's app, whose `app_id` it shares;
+            None (or `cvm_id`): the CVM is its app's first instance.
+    """
+    app_first_id = cvm_id if app_first_id is None else app_first_id
     return CvmIdentity(
         id=cvm_id,
         name=f"{_NAME_PREFIXES[cvm_id % len(_NAME_PREFIXES)]}-{cvm_id:05d}",
-        app_id=_digest("app", seed, cvm_id, 20).hex(),
+        app_id=_digest("app", seed, app_first_id, 20).hex(),
         vm_uuid=str(uuid.UUID(bytes=_digest("vm", seed, cvm_id, 16), version=4)),
         instance_id=_digest("instance", seed, cvm_id, 20).hex(),
     )
@@ -211,6 +224,65 @@ def encoded_documents(seed: int, identity: CvmIdentity) -> tuple[bytes, bytes]:
     return encode(detail), encode(item)
 
 
+# Detail fields that name the CVM: fixed for its lifetime (`name` is one too, but may change).
+IDENTIFIER_FIELDS = frozenset({"id", "app_id", "vm_uuid", "instance_id"})
+# Detail fields the list item carries under the same name, and those `hosted` carries too.
+_ITEM_SAME = frozenset(
+    {
+        "name",
+        "status",
+        "in_progress",
+        "listed",
+        "dapp_dashboard_url",
+        "syslog_endpoint",
+        "project_type",
+        "kms_info",
+        "contract_address",
+        "deployer_address",
+        "vcpu",
+        "memory",
+        "disk_size",
+        "gateway_domain",
+    }
+)
+_HOSTED_SAME = frozenset({"name", "status"})
+_SIZES = ("vcpu", "memory", "disk_size")
+
+
+def update_documents(
+    detail: dict[str, Any], item: dict[str, Any], fields: Mapping[str, Any]
+) -> None:
+    """Set `fields` in a detail document and the same facts in its list item, in place.
+
+    Values are stored as given, not validated. Where the item spells a fact differently, it follows
+    the detail: `teepod` is the item's `node`, `project_id` gets the `prj_` prefix, a null
+    `public_urls` is an empty list, `dapp_dashboard_url` is also `hosted.app_url`, `base_image`'s
+    version is `hosted.image_version`; sizes are mirrored in the detail's `machine_info`.
+    """
+    detail.update(fields)
+    hosted = item["hosted"]
+    for name, value in fields.items():
+        if name in _ITEM_SAME:
+            item[name] = value
+        if name in _HOSTED_SAME:
+            hosted[name] = value
+    if "teepod" in fields:
+        item["node"] = fields["teepod"]
+    if "dapp_dashboard_url" in fields:
+        hosted["app_url"] = fields["dapp_dashboard_url"]
+    if "project_id" in fields:
+        project_id = fields["project_id"]
+        item["project_id"] = None if project_id is None else f"prj_{project_id}"
+    if "public_urls" in fields:
+        item["public_urls"] = fields["public_urls"] or []
+    if "base_image" in fields:
+        base_image = fields["base_image"]
+        hosted["image_version"] = None if base_image is None else str(base_image).rpartition("-")[2]
+    machine = detail.get("machine_info")
+    if isinstance(machine, dict) and "machine_info" not in fields:
+        machine.update({size: fields[size] for size in _SIZES if size in fields})
+
+
 # -- answers -------------------------------------------------------------------------------------
 
 
@@ -254,8 +326,14 @@ _HEX = "[0-9a-fA-F]"
 # without `app_`, instance id (40 hex), RFC 1123 name of 5-63 characters.
 _ID_FORMS = re.compile(
     rf"(?P<int>[0-9]{{1,18}})|(?P<uuid>{_HEX}{{32}}|{_HEX}{{8}}(?:-{_HEX}{{4}}){{3}}-{_HEX}{{12}})"
-    r"|(?:app_)?[0-9a-f]{40}|[a-z0-9][a-z0-9-]{3,61}[a-z0-9]"
+    r"|(?:app_)?[0-9a-f]{40}|(?P<name>[a-z0-9][a-z0-9-]{3,61}[a-z0-9])"
 )
+
+
+def is_cvm_name(text: str) -> bool:
+    """Whether `text` is a CVM name: an RFC 1123 label that no other identifier form claims."""
+    form = _ID_FORMS.fullmatch(text)
+    return form is not None and form["name"] is not None
 
 
 def canonical_key(segment: str) -> str | None:

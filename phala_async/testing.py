@@ -5,27 +5,46 @@ package uses, as the API reference describes them:
 
 - `GET /api/v1/cvms/{cvm_id}`: the `CvmBasicInfo` document of one CVM, looked up by integer id,
   name, `app_<40 hex>`, bare 40-hex app or instance id, or VM UUID (dashed or not);
-- `GET /api/v1/cvms/paginated?page=&page_size=`: `HostedCvm` items over the workspace, in id order.
+- `GET /api/v1/cvms/paginated?page=&page_size=`: `HostedCvm` items over the workspace, in id order;
+  each item's `hosted.id` and `hosted.instance_id` are its CVM's VM UUID and instance id.
 
 Both require `X-API-Key: <api_key>` or `Authorization: Bearer <token>` (401 otherwise), and every
 answer carries a unique `X-Request-ID`. Errors use the real server's bodies: 403 for CVMs of
 another workspace, 404 `ERR-03-001`, 422 FastAPI validation details, 429 `ERR-05-002` with
 `Retry-After`. The same shape is served whatever `X-Phala-Version` is sent (the `2025-10-28` one).
 
+An app may run as several CVMs (`instances_per_app`): they share the `app_id`, so `app_<hex>` names
+only the app's first instance, while the integer id, name, VM UUID and instance id name one CVM.
+The workspace can change while the server runs, as a real one does between two sweeps:
+`add_cvms`, `remove_cvm` and `update_cvm` change the detail documents and the listing together
+(`total` and `pages` included); a removed CVM answers 404 `ERR-03-001` in every identifier form.
+
+With `tls=True` it serves HTTPS with a certificate of its own throwaway CA (trustme, from the
+`testing` extra); clients trust it through `ca_file` or `ca_pem`, and `tls_cert` serves a
+certificate for the wrong host or a self-signed one instead.
+
 Failures can be injected on the detail endpoint at random (`fault_rate`, `faults`), by a request
-budget (`rate_limit`), or in a fixed order per path segment (`script`); counters and a request log
-show what the server saw. Example:
+budget (`rate_limit`), or in a fixed order per path segment (`script`). Connections can go stale
+as behind a load balancer (`drop_after`: the request after that many on one keep-alive connection
+is dropped unanswered). Counters (`requests`, `total_requests`, `status_counts`, `connections`)
+and a log of `RequestRecord`s show what the server saw.
+
+Public names: `PhalaSimulator`, `Fault` (the injectable failures), `DEFAULT_FAULTS` (those
+`fault_rate` draws from by default) and `RequestRecord` (one entry of `request_log`). Example:
+
+    import ssl
 
     import aiohttp
     from phala_async.testing import Fault, PhalaSimulator
 
     async def main() -> None:
-        async with PhalaSimulator(cvms=10) as sim:
+        async with PhalaSimulator(cvms=10, tls=True) as sim:
             sim.script(3, Fault.HTTP_503, Fault.OK)
+            trust = ssl.create_default_context(cafile=sim.ca_file)
             headers = {"X-API-Key": sim.api_key}
             async with aiohttp.ClientSession(headers=headers) as session:
                 for _ in range(2):
-                    async with session.get(f"{sim.base_url}/cvms/3") as response:
+                    async with session.get(f"{sim.base_url}/cvms/3", ssl=trust) as response:
                         print(response.status)  # 503, then 200
             assert sim.requests["3"] == 2
 """
@@ -37,16 +56,23 @@ import collections
 import dataclasses
 import enum
 import hmac
-import json
 import math
 import random
 import secrets
+import shutil
+import tempfile
+import weakref
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Self
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 from aiohttp import web
 
 from phala_async import _sim_data as data
+from phala_async._sim_state import Workspace
+
+if TYPE_CHECKING:
+    from phala_async._sim_tls import ServerCertificates
 
 __all__ = ["DEFAULT_FAULTS", "Fault", "PhalaSimulator", "RequestRecord"]
 
@@ -80,6 +106,7 @@ DEFAULT_FAULTS: tuple[Fault, ...] = (
 _LOG_SIZE = 100_000  # request_log keeps the last this many records
 _SHUTDOWN_TIMEOUT = 0.5  # seconds close() lets in-flight handlers finish before cancelling them
 _JSON = "application/json"
+_TLS_CERTS = ("valid", "wrong_host", "self_signed")
 _FAULT_BODIES: dict[Fault, tuple[int, bytes, str]] = {
     Fault.HTTP_500: (500, data.encode({"detail": "Internal Server Error"}), _JSON),
     Fault.HTTP_502: (502, data.BAD_GATEWAY_PAGE, "text/html"),
@@ -111,7 +138,14 @@ def _response(status: int, body: bytes, content_type: str = _JSON, **headers: st
 
 
 class _Aborted(web.Response):
-    """Returned after the transport was aborted: aiohttp's write fails quietly as a disconnect."""
+    """Returned after the transport was aborted: aiohttp's write fails quietly as a disconnect.
+
+    `recorded_status` is what the counters and the log record: `"reset"` or `"dropped"`.
+    """
+
+    def __init__(self, recorded_status: str) -> None:
+        super().__init__()
+        self.recorded_status = recorded_status
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -122,8 +156,9 @@ class RequestRecord:
         time: `loop.time()` when the handler finished.
         path: The request path, without the query string.
         cvm_key: The segment after `/cvms/` (`"paginated"` for the list), None for other paths.
-        status: The status answered, `"reset"` for an aborted connection, or `"unanswered"`
-            if the handler was cancelled (at shutdown).
+        status: The status answered, `"reset"` for a connection aborted by `Fault.RESET`,
+            `"dropped"` for one closed by `drop_after`, or `"unanswered"` if the handler was
+            cancelled (at shutdown).
         header_names: Lower-cased names of the request headers.
         authenticated: Whether a valid credential was sent.
         phala_version: The `X-Phala-Version` header, if any.
@@ -143,12 +178,40 @@ class RequestRecord:
 _Answer = Callable[[web.Request, str], tuple[int, bytes]]
 
 
+class _StaleConnections:
+    """Requests answered per connection, to drop a connection's request past `limit`."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        # Keyed by transport, held weakly: a closed connection leaves no entry behind.
+        self._answered: weakref.WeakKeyDictionary[asyncio.BaseTransport, int] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def drop_if_stale(self, request: web.Request) -> bool:
+        """Abort the connection if it answered `limit` requests, else count this one on it.
+
+        Returns whether the connection was aborted.
+        """
+        transport = request.transport
+        if transport is None:  # the client is already gone
+            return False
+        answered = self._answered.get(transport, 0)
+        if answered >= self._limit:
+            transport.abort()
+            return True
+        self._answered[transport] = answered + 1
+        return False
+
+
 class PhalaSimulator:
     """A local Phala Cloud API server with deterministic CVMs and injectable failures.
 
     Workspace CVMs have ids `1..cvms`; ids `cvms+1..cvms+forbidden` exist in another workspace
-    (403). CVM documents derive from `(seed, id)` only and are encoded once, at construction.
-    `X-Phala-Version` is recorded but does not change the shape.
+    (403); CVMs added later (`add_cvms`) take the ids after the highest ever given, so they never
+    collide with those. CVM documents derive from `(seed, id)` and are encoded when the CVM is
+    made or changed (`update_cvm`), not per request. `X-Phala-Version` is recorded but does not
+    change the shape.
 
     A detail request is processed in this order: counted, authenticated (401), a scripted answer
     for its segment (which replaces the rate limit and random fault), the rate limit (429), a
@@ -160,6 +223,11 @@ class PhalaSimulator:
         api_key: The accepted `X-API-Key` value.
         token: The accepted `Authorization: Bearer` token.
         forbidden: Number of extra CVMs that belong to another workspace.
+        instances_per_app: CVMs that are instances of one app and share its `app_id`: with 3,
+            CVMs 1-3 are one app, 4-6 the next (forbidden and added CVMs form apps of their
+            own). Each instance keeps its own id, name, VM UUID and instance id; `app_<hex>`
+            names the app's first instance still in the workspace (its lowest id), as a lookup
+            by app id that takes the oldest match does.
         fault_rate: Fraction (0-1) of detail requests answered with a random fault.
         faults: The kinds random faults are drawn from, uniformly.
         fault_delay: Seconds a `Fault.DELAY` waits before answering.
@@ -168,9 +236,18 @@ class PhalaSimulator:
         rate_limit: Answered detail requests allowed per fixed one-second window; None: no limit.
         rate_limit_retry_after: `Retry-After` seconds of a rate-limit 429.
         latency: Seconds added before every answer that passes the rate limit.
+        drop_after: Requests one connection may have answered: the next request on it is not
+            answered, its connection is aborted before any byte, as a load balancer closes an
+            idle keep-alive connection (counted and logged with status `"dropped"`). None: never.
         seed: Seed of the CVM data and of the random faults.
         host: Interface to listen on.
         port: Port to listen on; 0 picks a free one.
+        tls: Serve HTTPS with certificates of a fresh CA from trustme (`pip install
+            'phala-async[testing]'`); a client trusts it through `ca_file` or `ca_pem`.
+        tls_cert: The certificate the server presents: `"valid"` (signed by the CA for
+            127.0.0.1, localhost and ::1), `"wrong_host"` (signed by the CA for `other.example`
+            only) or `"self_signed"` (for the local names, signed by itself). An unknown CA needs
+            no option: serve `"valid"` and do not trust `ca_file`.
 
     Raises:
         ValueError: A value is out of range; the message says what to pass.
@@ -183,6 +260,7 @@ class PhalaSimulator:
         api_key: str = "phak_simulator_test_key",
         token: str = "simulator-oauth-token",  # noqa: S107 -- a fixed test credential, not a secret
         forbidden: int = 0,
+        instances_per_app: int = 1,
         fault_rate: float = 0.0,
         faults: Sequence[Fault | str] = DEFAULT_FAULTS,
         fault_delay: float = 2.0,
@@ -190,9 +268,12 @@ class PhalaSimulator:
         rate_limit: float | None = None,
         rate_limit_retry_after: int = 1,
         latency: float = 0.0,
+        drop_after: int | None = None,
         seed: int = 0,
         host: str = "127.0.0.1",
         port: int = 0,
+        tls: bool = False,
+        tls_cert: Literal["valid", "wrong_host", "self_signed"] = "valid",
     ) -> None:
         counts = {"cvms": cvms, "forbidden": forbidden, "port": port}
         for name, value in {**counts, "rate_limit_retry_after": rate_limit_retry_after}.items():
@@ -205,11 +286,30 @@ class PhalaSimulator:
             raise ValueError(f"fault_rate must be between 0.0 and 1.0, not {fault_rate!r}")
         if fault_rate and not faults:
             raise ValueError("faults is empty: pass at least one Fault when fault_rate > 0")
+        if isinstance(instances_per_app, bool) or not (
+            isinstance(instances_per_app, int) and instances_per_app >= 1
+        ):
+            raise ValueError(
+                f"instances_per_app must be an int >= 1 (CVMs per app), not {instances_per_app!r}"
+            )
+        if drop_after is not None and (
+            isinstance(drop_after, bool) or not isinstance(drop_after, int) or drop_after < 1
+        ):
+            raise ValueError(
+                "drop_after must be an int >= 1 (requests a connection answers before the next "
+                f"one is dropped), or None, not {drop_after!r}"
+            )
         if rate_limit is not None and not rate_limit > 0:
             raise ValueError(f"rate_limit must be > 0 per second, or None, not {rate_limit!r}")
         if not api_key or not token:
             raise ValueError("api_key and token must be non-empty strings")
-        self._cvms, self._forbidden, self._seed = cvms, forbidden, seed
+        if tls_cert not in _TLS_CERTS:
+            raise ValueError(
+                f"tls_cert must be one of {', '.join(map(repr, _TLS_CERTS))}, not {tls_cert!r} "
+                "(for an unknown CA, serve 'valid' and do not trust ca_file)"
+            )
+        if tls_cert != "valid" and not tls:
+            raise ValueError(f"tls_cert={tls_cert!r} needs tls=True")
         self._api_key, self._token = api_key, token
         self._secrets = (api_key.encode(), token.encode())
         self._fault_rate, self._faults = fault_rate, tuple(_as_fault(kind) for kind in faults)
@@ -219,14 +319,23 @@ class PhalaSimulator:
         self._host, self._port = host, port
         # Faults are random but reproducible for one seed and one request order.
         self._rng = random.Random(seed)  # noqa: S311 -- fault injection, not security
-        self._identities = [data.cvm_identity(seed, i) for i in range(1, cvms + forbidden + 1)]
-        self._index = {key: ident.id for ident in self._identities for key in ident.lookup_keys()}
-        # Encoded once, so serving is a lookup (about 50 µs per CVM here, 0.5 s for 10 000).
-        self._bodies = [data.encoded_documents(seed, ident) for ident in self._identities[:cvms]]
+        self._workspace = Workspace(
+            seed=seed, cvms=cvms, forbidden=forbidden, instances_per_app=instances_per_app
+        )
         self._scripts: dict[str, collections.deque[Fault]] = {}
         self._window, self._window_count = -1, 0
+        # Per-connection bookkeeping only when connections are dropped: the path stays light.
+        self._stale = None if drop_after is None else _StaleConnections(drop_after)
+        self._certificates: ServerCertificates | None = None
+        if tls:
+            from phala_async._sim_tls import ServerCertificates  # trustme, only when asked
+
+            self._certificates = ServerCertificates(tls_cert)
+        self._ca_file: Path | None = None  # alone in a temporary directory, while running
         self._runner: web.AppRunner | None = None
+        self._listener: asyncio.Server | None = None
         self._bound_port: int | None = None
+        self._connections = 0
         self._requests: collections.Counter[str] = collections.Counter()
         self._status_counts: collections.Counter[int | str] = collections.Counter()
         self._log: collections.deque[RequestRecord] = collections.deque(maxlen=_LOG_SIZE)
@@ -235,7 +344,8 @@ class PhalaSimulator:
     def __repr__(self) -> str:
         where = self.base_url if self._bound_port is not None else "not started"
         return (
-            f"PhalaSimulator(cvms={self._cvms}, forbidden={self._forbidden}, "
+            f"PhalaSimulator(cvms={len(self._workspace.cvm_ids)}, "
+            f"forbidden={len(self._workspace.forbidden_ids)}, "
             f"fault_rate={self._fault_rate}, rate_limit={self._rate_limit}, {where})"
         )
 
@@ -256,19 +366,42 @@ class PhalaSimulator:
         app.router.add_route("*", "/{tail:.*}", self._handle_unknown)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT)
         await runner.setup()
+        server = runner.server  # aiohttp's protocol factory: one request handler per connection
+        if server is None:  # pragma: no cover -- setup() always makes one
+            raise RuntimeError("aiohttp's runner made no server")
+
+        def accept() -> asyncio.BaseProtocol:
+            self._connections += 1
+            return server()
+
+        tls_dir = ca_file = context = None
         try:
-            await web.TCPSite(runner, self._host, self._port).start()
+            if self._certificates is not None:
+                tls_dir = Path(tempfile.mkdtemp(prefix="phala-simulator-"))
+                ca_file, context = self._certificates.server_context(tls_dir)
+            # Listening ourselves rather than through a web.TCPSite counts accepted connections.
+            listener = await asyncio.get_running_loop().create_server(
+                accept, self._host, self._port, ssl=context
+            )
         except BaseException:
             await runner.cleanup()
+            if tls_dir is not None:
+                shutil.rmtree(tls_dir, ignore_errors=True)
             raise
-        self._runner, self._bound_port = runner, runner.addresses[0][1]
+        self._runner, self._listener, self._ca_file = runner, listener, ca_file
+        self._bound_port = listener.sockets[0].getsockname()[1]
         return self.base_url
 
     async def close(self) -> None:
         """Stop the server; in-flight requests get a short grace period. Safe to call twice."""
-        runner, self._runner, self._bound_port = self._runner, None, None
+        runner, listener, ca_file = self._runner, self._listener, self._ca_file
+        self._runner = self._listener = self._bound_port = self._ca_file = None
+        if listener is not None:
+            listener.close()  # no new connections; the runner's cleanup closes the open ones
         if runner is not None:
             await runner.cleanup()
+        if ca_file is not None:
+            shutil.rmtree(ca_file.parent, ignore_errors=True)  # the directory start() made
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -281,11 +414,40 @@ class PhalaSimulator:
 
     @property
     def base_url(self) -> str:
-        """`http://<host>:<port>/api/v1`; RuntimeError before `start()`."""
+        """`http://<host>:<port>/api/v1` (`https://` with `tls`); RuntimeError before `start()`."""
         if self._bound_port is None:
             raise RuntimeError("the simulator is not running: call start() or use `async with`")
+        scheme = "http" if self._certificates is None else "https"
         host = f"[{self._host}]" if ":" in self._host else self._host
-        return f"http://{host}:{self._bound_port}/api/v1"
+        return f"{scheme}://{host}:{self._bound_port}/api/v1"
+
+    @property
+    def ca_file(self) -> str:
+        """Path of the PEM bundle of the CA to trust, in a directory removed by `close()`.
+
+        For example `ssl.create_default_context(cafile=sim.ca_file)`.
+
+        Raises:
+            RuntimeError: The simulator serves plain HTTP, or is not running.
+        """
+        self._require_tls()
+        if self._ca_file is None:
+            raise RuntimeError("the simulator is not running: call start() or use `async with`")
+        return str(self._ca_file)
+
+    @property
+    def ca_pem(self) -> bytes:
+        """The PEM certificate of the CA to trust (the content of `ca_file`), running or not.
+
+        Raises:
+            RuntimeError: The simulator serves plain HTTP.
+        """
+        return self._require_tls().ca_pem
+
+    def _require_tls(self) -> ServerCertificates:
+        if self._certificates is None:
+            raise RuntimeError("the simulator serves plain HTTP: pass tls=True for a CA to trust")
+        return self._certificates
 
     @property
     def api_key(self) -> str:
@@ -304,24 +466,63 @@ class PhalaSimulator:
 
     @property
     def cvm_ids(self) -> list[int]:
-        """Ids of the workspace CVMs, in order."""
-        return list(range(1, self._cvms + 1))
+        """Ids of the workspace CVMs, in order; they follow `add_cvms` and `remove_cvm`."""
+        return self._workspace.cvm_ids
 
     @property
     def forbidden_ids(self) -> list[int]:
         """Ids of the CVMs that exist in another workspace (answered with 403)."""
-        return list(range(self._cvms + 1, self._cvms + self._forbidden + 1))
+        return self._workspace.forbidden_ids
 
     def cvm(self, cvm_id: int) -> dict[str, Any]:
-        """A fresh copy of the JSON document served for workspace CVM `cvm_id`.
+        """A fresh copy of the JSON document served now for workspace CVM `cvm_id`.
 
         Raises:
             KeyError: `cvm_id` is not in `cvm_ids`.
         """
-        if not 1 <= cvm_id <= self._cvms:
-            raise KeyError(f"CVM {cvm_id!r} is not in the workspace (ids 1..{self._cvms})")
-        document: dict[str, Any] = json.loads(self._bodies[cvm_id - 1][0])
-        return document
+        return self._workspace.document(cvm_id)
+
+    def add_cvms(self, count: int) -> list[int]:
+        """Add `count` CVMs to the workspace and return their ids, in order.
+
+        They take the ids after the highest ever given (forbidden and removed CVMs included), and
+        their documents derive from the seed and the id, like the first ones. With several
+        `instances_per_app`, this call's CVMs form new apps of their own.
+
+        Raises:
+            ValueError: `count` is negative.
+        """
+        if count < 0:
+            raise ValueError(f"count must be >= 0 CVMs to add, not {count!r}")
+        return self._workspace.add(count)
+
+    def remove_cvm(self, cvm_id: int) -> None:
+        """Remove a workspace CVM: every identifier form of it then answers 404 `ERR-03-001`.
+
+        It leaves the listing (its `total` and `pages` follow) and `cvm_ids`; its id is never given
+        again. The app id of an app with other instances left names the next one instead.
+
+        Raises:
+            KeyError: `cvm_id` is not in `cvm_ids`.
+        """
+        self._workspace.remove(cvm_id)
+
+    def update_cvm(self, cvm_id: int, **fields: Any) -> None:
+        """Change fields of a workspace CVM in its detail document and in its listing entry.
+
+        Fields are named as in the detail document (`status`, `name`, `vcpu`, `memory`,
+        `disk_size`, `teepod={...}`, ...); the listing entry changes alike (`teepod` is its
+        `node`, `name` and `status` also its `hosted` ones). Values are served as given, so a test
+        can also serve a malformed document. A new `name` finds the CVM; the old one no longer does.
+        Example: `sim.update_cvm(3, status="stopped", teepod={"id": 9, "name": "prod9"})`.
+
+        Raises:
+            KeyError: `cvm_id` is not in `cvm_ids`.
+            ValueError: An unknown field or an identifier (`id`, `app_id`, `vm_uuid`,
+                `instance_id`), or a `name` that is not a free CVM name; nothing was changed.
+            TypeError: A value that JSON cannot encode; nothing was changed.
+        """
+        self._workspace.update(cvm_id, fields)
 
     def script(self, key: str | int, *kinds: Fault | str) -> None:
         """Queue answers for the next requests whose path segment is `str(key)`.
@@ -373,12 +574,18 @@ class PhalaSimulator:
         """The last 100 000 requests, oldest first (a copy)."""
         return list(self._log)
 
+    @property
+    def connections(self) -> int:
+        """TCP connections accepted since start or `reset_counters()`."""
+        return self._connections
+
     def reset_counters(self) -> None:
         """Zero every counter and empty the request log; scripts and the rate limit stay."""
         self._requests.clear()
         self._status_counts.clear()
         self._log.clear()
         self._total_requests, self._max_in_flight = 0, self._in_flight
+        self._connections = 0
 
     # -- request handling --------------------------------------------------------------------
 
@@ -425,7 +632,11 @@ class PhalaSimulator:
 
     async def _handle_unknown(self, request: web.Request) -> web.StreamResponse:
         self._total_requests += 1
-        self._record(request, None, 404, self._authenticated(request.headers))
+        authenticated = self._authenticated(request.headers)
+        if self._stale is not None and self._stale.drop_if_stale(request):
+            self._record(request, None, "dropped", authenticated)
+            return _Aborted("dropped")
+        self._record(request, None, 404, authenticated)
         return _response(404, data.NO_ROUTE)
 
     async def _serve(
@@ -435,11 +646,13 @@ class PhalaSimulator:
         authenticated = self._authenticated(request.headers)
         status: int | str = "unanswered"
         try:
-            if authenticated:
+            if self._stale is not None and self._stale.drop_if_stale(request):
+                response: web.StreamResponse = _Aborted("dropped")
+            elif authenticated:
                 response = await self._answer(request, key, answer, chaos)
             else:
                 response = _response(401, data.UNAUTHENTICATED)
-            status = "reset" if isinstance(response, _Aborted) else response.status
+            status = response.recorded_status if isinstance(response, _Aborted) else response.status
             return response
         finally:
             self._record(request, key, status, authenticated)
@@ -489,7 +702,7 @@ class PhalaSimulator:
         if fault is Fault.RESET:
             if transport is not None:
                 transport.abort()
-            return _Aborted()
+            return _Aborted("reset")
         if fault is Fault.BAD_GZIP:
             return _response(200, body, **{"Content-Encoding": "gzip"})
         # Fault.TRUNCATE: announce the whole body, send half of it, then hang up.
@@ -504,24 +717,10 @@ class PhalaSimulator:
         return response
 
     def _lookup(self, request: web.Request, segment: str) -> tuple[int, bytes]:
-        cvm_id = self._index.get(segment)  # the exact forms, one dict hit on the fast path
-        if cvm_id is None:
-            key = data.canonical_key(segment)
-            if key is None:
-                return 422, data.INVALID_ID
-            cvm_id = self._index.get(key)
-            if cvm_id is None:
-                return 404, data.not_found(segment)
-        if cvm_id > self._cvms:
-            return 403, data.FORBIDDEN
-        return 200, self._bodies[cvm_id - 1][0]
+        return self._workspace.lookup(segment)
 
     def _page(self, request: web.Request, key: str) -> tuple[int, bytes]:
         parsed = data.page_request(request.query)
         if isinstance(parsed, bytes):
             return 422, parsed
-        page, page_size = parsed
-        first = (page - 1) * page_size + 1
-        ids = range(first, min(first + page_size - 1, self._cvms) + 1)
-        items = [self._bodies[cvm_id - 1][1] for cvm_id in ids]
-        return 200, data.page_body(items, self._cvms, page, page_size)
+        return 200, self._workspace.page(*parsed)

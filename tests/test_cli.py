@@ -298,7 +298,7 @@ def test_all_sweeps_exactly_the_workspace(
     assert not {record["cvm"]["id"] for record in records} & set(served.forbidden_ids)
     for record in records:
         assert record["cvm"] == documented(served, record["cvm"]["id"])
-        assert record["cvm_id"] == f"app_{record['cvm']['app_id']}"
+        assert record["cvm_id"] == record["cvm"]["vm_uuid"]
     assert served.requests["paginated"] == 1
     assert f"Swept {CVMS} ids" in capsys.readouterr().err
 

@@ -38,8 +38,8 @@ async def workspace() -> AsyncIterator[Workspace]:
         await thing.aclose() if isinstance(thing, PhalaClient) else await thing.close()
 
 
-def app_ids(simulator: PhalaSimulator) -> list[str]:
-    return [f"app_{simulator.cvm(cvm_id)['app_id']}" for cvm_id in simulator.cvm_ids]
+def vm_uuids(simulator: PhalaSimulator) -> list[str]:
+    return [simulator.cvm(cvm_id)["vm_uuid"] for cvm_id in simulator.cvm_ids]
 
 
 async def test_pages_through_a_partial_last_page(workspace: Workspace) -> None:
@@ -50,7 +50,7 @@ async def test_pages_through_a_partial_last_page(workspace: Workspace) -> None:
     async for entry in client.list_cvms(page_size=10):
         seen.append(entry.cvm_id)
         pages_requested_at[len(seen)] = simulator.requests["paginated"]
-    assert seen == app_ids(simulator)
+    assert seen == vm_uuids(simulator)
     # A page is asked for only once the one before it is used up.
     assert (pages_requested_at[10], pages_requested_at[11], pages_requested_at[21]) == (1, 2, 3)
     assert simulator.requests["paginated"] == 3
@@ -59,7 +59,7 @@ async def test_pages_through_a_partial_last_page(workspace: Workspace) -> None:
 async def test_exact_multiple_of_page_size_asks_no_empty_page(workspace: Workspace) -> None:
     """20 CVMs at page_size 10 take exactly two requests."""
     simulator, client = await workspace(20)
-    assert [entry.cvm_id async for entry in client.list_cvms(page_size=10)] == app_ids(simulator)
+    assert [entry.cvm_id async for entry in client.list_cvms(page_size=10)] == vm_uuids(simulator)
     assert simulator.requests["paginated"] == 2
 
 
@@ -94,7 +94,7 @@ async def test_forbidden_cvms_are_not_listed(workspace: Workspace) -> None:
     """Of 5 workspace CVMs and 3 of another workspace, exactly the 5 are listed."""
     simulator, client = await workspace(5)
     assert len(simulator.forbidden_ids) == 3
-    assert [entry.cvm_id async for entry in client.list_cvms()] == app_ids(simulator)
+    assert [entry.cvm_id async for entry in client.list_cvms()] == vm_uuids(simulator)
 
 
 @pytest.mark.parametrize(
@@ -117,7 +117,7 @@ async def test_a_failed_page_is_retried(workspace: Workspace) -> None:
     """A 503 on the list is retried like a detail request, and the listing is complete."""
     simulator, client = await workspace(15)
     simulator.script("paginated", Fault.HTTP_503)
-    assert [entry.cvm_id async for entry in client.list_cvms(page_size=10)] == app_ids(simulator)
+    assert [entry.cvm_id async for entry in client.list_cvms(page_size=10)] == vm_uuids(simulator)
     assert simulator.requests["paginated"] == 3
     assert client.stats.retries == 1
 
