@@ -18,6 +18,7 @@ from ._bulk import CvmResult, CvmStream
 from ._client import API_VERSION, ClientStats, PhalaClient
 from ._errors import (
     APIConnectionError,
+    APIProxyError,
     APIStatusError,
     APITimeoutError,
     APITLSError,
@@ -44,6 +45,7 @@ from ._version import __version__
 __all__ = [
     "API_VERSION",
     "APIConnectionError",
+    "APIProxyError",
     "APIStatusError",
     "APITLSError",
     "APITimeoutError",
