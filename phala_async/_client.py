@@ -5,20 +5,30 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+import os
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+from ssl import SSLContext
 from types import TracebackType
 from typing import Self, TypeVar
 
 import aiohttp
 
 from ._bulk import Abort, CvmResult, CvmStream, Fetched, gather_in_order
-from ._config import check_positive, resolve_base_url, resolve_credential
+from ._config import (
+    check_positive,
+    check_trace_configs,
+    resolve_base_url,
+    resolve_credential,
+    resolve_proxy,
+    resolve_tls,
+)
 from ._errors import ClientClosedError, ConfigurationError, EventLoopError, PhalaError, subject
 from ._http import Exchange
 from ._ids import normalize_cvm_id
 from ._models import CvmDetail, HostedCvm, decode_cvm, decode_page
 from ._response import Decode, interpret
 from ._retry import RetryPolicy, log_retry, next_wait, retrying
+from ._session import SessionOptions, open_session
 from ._throttle import ClientStats, Governor, MaxInFlight
 from ._version import __version__
 
@@ -69,6 +79,15 @@ class PhalaClient:
         retry_budget: stop retrying while most recent requests failed (of the last 100, or 4 x
             ``concurrency`` if more), so a down API sees little more than one request per id.
             On by default.
+        ssl: an ``ssl.SSLContext`` to verify the API's certificate with (own session only).
+        ca_file: a PEM bundle of the CAs to trust instead of the system's (own session only).
+            Without ``ssl`` or ``ca_file``, ``$SSL_CERT_FILE`` / ``$SSL_CERT_DIR`` are honoured.
+        proxy: an ``http://[user:password@]host:port`` proxy to reach the API through; https
+            requests go through a CONNECT tunnel, so the proxy never sees the credential.
+        trust_env: read ``$HTTPS_PROXY`` / ``$HTTP_PROXY`` / ``$NO_PROXY`` when the client is
+            made and no ``proxy`` is given. On by default.
+        trace_configs: ``aiohttp.TraceConfig`` objects for the client's own session (tracing,
+            OpenTelemetry); each attempt, retries included, is one traced request.
 
     Raises:
         ConfigurationError: an argument is missing or out of range; the message says what to pass.
@@ -92,6 +111,11 @@ class PhalaClient:
         adaptive: bool = True,
         rate_limit: float | None = None,
         retry_budget: bool = True,
+        ssl: SSLContext | None = None,
+        ca_file: str | os.PathLike[str] | None = None,
+        proxy: str | None = None,
+        trust_env: bool = True,
+        trace_configs: Sequence[aiohttp.TraceConfig] | None = None,
     ) -> None:
         check_positive("timeout", timeout)
         check_positive("concurrency", concurrency, integer=True)
@@ -102,9 +126,22 @@ class PhalaClient:
             raise ConfigurationError(
                 f"session must be an aiohttp.ClientSession, not {type(session).__name__}"
             )
+        if session is not None and (ssl, ca_file, proxy, trace_configs) != (None,) * 4:
+            raise ConfigurationError(
+                "ssl, ca_file, proxy and trace_configs configure the client's own session; "
+                "with session=, set them on your session (its connector, proxy, trace_configs)"
+            )
         credential = resolve_credential(api_key, token)
         self._credential_kind = credential.kind
         self._base_url = resolve_base_url(base_url, allow_insecure_http=allow_insecure_http)
+        route = resolve_proxy(proxy, trust_env=trust_env, base_url=self._base_url)
+        self._session_options = SessionOptions(
+            concurrency=concurrency,
+            ssl=resolve_tls(ssl, ca_file),
+            proxy=route.url if route else None,
+            proxy_auth=route.auth if route else None,
+            trace_configs=check_trace_configs(trace_configs),
+        )
         self._policy = RetryPolicy(
             max_attempts=max_attempts,
             backoff_initial=backoff_initial,
@@ -122,6 +159,8 @@ class PhalaClient:
             },
             timeout=float(timeout),
             max_bytes=max_response_bytes,
+            proxy=str(route.url) if route else None,
+            on_reconnect=self._note_reconnect,
         )
         self._session = session
         self._owns_session = session is None
@@ -194,20 +233,13 @@ class PhalaClient:
                 "loop, for example inside the coroutine that asyncio.run() runs"
             )
         if self._session is None:
-            connector = aiohttp.TCPConnector(
-                limit=self._concurrency, limit_per_host=self._concurrency
-            )
             # Our own session carries the headers and timeout as defaults, which saves aiohttp
             # merging them into every request; an injected session gets them per request.
-            self._session = aiohttp.ClientSession(
-                connector=connector, **self._exchange.session_defaults()
-            )
-            # aiohttp silently resends an idempotent request once when a pooled connection
-            # drops. Our retry policy owns retries: it counts them, backs off and respects the
-            # retry budget, so turn that off on our own session (aiohttp's test client does too).
-            if hasattr(self._session, "_retry_connection"):
-                self._session._retry_connection = False
+            self._session = open_session(self._session_options, **self._exchange.session_defaults())
         return self._session
+
+    def _note_reconnect(self) -> None:
+        self._governor.note_reconnect()
 
     # -- public calls ------------------------------------------------------------------------
 
