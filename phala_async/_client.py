@@ -138,8 +138,6 @@ class PhalaClient:
         self._session_options = SessionOptions(
             concurrency=concurrency,
             ssl=resolve_tls(ssl, ca_file),
-            proxy=route.url if route else None,
-            proxy_auth=route.auth if route else None,
             trace_configs=check_trace_configs(trace_configs),
         )
         self._policy = RetryPolicy(
@@ -159,7 +157,7 @@ class PhalaClient:
             },
             timeout=float(timeout),
             max_bytes=max_response_bytes,
-            proxy=str(route.url) if route else None,
+            proxy=route,
             on_reconnect=self._note_reconnect,
         )
         self._session = session

@@ -19,6 +19,7 @@ from aiohttp.http_exceptions import ContentEncodingError, LineTooLong
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from ._config import ProxySetting
 from ._errors import (
     APIConnectionError,
     APIProxyError,
@@ -69,7 +70,7 @@ class Exchange:
         headers: sent with every request (the credential among them).
         timeout: seconds one attempt may take.
         max_bytes: the body cap.
-        proxy: the proxy requests go through, without credentials, for messages only.
+        proxy: the proxy requests go through (on the client's own session), or None.
         on_reconnect: called when a request is sent again at once because its pooled connection
             had gone stale (only on the client's own session, whose connector tells).
     """
@@ -82,6 +83,7 @@ class Exchange:
         "_route",
         "_timeout",
         "_timeout_seconds",
+        "_via",
         "_where",
     )
 
@@ -92,7 +94,7 @@ class Exchange:
         headers: dict[str, str],
         timeout: float,
         max_bytes: int,
-        proxy: str | None = None,
+        proxy: ProxySetting | None = None,
         on_reconnect: Callable[[], None] | None = None,
     ) -> None:
         self._base_url = base_url
@@ -103,10 +105,19 @@ class Exchange:
         self._max_bytes = max_bytes
         self._on_reconnect = on_reconnect
         self._where = host_and_port(URL(base_url))
-        self._route = f" through the proxy {proxy}" if proxy else ""
+        self._route = f" through the proxy {proxy.url}" if proxy else ""
+        # Through a proxy, the headers go with each request: aiohttp would also send a
+        # session's default headers, the credential among them, to the proxy in CONNECT.
+        self._via: dict[str, Any] | None = None
+        if proxy is not None:
+            self._via = {"headers": headers, "proxy": proxy.url}
+            if proxy.authorization is not None:
+                self._via["proxy_headers"] = {"Proxy-Authorization": proxy.authorization}
 
     def session_defaults(self) -> dict[str, Any]:
         """Keyword arguments for a ``ClientSession`` of our own that sends what we send."""
+        if self._via is not None:
+            return {"timeout": self._timeout}
         return {"headers": self._headers, "timeout": self._timeout}
 
     async def get(
@@ -169,7 +180,10 @@ class Exchange:
         has_defaults: bool,
     ) -> Answer:
         if has_defaults:
-            request = session.get(url, allow_redirects=False)
+            if self._via is None:
+                request = session.get(url, allow_redirects=False)
+            else:
+                request = session.get(url, allow_redirects=False, **self._via)
         else:
             request = session.get(
                 url, headers=self._headers, allow_redirects=False, timeout=self._timeout

@@ -1,11 +1,14 @@
-"""The client's own ``aiohttp.ClientSession``: its pool, TLS trust, proxy and tracing, from one
-frozen :class:`SessionOptions` value fixed when the client is made.
+"""The client's own ``aiohttp.ClientSession``: its pool, TLS trust and tracing, from one frozen
+:class:`SessionOptions` value fixed when the client is made.
 
-Everything here is decided once per session, never per request: the proxy was resolved from the
-arguments and the environment when the client was made (aiohttp's own ``trust_env`` would look
-the environment and ``~/.netrc`` up again on every request, in a thread), and the trust store is
-chosen when the session is built. The one per-request addition is :class:`PoolConnector`, which
-tells :class:`~phala_async._http.Exchange` whether a request's connection came from the pool.
+Everything here is decided once per session, never per request: the trust store is chosen when
+the session is built, and aiohttp's ``trust_env`` stays off (it would look the environment and
+``~/.netrc`` up again on every request, in a thread). The proxy, resolved from the arguments and
+the environment when the client was made, is sent per request by
+:class:`~phala_async._http.Exchange`: aiohttp has no session-wide ``Proxy-Authorization``, and
+would send a session's default headers (the credential) to the proxy in its CONNECT request.
+The one per-request addition here is :class:`PoolConnector`, which tells the exchange whether a
+request's connection came from the pool.
 """
 
 from __future__ import annotations
@@ -13,14 +16,13 @@ from __future__ import annotations
 import os
 import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from aiohttp.client_reqrep import ClientRequest
 from aiohttp.connector import Connection
 from aiohttp.tracing import Trace
-from yarl import URL
 
 from ._http import NEW, POOLED, REUSED, WANT_NEW
 
@@ -41,15 +43,11 @@ class SessionOptions:
         concurrency: connections in the pool at most (all to the one API host).
         ssl: the context that verifies the API, from ``ssl=`` or ``ca_file=``; None for the
             default trust (see :func:`tls_context`).
-        proxy: the proxy's URL without credentials, or None to connect directly.
-        proxy_auth: the proxy's credentials; never shown.
         trace_configs: aiohttp ``TraceConfig`` objects the session reports to.
     """
 
     concurrency: int
     ssl: ssl.SSLContext | None = None
-    proxy: URL | None = None
-    proxy_auth: aiohttp.BasicAuth | None = field(default=None, repr=False)
     trace_configs: tuple[aiohttp.TraceConfig, ...] = ()
 
 
@@ -85,8 +83,6 @@ def open_session(options: SessionOptions, **defaults: Any) -> aiohttp.ClientSess
     )
     session = aiohttp.ClientSession(
         connector=connector,
-        proxy=options.proxy,
-        proxy_auth=options.proxy_auth,
         trace_configs=list(options.trace_configs) or None,
         trust_env=False,
         **defaults,
