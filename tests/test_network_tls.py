@@ -189,3 +189,17 @@ def test_a_ca_file_that_is_not_pem_fails_at_construction(tmp_path: Path) -> None
     bogus.write_text("not a certificate\n")
     with pytest.raises(ConfigurationError, match="cannot be read as a PEM CA bundle"):
         PhalaClient(api_key="phak_x", ca_file=bogus)
+
+
+async def test_the_os_trust_store_through_truststore_refuses_an_unknown_ca() -> None:
+    """An ``ssl=truststore.SSLContext(...)`` (the OS trust store) is used: a private CA the OS
+    does not know fails final, with the reason."""
+    truststore = pytest.importorskip("truststore")
+    async with PhalaSimulator(cvms=1, tls=True) as sim:
+        context = truststore.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        async with asyncio.timeout(10), client_for(sim, ssl=context) as client:
+            with pytest.raises(APITLSError, match="not trusted") as caught:
+                await client.get_cvm(1)
+            stats = client.stats
+    assert stats.requests == 1
+    assert TRUST_FIX in str(caught.value)
