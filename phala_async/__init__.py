@@ -14,7 +14,7 @@ bounded in concurrency and memory::
     asyncio.run(main())
 """
 
-from ._bulk import CvmResult, CvmStream
+from ._bulk import CvmFailed, CvmOk, CvmResult, CvmStream, SweepResult
 from ._client import API_VERSION, ClientStats, PhalaClient
 from ._errors import (
     APIConnectionError,
@@ -36,14 +36,29 @@ from ._errors import (
     RateLimitError,
     ResponseError,
     ResponseTooLargeError,
+    StatusTimeoutError,
     UnprocessableEntityError,
 )
 from ._ids import normalize_cvm_id
-from ._models import CvmDetail, CvmNetworkUrls, CvmNode, KMSInfo
+from ._listing import CvmListing
+from ._models import (
+    CvmDetail,
+    CvmNetworkUrls,
+    CvmNode,
+    CvmPage,
+    GuestEvent,
+    HostedCvm,
+    KMSInfo,
+    ManagedUser,
+    VmConfiguration,
+    VmInfo,
+)
 from ._version import __version__
+from ._watch import VOLATILE_FIELDS, CvmEvent, CvmWatch
 
 __all__ = [
     "API_VERSION",
+    "VOLATILE_FIELDS",
     "APIConnectionError",
     "APIProxyError",
     "APIStatusError",
@@ -55,15 +70,24 @@ __all__ = [
     "ClientStats",
     "ConfigurationError",
     "CvmDetail",
+    "CvmEvent",
+    "CvmFailed",
+    "CvmListing",
     "CvmNetworkUrls",
     "CvmNode",
+    "CvmOk",
+    "CvmPage",
     "CvmResult",
     "CvmStream",
+    "CvmWatch",
     "DecodeError",
     "EventLoopError",
+    "GuestEvent",
+    "HostedCvm",
     "InternalServerError",
     "InvalidCvmIdError",
     "KMSInfo",
+    "ManagedUser",
     "NotFoundError",
     "PermissionDeniedError",
     "PhalaClient",
@@ -71,7 +95,11 @@ __all__ = [
     "RateLimitError",
     "ResponseError",
     "ResponseTooLargeError",
+    "StatusTimeoutError",
+    "SweepResult",
     "UnprocessableEntityError",
+    "VmConfiguration",
+    "VmInfo",
     "__version__",
     "normalize_cvm_id",
 ]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
@@ -24,16 +23,27 @@ from collections.abc import (
     MutableSet,
 )
 from types import TracebackType
-from typing import Final, Self, TypeAlias
+from typing import Final, Literal, Self, TypeAlias
 
 import msgspec
 
-from ._errors import ClientClosedError, InvalidCvmIdError, PhalaError, describe, subject
+from ._errors import ClientClosedError, InvalidCvmIdError, PhalaError, describe
 from ._ids import normalize_cvm_id
 from ._models import CvmDetail
 from ._retry import ends_every_call
+from ._sharing import as_seen_by
 
-__all__ = ["CvmResult", "CvmStream", "Fetch", "Fetched", "Retries", "gather_in_order"]
+__all__ = [
+    "CvmFailed",
+    "CvmOk",
+    "CvmResult",
+    "CvmStream",
+    "Fetch",
+    "Fetched",
+    "Retries",
+    "SweepResult",
+    "gather_in_order",
+]
 
 #: The rest of an id's retries: run it (in a task of its own) for ``(cvm, attempts)``.
 Retries: TypeAlias = Callable[[], Awaitable[tuple[CvmDetail, int]]]
@@ -48,7 +58,15 @@ WORKER_NAME = "phala_async sweep worker"
 
 
 class CvmResult(msgspec.Struct, frozen=True, kw_only=True):
-    """What became of one id in a sweep.
+    """What became of one id in a sweep: the base of :class:`CvmOk` and :class:`CvmFailed`.
+
+    Sweeps yield one of those two (their union is :data:`SweepResult`), so an ordinary check
+    narrows the type for a type checker::
+
+        if result.ok:
+            print(result.cvm.status)      # CvmOk: cvm is a CvmDetail
+        else:
+            print(result.error)           # CvmFailed: error is a PhalaError
 
     Attributes:
         cvm_id: the id exactly as it was given.
@@ -68,6 +86,34 @@ class CvmResult(msgspec.Struct, frozen=True, kw_only=True):
         return self.error is None
 
 
+class CvmOk(CvmResult, frozen=True, kw_only=True):
+    """An id whose CVM was fetched: ``cvm`` is set, ``error`` is None."""
+
+    cvm: CvmDetail
+    error: None = None
+
+    @property
+    def ok(self) -> Literal[True]:
+        """Always true: the CVM was fetched."""
+        return True
+
+
+class CvmFailed(CvmResult, frozen=True, kw_only=True):
+    """An id whose CVM was not fetched: ``error`` says why, ``cvm`` is None."""
+
+    cvm: None = None
+    error: PhalaError
+
+    @property
+    def ok(self) -> Literal[False]:
+        """Always false: see ``error``."""
+        return False
+
+
+#: What a sweep yields for one id; ``if result.ok:`` tells the two apart for a type checker.
+SweepResult: TypeAlias = CvmOk | CvmFailed
+
+
 class _Marker:
     __slots__ = ("name",)
 
@@ -82,8 +128,9 @@ _EXHAUSTED: Final = _Marker("<ids exhausted>")
 _DONE: Final = _Marker("<sweep done>")
 
 
-class CvmStream(AsyncIterator[CvmResult]):
-    """An async iterator of :class:`CvmResult`, one per distinct id, in completion order.
+class CvmStream(AsyncIterator[SweepResult]):
+    """An async iterator of :data:`SweepResult` (a :class:`CvmOk` or a :class:`CvmFailed`), one
+    per distinct id, in completion order.
 
     Returned by :meth:`PhalaClient.stream_cvms`. Use it with ``async with`` so that leaving the
     block early (``break``, an exception, cancellation) stops the sweep at once::
@@ -133,7 +180,7 @@ class CvmStream(AsyncIterator[CvmResult]):
         self._max_parked = max_parked if max_parked is not None else 4 * concurrency
         self._ids_lock = asyncio.Lock()
         self._ids_exhausted = False
-        self._queue: asyncio.Queue[CvmResult | _Marker] = asyncio.Queue(maxsize=concurrency)
+        self._queue: asyncio.Queue[SweepResult | _Marker] = asyncio.Queue(maxsize=concurrency)
         self._seen: set[str] = set()
         self._workers: list[asyncio.Task[None]] = []
         self._parked: set[asyncio.Task[None]] = set()
@@ -174,7 +221,7 @@ class CvmStream(AsyncIterator[CvmResult]):
     ) -> None:
         await self.aclose()
 
-    async def __anext__(self) -> CvmResult:
+    async def __anext__(self) -> SweepResult:
         if self._finished:
             raise StopAsyncIteration
         self._start()
@@ -290,7 +337,7 @@ class CvmStream(AsyncIterator[CvmResult]):
                 try:
                     segment = normalize_cvm_id(cvm_id)
                 except InvalidCvmIdError as exc:
-                    await self._put(CvmResult(cvm_id=_shown(cvm_id), error=exc))
+                    await self._put(CvmFailed(cvm_id=_shown(cvm_id), error=exc))
                     continue
                 if segment in self._seen:
                     continue
@@ -305,7 +352,7 @@ class CvmStream(AsyncIterator[CvmResult]):
                     self._fetching -= 1
                 if isinstance(fetched, tuple):
                     cvm, attempts = fetched
-                    await self._put(CvmResult(cvm_id=cvm_id, cvm=cvm, attempts=attempts))
+                    await self._put(CvmOk(cvm_id=cvm_id, cvm=cvm, attempts=attempts))
                 else:
                     self._park(cvm_id, fetched)
         except Exception as exc:  # noqa: BLE001 - handed to the consumer, never swallowed
@@ -332,7 +379,7 @@ class CvmStream(AsyncIterator[CvmResult]):
             except PhalaError as exc:
                 await self._fail(cvm_id, exc)
             else:
-                await self._put(CvmResult(cvm_id=cvm_id, cvm=cvm, attempts=attempts))
+                await self._put(CvmOk(cvm_id=cvm_id, cvm=cvm, attempts=attempts))
         except Exception as exc:  # noqa: BLE001 - handed to the consumer, never swallowed
             if self._failure is None:
                 self._failure = exc
@@ -344,9 +391,9 @@ class CvmStream(AsyncIterator[CvmResult]):
         if ends_every_call(error) or isinstance(error, ClientClosedError):
             self._end_with(error)
         else:
-            await self._put(CvmResult(cvm_id=cvm_id, error=error, attempts=error.attempts))
+            await self._put(CvmFailed(cvm_id=cvm_id, error=error, attempts=error.attempts))
 
-    async def _put(self, result: CvmResult) -> None:
+    async def _put(self, result: SweepResult) -> None:
         queue = self._queue
         if queue.full():
             await queue.put(result)
@@ -387,7 +434,7 @@ def _shown(value: object) -> str | int:
 async def gather_in_order(
     stream_of: Callable[[list[str | int]], CvmStream],
     ids: Iterable[str | int] | AsyncIterable[str | int],
-) -> list[CvmResult]:
+) -> list[SweepResult]:
     """Run a sweep and return one result per given id, in the given order.
 
     Ids that normalise alike are fetched once; every position gets that result, with its own
@@ -396,13 +443,13 @@ async def gather_in_order(
     not fetched get that error too, naming each its own id, and nothing more is sent.
     """
     given = [cvm_id async for cvm_id in ids] if isinstance(ids, AsyncIterable) else list(ids)
-    results: list[CvmResult | None] = [None] * len(given)
+    results: list[SweepResult | None] = [None] * len(given)
     positions: dict[str, list[int]] = {}
     for index, cvm_id in enumerate(given):
         try:
             segment = normalize_cvm_id(cvm_id)
         except InvalidCvmIdError as exc:
-            results[index] = CvmResult(cvm_id=_shown(cvm_id), error=exc)
+            results[index] = CvmFailed(cvm_id=_shown(cvm_id), error=exc)
             continue
         positions.setdefault(segment, []).append(index)
     first_of_each = [given[indexes[0]] for indexes in positions.values()]
@@ -419,7 +466,7 @@ async def gather_in_order(
             raise
         for index, done in enumerate(results):
             if done is None:
-                results[index] = CvmResult(cvm_id=given[index], error=_not_sent(exc, given[index]))
+                results[index] = CvmFailed(cvm_id=given[index], error=_not_sent(exc, given[index]))
     return [result for result in results if result is not None]
 
 
@@ -427,9 +474,6 @@ def _not_sent(error: PhalaError, cvm_id: str | int) -> PhalaError:
     """``error``, as it stands for an id that was not sent because of it."""
     if error.cvm_id == cvm_id:
         return error
-    twin = copy.copy(error)
-    twin.cvm_id = cvm_id
+    twin = as_seen_by(error, cvm_id, prefix="not sent, since the sweep ended on: ")
     twin.attempts = 0
-    twin.message = f"{subject(cvm_id)}: not sent, since {error.message}"
-    twin.args = (twin.message,)
     return twin

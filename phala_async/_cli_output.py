@@ -1,5 +1,6 @@
-"""What the command line writes: one sweep record per id (JSON lines or CSV, each flushed as it
-completes), messages and logs on stderr, and the redaction that keeps credentials out of them."""
+"""What the command line writes: one sweep record per id (JSON lines, CSV or a table, each flushed
+as it completes), ``get``'s CVMs, messages and logs on stderr, and the redaction that keeps
+credentials out of them."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import contextlib
 import csv
 import logging
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol, TextIO
 
 import msgspec
@@ -18,19 +19,23 @@ from ._models import CvmDetail
 
 __all__ = [
     "CSV_COLUMNS",
+    "CVM_COLUMNS",
     "MIN_SECRET_LENGTH",
+    "TABLE_COLUMNS",
     "CsvWriter",
     "JsonLinesWriter",
     "NullWriter",
     "RecordWriter",
     "Redactor",
-    "UsageError",
+    "TableWriter",
+    "format_table_row",
     "logging_to_stderr",
-    "open_writer",
+    "print_cvms",
     "print_error",
+    "record_writer",
 ]
 
-_CVM_COLUMNS = (
+_CVM_FIELDS = (
     "id",
     "name",
     "status",
@@ -41,23 +46,22 @@ _CVM_COLUMNS = (
     "instance_id",
     "vm_uuid",
 )
-#: The columns of ``--format csv``: the main CVM fields, then what went wrong.
+#: The CSV columns that describe the CVM (the others say which id and what went wrong).
+CVM_COLUMNS = (*_CVM_FIELDS, "teepod_name", "region", "scheduled_delete_at")
+#: The columns of ``--format csv``: the id asked for, ok, the main CVM fields, then what went wrong.
 CSV_COLUMNS = (
     "cvm_id",
     "ok",
-    *_CVM_COLUMNS,
-    "teepod_name",
-    "region",
-    "scheduled_delete_at",
+    *CVM_COLUMNS,
     "error_type",
     "error_status",
     "error_message",
     "attempts",
 )
-
-
-class UsageError(Exception):
-    """A command line that cannot run (exit status 2); the message says what to do instead."""
+#: The columns of ``--format table``, and the widths a streamed table cuts them to (None: any).
+TABLE_COLUMNS = ("CVM_ID", "NAME", "STATUS", "VCPU", "MEMORY_MB", "REGION", "ERROR")
+_STREAMED_WIDTHS = (20, 24, 12, 4, 9, 16, None)
+_RIGHT_ALIGNED = frozenset({"VCPU", "MEMORY_MB"})
 
 
 #: Shorter values are no real credential, and masking them would garble ordinary words.
@@ -110,18 +114,14 @@ class RecordWriter(Protocol):
     def write(self, result: CvmResult) -> None:
         """Write the record of ``result``."""
 
-    def close(self) -> None:
-        """Release the output."""
-
 
 class _StreamWriter:
     """Writes one record per result and flushes it, so an interrupted sweep keeps every completed
-    record. Closes the stream only if it opened it."""
+    record. The stream belongs to the caller, who closes it."""
 
-    def __init__(self, stream: TextIO, *, redact: Redactor, owned: bool) -> None:
+    def __init__(self, stream: TextIO, *, redact: Redactor) -> None:
         self._stream = stream
         self._redact = redact
-        self._owned = owned
 
     def write(self, result: CvmResult) -> None:
         """Write and flush the record of ``result``."""
@@ -130,11 +130,6 @@ class _StreamWriter:
 
     def _emit(self, result: CvmResult) -> None:
         raise NotImplementedError
-
-    def close(self) -> None:
-        """Close the output file (never stdout)."""
-        if self._owned:
-            self._stream.close()
 
 
 class JsonLinesWriter(_StreamWriter):
@@ -148,31 +143,106 @@ class JsonLinesWriter(_StreamWriter):
         self._stream.write(msgspec.json.encode(record).decode() + "\n")
 
 
+def _one_line(text: str) -> str:
+    # Each record stays one line of the file, so that a record cut short by a killed process is
+    # the last line, and is recognised as such (the server's error text may hold line breaks).
+    return " ".join(text.splitlines()) if "\n" in text or "\r" in text else text
+
+
 class CsvWriter(_StreamWriter):
     """One row per id under :data:`CSV_COLUMNS`; empty cells for what does not apply."""
 
-    def __init__(self, stream: TextIO, *, redact: Redactor, owned: bool) -> None:
-        super().__init__(stream, redact=redact, owned=owned)
+    def __init__(self, stream: TextIO, *, redact: Redactor, header: bool = True) -> None:
+        super().__init__(stream, redact=redact)
         self._csv = csv.writer(stream, lineterminator="\n")
-        self._csv.writerow(CSV_COLUMNS)
-        stream.flush()
+        if header:
+            self._csv.writerow(CSV_COLUMNS)
+            stream.flush()
 
     def _emit(self, result: CvmResult) -> None:
         row: dict[str, object] = {"cvm_id": result.cvm_id, "attempts": result.attempts}
         cvm = result.cvm
         if cvm is not None:
             row["ok"] = "true"
-            row.update({column: getattr(cvm, column) for column in _CVM_COLUMNS})
-            if cvm.teepod is not None:
-                row["teepod_name"] = cvm.teepod.name
-                row["region"] = cvm.teepod.region_identifier
-            # to_builtins renders the date exactly as the JSON lines do (RFC 3339, "Z").
-            row["scheduled_delete_at"] = msgspec.to_builtins(cvm.scheduled_delete_at)
+            row.update(_cvm_cells(cvm))
         else:
             info = _error_info(result, self._redact)
             row.update(ok="false", error_type=info.type, error_status=info.status)
             row["error_message"] = info.message
-        self._csv.writerow("" if row.get(column) is None else row[column] for column in CSV_COLUMNS)
+        self._csv.writerow(_cell(row.get(column)) for column in CSV_COLUMNS)
+
+
+def _cell(value: object) -> object:
+    if value is None:
+        return ""
+    return _one_line(value) if isinstance(value, str) else value
+
+
+def _cvm_cells(cvm: CvmDetail) -> dict[str, object]:
+    """The :data:`CVM_COLUMNS` of ``cvm`` (None where it has no value)."""
+    cells: dict[str, object] = {column: getattr(cvm, column) for column in _CVM_FIELDS}
+    if cvm.teepod is not None:
+        cells["teepod_name"] = cvm.teepod.name
+        cells["region"] = cvm.teepod.region_identifier
+    # to_builtins renders the date exactly as the JSON lines do (RFC 3339, "Z").
+    cells["scheduled_delete_at"] = msgspec.to_builtins(cvm.scheduled_delete_at)
+    return cells
+
+
+def _table_row(result: CvmResult, redact: Redactor) -> tuple[str, ...]:
+    cvm = result.cvm
+    if cvm is None:
+        info = _error_info(result, redact)
+        return (str(result.cvm_id), "", "failed", "", "", "", _one_line(info.message))
+    region = cvm.teepod.region_identifier if cvm.teepod is not None else None
+    return (
+        str(result.cvm_id),
+        cvm.name,
+        cvm.status,
+        str(cvm.vcpu),
+        str(cvm.memory),
+        region or "",
+        "",
+    )
+
+
+def _fit(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def format_table_row(cells: Sequence[str], widths: Sequence[int | None]) -> str:
+    """One line of a table: each cell cut or padded to its width (None: as long as it is), numbers
+    right-aligned, two spaces between columns."""
+    parts = []
+    for header, cell, width in zip(TABLE_COLUMNS, cells, widths, strict=False):
+        if width is None:
+            parts.append(cell)
+        elif header in _RIGHT_ALIGNED:
+            parts.append(_fit(cell, width).rjust(width))
+        else:
+            parts.append(_fit(cell, width).ljust(width))
+    return "  ".join(parts).rstrip()
+
+
+class TableWriter(_StreamWriter):
+    """A table for people: a header, then a row per id as it completes, under fixed widths."""
+
+    def __init__(
+        self,
+        stream: TextIO,
+        *,
+        redact: Redactor,
+        widths: Sequence[int | None] = _STREAMED_WIDTHS,
+        header: bool = True,
+    ) -> None:
+        super().__init__(stream, redact=redact)
+        self._widths = widths
+        if header:
+            stream.write(format_table_row(TABLE_COLUMNS, widths) + "\n")
+            stream.flush()
+
+    def _emit(self, result: CvmResult) -> None:
+        self._stream.write(format_table_row(_table_row(result, self._redact), self._widths) + "\n")
 
 
 class NullWriter:
@@ -181,27 +251,44 @@ class NullWriter:
     def write(self, result: CvmResult) -> None:
         """Discard ``result``."""
 
-    def close(self) -> None:
-        """Nothing to release."""
+
+def record_writer(
+    output_format: str, stream: TextIO, *, redact: Redactor, header: bool = True
+) -> RecordWriter:
+    """The writer of sweep records in ``output_format`` (``jsonl``, ``csv`` or ``table``) on
+    ``stream``; ``header`` False when appending to a file that has one."""
+    if output_format == "csv":
+        return CsvWriter(stream, redact=redact, header=header)
+    if output_format == "table":
+        return TableWriter(stream, redact=redact, header=header)
+    return JsonLinesWriter(stream, redact=redact)
 
 
-def open_writer(output_format: str, path: str | None, *, redact: Redactor) -> RecordWriter:
-    """The writer for ``--format`` and ``--output`` (stdout when ``path`` is None or ``-``).
+def print_cvms(results: Sequence[CvmResult], output_format: str, stream: TextIO) -> None:
+    """``get``'s output: the fetched CVMs of ``results`` in ``output_format``.
 
-    Raises:
-        UsageError: the output file cannot be created.
+    ``json`` is each CVM as indented JSON, one after another (as jq prints them); ``jsonl`` one
+    compact object per line; ``csv`` the sweep's rows; ``table`` columns sized to the values.
     """
-    cls: type[_StreamWriter] = CsvWriter if output_format == "csv" else JsonLinesWriter
-    if path is None or path == "-":
-        return cls(sys.stdout, redact=redact, owned=False)
-    try:
-        # newline="" hands line endings to the writer (the csv module's advice).
-        stream = open(path, "w", encoding="utf-8", newline="")  # noqa: SIM115 - closed by close()
-    except OSError as exc:
-        raise UsageError(
-            f"cannot write --output {path!r} ({exc.strerror}): pick a writable path"
-        ) from exc
-    return cls(stream, redact=redact, owned=True)
+    fetched = [result for result in results if result.cvm is not None]
+    if output_format in ("json", "jsonl"):
+        for result in fetched:
+            body = msgspec.json.encode(result.cvm)
+            text = msgspec.json.format(body, indent=2) if output_format == "json" else body
+            stream.write(text.decode() + "\n")
+    elif output_format == "table":
+        rows = [_table_row(result, Redactor(())) for result in fetched]
+        columns = len(TABLE_COLUMNS) - 1  # every row is a CVM: no ERROR column
+        widths = [
+            max(len(row[index]) for row in [TABLE_COLUMNS, *rows]) for index in range(columns)
+        ]
+        for row in [TABLE_COLUMNS, *rows]:
+            stream.write(format_table_row(row[:columns], widths) + "\n")
+    else:
+        writer = record_writer(output_format, stream, redact=Redactor(()))
+        for result in fetched:
+            writer.write(result)
+    stream.flush()
 
 
 def print_error(message: str) -> None:

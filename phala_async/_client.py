@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import os
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterable, Awaitable, Iterable, Sequence
 from ssl import SSLContext
 from types import TracebackType
 from typing import Self, TypeVar
 
 import aiohttp
 
-from ._bulk import Abort, CvmResult, CvmStream, Fetched, gather_in_order
+from ._bulk import Abort, CvmStream, Fetched, SweepResult, gather_in_order
 from ._config import (
     check_positive,
     check_trace_configs,
@@ -22,15 +23,25 @@ from ._config import (
     resolve_proxy,
     resolve_tls,
 )
-from ._errors import ClientClosedError, ConfigurationError, EventLoopError, PhalaError, subject
+from ._errors import (
+    APITimeoutError,
+    ClientClosedError,
+    ConfigurationError,
+    EventLoopError,
+    PhalaError,
+    subject,
+)
 from ._http import Exchange
 from ._ids import normalize_cvm_id
-from ._models import CvmDetail, HostedCvm, decode_cvm, decode_page
+from ._listing import CvmListing
+from ._models import CvmDetail, CvmPage, decode_cvm, decode_page
 from ._response import Decode, interpret
 from ._retry import RetryPolicy, log_retry, next_wait, retrying
 from ._session import SessionOptions, open_session
+from ._sharing import Flight, Flights, Orphaned, TTLCache
 from ._throttle import ClientStats, Governor, MaxInFlight
 from ._version import __version__
+from ._watch import CvmWatch, wait_for_status
 
 __all__ = ["API_VERSION", "ClientStats", "PhalaClient"]
 
@@ -41,6 +52,20 @@ API_VERSION = "2025-10-28"
 DEFAULT_MAX_RESPONSE_BYTES = 1024 * 1024
 
 _T = TypeVar("_T")
+_Fetched = tuple[CvmDetail, int]
+
+
+class _Shared:
+    """What a client and every view of it (:meth:`PhalaClient.with_options`) share: the
+    session, the event loop, the closed flag."""
+
+    __slots__ = ("closed", "loop", "owns_session", "session")
+
+    def __init__(self, session: aiohttp.ClientSession | None) -> None:
+        self.session = session
+        self.owns_session = session is None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.closed = False
 
 
 class PhalaClient:
@@ -79,6 +104,9 @@ class PhalaClient:
         retry_budget: stop retrying while most recent requests failed (of the last 100, or 4 x
             ``concurrency`` if more), so a down API sees little more than one request per id.
             On by default.
+        cache_ttl: seconds a successful ``get_cvm`` answer is reused (0, the default: no cache).
+            Errors are never cached; ``get_cvm(..., fresh=True)`` skips the cache.
+        cache_size: answers the cache keeps at most, least recently used dropped first.
         ssl: an ``ssl.SSLContext`` to verify the API's certificate with (own session only).
         ca_file: a PEM bundle of the CAs to trust instead of the system's (own session only).
             Without ``ssl`` or ``ca_file``, ``$SSL_CERT_FILE`` / ``$SSL_CERT_DIR`` are honoured.
@@ -88,6 +116,9 @@ class PhalaClient:
             made and no ``proxy`` is given. On by default.
         trace_configs: ``aiohttp.TraceConfig`` objects for the client's own session (tracing,
             OpenTelemetry); each attempt, retries included, is one traced request.
+
+    Concurrent ``get_cvm`` calls (and sweep fetches) for ids that name the same CVM alike share
+    one request in flight, always; ``stats.coalesced`` counts the calls that joined one.
 
     Raises:
         ConfigurationError: an argument is missing or out of range; the message says what to pass.
@@ -111,6 +142,8 @@ class PhalaClient:
         adaptive: bool = True,
         rate_limit: float | None = None,
         retry_budget: bool = True,
+        cache_ttl: float = 0.0,
+        cache_size: int = 10_000,
         ssl: SSLContext | None = None,
         ca_file: str | os.PathLike[str] | None = None,
         proxy: str | None = None,
@@ -118,6 +151,16 @@ class PhalaClient:
         trace_configs: Sequence[aiohttp.TraceConfig] | None = None,
     ) -> None:
         check_positive("timeout", timeout)
+        check_positive("cache_size", cache_size, integer=True)
+        if (
+            isinstance(cache_ttl, bool)
+            or not isinstance(cache_ttl, (int, float))
+            or not 0 <= cache_ttl < float("inf")
+        ):
+            raise ConfigurationError(
+                f"cache_ttl must be a finite number of seconds >= 0 (0: no cache), "
+                f"not {cache_ttl!r}"
+            )
         check_positive("concurrency", concurrency, integer=True)
         check_positive("max_response_bytes", max_response_bytes, integer=True)
         if rate_limit is not None:
@@ -160,8 +203,7 @@ class PhalaClient:
             proxy=route,
             on_reconnect=self._note_reconnect,
         )
-        self._session = session
-        self._owns_session = session is None
+        self._shared = _Shared(session)
         self._governor = Governor(
             concurrency=concurrency,
             adaptive=adaptive,
@@ -169,9 +211,48 @@ class PhalaClient:
             retry_budget=retry_budget,
             retry_after_cap=self._policy.retry_after_cap,
         )
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeps: set[Abort] = set()
-        self._closed = False
+        self._flights: Flights[_Fetched] = Flights()
+        self._cache: TTLCache[CvmDetail] | None = (
+            TTLCache(float(cache_ttl), cache_size) if cache_ttl > 0 else None
+        )
+        self._deadline: float | None = None
+
+    def with_options(
+        self,
+        *,
+        timeout: float | None = None,
+        max_attempts: int | None = None,
+        deadline: float | None = None,
+    ) -> PhalaClient:
+        """A view of this client with other per-call options, sharing its session, connection
+        pool, limits, pacing, cache and counters (cheap: make one per call if you like)::
+
+            cvm = await client.with_options(deadline=5.0).get_cvm(cvm_id)
+
+        Closing a view closes the client it came from.
+
+        Args:
+            timeout: seconds one attempt may take.
+            max_attempts: requests made for one id at most, the first included.
+            deadline: seconds a whole call may take, waits for a free slot, pauses and retries
+                included; past it the call raises :class:`APITimeoutError`. In a sweep, it
+                bounds each id.
+
+        Raises:
+            ConfigurationError: a value is out of range.
+        """
+        view = object.__new__(PhalaClient)
+        view.__dict__.update(self.__dict__)
+        if timeout is not None:
+            check_positive("timeout", timeout)
+            view._exchange = self._exchange.with_timeout(float(timeout))
+        if max_attempts is not None:
+            view._policy = dataclasses.replace(self._policy, max_attempts=max_attempts)
+        if deadline is not None:
+            check_positive("deadline", deadline)
+            view._deadline = float(deadline)
+        return view
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -192,24 +273,32 @@ class PhalaClient:
 
         A sweep stopped this way ends with :class:`ClientClosedError`. Safe to call twice.
         """
-        if self._closed:
+        shared = self._shared
+        if shared.closed:
             return
-        self._closed = True
+        shared.closed = True
         for abort in list(self._sweeps):
             await abort(ClientClosedError("the PhalaClient was closed during the sweep"))
-        if self._owns_session and self._session is not None:
-            await self._session.close()
+        for flight in list(self._flights):
+            if flight.task is not None:
+                flight.task.cancel()
+        if shared.owns_session and shared.session is not None:
+            await shared.session.close()
 
     @property
     def closed(self) -> bool:
         """Whether :meth:`aclose` has been called."""
-        return self._closed
+        return self._shared.closed
+
+    @property
+    def _session(self) -> aiohttp.ClientSession | None:
+        return self._shared.session
 
     def __repr__(self) -> str:
         return (
             f"<PhalaClient base_url={self._base_url!r} credential={self._credential_kind} "
             f"concurrency={self._concurrency} max_attempts={self._policy.max_attempts}"
-            f"{' closed' if self._closed else ''}>"
+            f"{' closed' if self._shared.closed else ''}>"
         )
 
     def _open_session(self) -> aiohttp.ClientSession:
@@ -219,22 +308,25 @@ class PhalaClient:
             ClientClosedError: the client is closed.
             EventLoopError: called from another event loop than the first one.
         """
-        if self._closed:
+        shared = self._shared
+        if shared.closed:
             raise ClientClosedError()
         loop = asyncio.get_running_loop()
-        if self._loop is None:
-            self._loop = loop
-        elif loop is not self._loop:
+        if shared.loop is None:
+            shared.loop = loop
+        elif loop is not shared.loop:
             raise EventLoopError(
                 "this PhalaClient belongs to the event loop that first used it, and this call "
                 "runs in another one (a second asyncio.run()?); make one PhalaClient per event "
                 "loop, for example inside the coroutine that asyncio.run() runs"
             )
-        if self._session is None:
+        if shared.session is None:
             # Our own session carries the headers and timeout as defaults, which saves aiohttp
             # merging them into every request; an injected session gets them per request.
-            self._session = open_session(self._session_options, **self._exchange.session_defaults())
-        return self._session
+            shared.session = open_session(
+                self._session_options, **self._exchange.session_defaults()
+            )
+        return shared.session
 
     def _note_reconnect(self) -> None:
         self._governor.note_reconnect()
@@ -256,23 +348,57 @@ class PhalaClient:
         """A snapshot of the client's counters as of now; read it again to see what changed."""
         return self._governor.snapshot()
 
-    async def get_cvm(self, cvm_id: str | int) -> CvmDetail:
+    async def get_cvm(self, cvm_id: str | int, *, fresh: bool = False) -> CvmDetail:
         """Fetch the details of one CVM, retrying transient failures.
+
+        Calls for the same CVM that overlap share one request; with ``cache_ttl`` set, a recent
+        answer is returned without a request unless ``fresh`` is true.
 
         Args:
             cvm_id: the integer id, name, ``app_<hex>`` (or bare 40-hex app id), VM UUID or
                 instance id.
+            fresh: skip the cache (a request in flight is still shared).
 
         Raises:
             InvalidCvmIdError: the id can never be valid; no request was made.
             APIStatusError: the server refused (a subclass per status); after retries for 429/5xx.
             APIConnectionError: no complete answer arrived after every attempt.
+            APITimeoutError: an attempt timed out, or the call ran past its ``deadline``.
             ResponseError: a 2xx body that is too large or does not decode.
             ClientClosedError: the client is closed.
+            EventLoopError: the client was first used in another event loop.
         """
         segment = normalize_cvm_id(cvm_id)
-        cvm, _ = await self._call(f"/cvms/{segment}", cvm_id, decode_cvm, None)
-        return cvm
+        cache = self._cache
+        if cache is not None and not fresh and (cached := cache.get(segment)) is not None:
+            self._governor.note("cache_hits")
+            return cached
+        if self._deadline is None:
+            return await self._shared_call(segment, cvm_id)
+        return await self._within_deadline(self._shared_call(segment, cvm_id), cvm_id)
+
+    async def _shared_call(self, segment: str, cvm_id: str | int) -> CvmDetail:
+        """``get_cvm`` once the cache had nothing: join the request in flight, or start one."""
+        self._open_session()  # raise at once when closed or in the wrong loop
+        flights = self._flights
+        while True:
+            flight = flights.get(segment)
+            if flight is None:
+                flight = flights.start(segment, functools.partial(self._fetch, segment, cvm_id))
+            else:
+                self._governor.note("coalesced")
+            try:
+                cvm, _ = await flights.wait(flight, cvm_id)
+            except Orphaned:
+                continue  # the sweep running it was closed: ask again
+            return cvm
+
+    async def _fetch(self, segment: str, cvm_id: str | int) -> _Fetched:
+        """One CVM, retried, stored in the cache when it came."""
+        fetched = await self._call(f"/cvms/{segment}", cvm_id, decode_cvm, None)
+        if self._cache is not None:
+            self._cache.put(segment, fetched[0])
+        return fetched
 
     def stream_cvms(
         self,
@@ -280,11 +406,15 @@ class PhalaClient:
         *,
         concurrency: int | None = None,
     ) -> CvmStream:
-        """Fetch many CVMs, yielding a :class:`CvmResult` per distinct id as each completes.
+        """Fetch many CVMs, yielding a result per distinct id as each completes.
 
+        Each result is a :class:`CvmOk` (``result.ok`` is true, ``result.cvm`` set) or a
+        :class:`CvmFailed` (``result.error`` says why); ``if result.ok:`` narrows the type.
         ``ids`` is read lazily, so a generator of millions is fine; an id given twice (in any
         form that normalises the same) is fetched once. Stop early with ``aclose()`` or by
-        leaving ``async with``; every request of the sweep is then cancelled.
+        leaving ``async with``; every request of the sweep is then cancelled. A refused
+        credential or a TLS failure ends the sweep at once: the stream raises it after the
+        results already fetched. Sweeps do not read the cache (they fill it).
 
         Args:
             ids: any iterable or async iterable of ids.
@@ -303,28 +433,113 @@ class PhalaClient:
         ids: Iterable[str | int] | AsyncIterable[str | int],
         *,
         concurrency: int | None = None,
-    ) -> list[CvmResult]:
-        """Fetch many CVMs and return one :class:`CvmResult` per given id, in the given order.
+    ) -> list[SweepResult]:
+        """Fetch many CVMs and return one result per given id, in the given order.
 
         Duplicates are fetched once and share that result. Never raises for one id's failure;
-        each result's ``error`` says what went wrong.
+        each failed result's ``error`` says what went wrong. A refused credential or a TLS
+        failure stops sending: the ids not fetched carry that error.
         """
         sweep_concurrency = self._sweep_concurrency(concurrency)
         return await gather_in_order(
             lambda distinct: self.stream_cvms(distinct, concurrency=sweep_concurrency), ids
         )
 
-    async def list_cvms(self, *, page_size: int = 100) -> AsyncIterator[HostedCvm]:
+    def watch_cvms(
+        self,
+        ids: Iterable[str | int] | None = None,
+        *,
+        interval: float = 30.0,
+        fields: Iterable[str] | None = None,
+        initial: bool = False,
+    ) -> CvmWatch:
+        """Watch CVMs for changes: an async iterator of :class:`CvmEvent`, round after round.
+
+        Use it with ``async with``::
+
+            async with client.watch_cvms(interval=30) as events:
+                async for event in events:
+                    print(event.kind, event.cvm_id, event.changes)
+
+        Each round is a sweep through this client (same pacing, pause and retry budget).
+        Rounds never overlap; they start every ``interval`` seconds plus up to 10% jitter,
+        and at once after a round that took longer than the interval.
+
+        Args:
+            ids: the CVMs to watch; None watches the whole workspace through :meth:`list_cvms`,
+                so new and deleted CVMs appear as ``"added"`` and ``"removed"``.
+            interval: seconds from the start of one round to the start of the next.
+            fields: the fields whose change counts (nested ones by path, ``teepod.name``);
+                default every field but :data:`VOLATILE_FIELDS`.
+            initial: first emit every CVM as ``"added"``.
+
+        Raises:
+            ConfigurationError: ``interval`` is not a positive number, or a field is unknown.
+        """
+        check_positive("interval", interval)
+        listing = None if ids is not None else self._listed_ids
+        return CvmWatch(
+            self.stream_cvms,
+            ids=None if ids is None else list(ids),
+            listing=listing,
+            interval=float(interval),
+            fields=fields,
+            initial=initial,
+        )
+
+    async def _listed_ids(self) -> list[str]:
+        return [entry.cvm_id async for entry in self.list_cvms()]
+
+    async def wait_for_status(
+        self,
+        cvm_id: str | int,
+        status: str | Iterable[str],
+        *,
+        timeout: float = 600.0,  # noqa: ASYNC109 - bounds the whole poll, as waiters do
+        interval: float = 5.0,
+    ) -> CvmDetail:
+        """Poll one CVM until its status is ``status`` (or one of them), and return it.
+
+        Polls go through this client, paced with everything else, and skip the cache.
+
+        Args:
+            cvm_id: any id form ``get_cvm`` takes.
+            status: the status to wait for (``"running"``), or a set of them.
+            timeout: seconds to wait at most.
+            interval: seconds between polls.
+
+        Raises:
+            StatusTimeoutError: ``timeout`` passed first; it names the id, its last status and
+                how long it waited.
+            NotFoundError, AuthenticationError, PermissionDeniedError: at once, without waiting.
+            PhalaError: any other error that is not transient.
+        """
+        check_positive("timeout", timeout)
+        check_positive("interval", interval)
+        return await wait_for_status(
+            functools.partial(self.get_cvm, fresh=True),
+            cvm_id,
+            status,
+            timeout=float(timeout),
+            interval=float(interval),
+        )
+
+    def list_cvms(self, *, page_size: int = 100) -> CvmListing:
         """Every CVM in the workspace, page by page (``GET /cvms/paginated``), lazily.
 
         Each page is fetched with the same retries and errors as :meth:`get_cvm` (errors carry
-        ``cvm_id=None``). Feed it straight into a sweep, without collecting the ids first::
+        ``cvm_id=None``). The listing's ``total`` is the workspace size once the first page
+        arrived. Each entry's ``cvm_id`` names that one CVM (its VM UUID), so every instance of
+        an app is swept. Feed it straight into a sweep, without collecting the ids first::
 
             ids = (entry.cvm_id async for entry in client.list_cvms())
             async with client.stream_cvms(ids) as results: ...
 
         Args:
             page_size: entries per page, 1 to 100 (the API's maximum).
+
+        Raises:
+            ConfigurationError: ``page_size`` is out of range (at the call, before any request).
         """
         if (
             isinstance(page_size, bool)
@@ -332,16 +547,13 @@ class PhalaClient:
             or not 1 <= page_size <= 100
         ):
             raise ConfigurationError(f"page_size must be an int from 1 to 100, not {page_size!r}")
-        page_number = 1
-        while True:
-            page, _ = await self._call(
-                f"/cvms/paginated?page={page_number}&page_size={page_size}", None, decode_page, None
-            )
-            for entry in page.items:
-                yield entry
-            if not page.items or page_number >= page.pages:
-                return
-            page_number += 1
+
+        async def fetch_page(page_number: int) -> CvmPage:
+            path = f"/cvms/paginated?page={page_number}&page_size={page_size}"
+            page, _ = await self._call(path, None, decode_page, None)
+            return page
+
+        return CvmListing(fetch_page)
 
     def _sweep_concurrency(self, concurrency: int | None) -> int:
         if concurrency is None:
@@ -378,7 +590,38 @@ class PhalaClient:
         self, cvm_id: str | int, segment: str, *, extra: MaxInFlight | None
     ) -> Fetched:
         """A sweep's fetch: the first attempt here, and any retries handed back to be parked, so
-        that the sweep's worker goes on with other ids while they wait."""
+        that the sweep's worker goes on with other ids while they wait. A request already in
+        flight for the same CVM is joined instead (parked too)."""
+        flights = self._flights
+        joined = flights.get(segment)
+        if joined is not None:
+            self._governor.note("coalesced")
+            return functools.partial(self._join, joined, segment, cvm_id, extra)
+        flight = flights.open(segment)
+        if self._deadline is None:
+            try:
+                fetched = await self._sweep_attempt(flight, segment, cvm_id, extra)
+            except BaseException as exc:
+                flights.land(flight, error=exc)
+                raise
+            return fetched
+        loop = asyncio.get_running_loop()
+        when = loop.time() + self._deadline
+        try:
+            fetched = await self._within_deadline(
+                self._sweep_attempt(flight, segment, cvm_id, extra), cvm_id, when
+            )
+        except BaseException as exc:
+            flights.land(flight, error=exc)
+            raise
+        if isinstance(fetched, tuple):
+            return fetched
+        retries = fetched
+        return lambda: self._within_deadline(retries(), cvm_id, when)
+
+    async def _sweep_attempt(
+        self, flight: Flight[_Fetched], segment: str, cvm_id: str | int, extra: MaxInFlight | None
+    ) -> Fetched:
         path = f"/cvms/{segment}"
         try:
             cvm = await self._attempt(path, cvm_id, decode_cvm, extra)
@@ -387,9 +630,64 @@ class PhalaClient:
             if wait is None:
                 self._governor.note_call(exc)
                 raise
-            return functools.partial(self._retries, path, cvm_id, decode_cvm, extra, exc, wait)
+            return functools.partial(self._parked, flight, path, cvm_id, extra, exc, wait)
         self._governor.note_call(None)
+        self._landed(flight, (cvm, 1))
         return cvm, 1
+
+    async def _parked(
+        self,
+        flight: Flight[_Fetched],
+        path: str,
+        cvm_id: str | int,
+        extra: MaxInFlight | None,
+        first_error: PhalaError,
+        wait: float,
+    ) -> _Fetched:
+        try:
+            fetched = await self._retries(path, cvm_id, decode_cvm, extra, first_error, wait)
+        except BaseException as exc:
+            self._flights.land(flight, error=exc)
+            raise
+        self._landed(flight, fetched)
+        return fetched
+
+    def _landed(self, flight: Flight[_Fetched], fetched: _Fetched) -> None:
+        if self._cache is not None:
+            self._cache.put(flight.key, fetched[0])
+        self._flights.land(flight, fetched)
+
+    async def _join(
+        self, flight: Flight[_Fetched], segment: str, cvm_id: str | int, extra: MaxInFlight | None
+    ) -> _Fetched:
+        """A sweep's id whose CVM was already being fetched: that answer, or its own request
+        if the one in flight went away."""
+        try:
+            return await self._flights.wait(flight, cvm_id)
+        except Orphaned:
+            return await self._call(f"/cvms/{segment}", cvm_id, decode_cvm, extra)
+
+    async def _within_deadline(
+        self, call: Awaitable[_T], cvm_id: str | int | None, when: float | None = None
+    ) -> _T:
+        """Run ``call`` until the view's deadline (from now, or the loop time ``when``).
+
+        Raises:
+            APITimeoutError: the deadline passed first.
+        """
+        deadline = self._deadline
+        assert deadline is not None  # noqa: S101 - only called on views with a deadline
+        if when is None:
+            when = asyncio.get_running_loop().time() + deadline
+        try:
+            async with asyncio.timeout_at(when):
+                return await call
+        except TimeoutError as exc:
+            raise APITimeoutError(
+                f"{subject(cvm_id)}: no answer within the {deadline:g}s deadline (waits for a "
+                f"slot, pauses and retries included)",
+                cvm_id=cvm_id,
+            ) from exc
 
     def _judge(self, error: PhalaError, attempt: int) -> float | None:
         """Seconds to wait before retrying after attempt ``attempt`` failed, or None to give up."""
@@ -441,16 +739,17 @@ class PhalaClient:
         self, path: str, cvm_id: str | int | None, decode: Decode[_T], extra: MaxInFlight | None
     ) -> _T:
         """Send one request when the governor allows it, and judge its answer."""
-        session = self._session
-        if session is None or self._closed or self._loop is not asyncio.get_running_loop():
+        shared = self._shared
+        session = shared.session
+        if session is None or shared.closed or shared.loop is not asyncio.get_running_loop():
             session = self._open_session()
         async with self._governor.slot(extra):
             # The pause may have outlasted the client.
-            if self._closed:
+            if shared.closed:
                 raise ClientClosedError(cvm_id=cvm_id)
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug("GET %s (%s)", path, subject(cvm_id))
-            answer = await self._exchange.get(session, path, cvm_id, self._owns_session)
+            answer = await self._exchange.get(session, path, cvm_id, shared.owns_session)
             return interpret(
                 answer.status, answer.headers, answer.body, cvm_id=cvm_id, decode=decode
             )

@@ -7,6 +7,7 @@
     ├── ClientClosedError                         the client was closed
     ├── EventLoopError (also RuntimeError)        the client was used from a second event loop
     ├── InvalidCvmIdError (also ValueError)       the id can never be asked for; nothing was sent
+    ├── StatusTimeoutError (also TimeoutError)    wait_for_status ran out of time
     ├── APIConnectionError                        transport: refused, reset, unresolved, cut short
     │   ├── APITimeoutError                       an attempt ran past ``timeout``
     │   ├── APIProxyError                         the proxy refused the tunnel (its status)
@@ -56,6 +57,7 @@ __all__ = [
     "RateLimitError",
     "ResponseError",
     "ResponseTooLargeError",
+    "StatusTimeoutError",
     "UnprocessableEntityError",
     "describe",
     "error_for_status",
@@ -159,6 +161,30 @@ class InvalidCvmIdError(PhalaError, ValueError):
         super().__init__(f"invalid CVM id {describe(value)}: {reason}", cvm_id=shown, attempts=0)
         self.value = value
         self.reason = reason
+
+
+class StatusTimeoutError(PhalaError, TimeoutError):
+    """``wait_for_status`` ran out of time before the CVM reached the status.
+
+    Attributes:
+        last_status: the status last seen, or None when no poll succeeded.
+        waited: seconds waited.
+        wanted: the statuses waited for.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        cvm_id: str | int,
+        last_status: str | None,
+        waited: float,
+        wanted: frozenset[str],
+    ) -> None:
+        super().__init__(message, cvm_id=cvm_id, attempts=0)
+        self.last_status = last_status
+        self.waited = waited
+        self.wanted = wanted
 
 
 class APIConnectionError(PhalaError):

@@ -114,6 +114,15 @@ class Exchange:
             if proxy.authorization is not None:
                 self._via["proxy_headers"] = {"Proxy-Authorization": proxy.authorization}
 
+    def with_timeout(self, timeout: float) -> Exchange:
+        """The same exchange (proxy and reconnect callback included) with another per-attempt
+        timeout."""
+        other = object.__new__(Exchange)
+        for name in Exchange.__slots__:
+            setattr(other, name, getattr(self, name))
+        other._timeout_seconds = timeout
+        return other
+
     def session_defaults(self) -> dict[str, Any]:
         """Keyword arguments for a ``ClientSession`` of our own that sends what we send."""
         if self._via is not None:
@@ -147,21 +156,24 @@ class Exchange:
             DecodeError: a compressed body that does not decompress.
         """
         try:
+            # Paths are built from validated segments and integers, so need no quoting.
+            url = URL(self._base_url + path, encoded=True)
             # Our own timer rather than aiohttp's: aiohttp's can turn a cancellation that lands
             # as the timer fires into a TimeoutError (aio-libs/aiohttp#5979), which would be
             # retried instead of stopping the sweep.
             with _AttemptTimer(self._timeout_seconds):
-                # Paths are built from validated segments and integers, so need no quoting.
-                url = URL(self._base_url + path, encoded=True)
                 try:
                     return await self._send(session, url, cvm_id, has_defaults)
                 except (OSError, aiohttp.ServerDisconnectedError) as exc:
                     if not has_defaults or self._on_reconnect is None or not _stale(exc):
                         raise
-                # aiohttp's own silent resend is off on our session, so that each request is
-                # counted: this one is counted as a request and as a reconnect, and never slept on.
-                self._on_reconnect()
-                POOLED.set(WANT_NEW)
+            # The request met a connection the server had closed while idle, so it never
+            # really happened: it is sent again at once, on a new connection, with a timeout of
+            # its own. aiohttp's own silent resend is off on our session so that each request
+            # is counted: this one counts as a request and as a reconnect.
+            self._on_reconnect()
+            POOLED.set(WANT_NEW)
+            with _AttemptTimer(self._timeout_seconds):
                 return await self._send(session, url, cvm_id, has_defaults)
         except PhalaError:
             raise

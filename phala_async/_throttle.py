@@ -326,10 +326,10 @@ class AdaptiveRate:
     Overload (retryable 5xx without ``Retry-After``) is treated as a throttle too, as botocore's
     adaptive mode and Google's client-side throttling do, but with a higher bar, since some 5xx
     are only noise: at least ``min_throttles`` of them that are ``overload_share`` of the answers
-    in the window. It lowers the rate to ``decrease`` times what the client was sending, at most
-    once a window, so a storm slows the client by about a tenth each second without collapsing
-    it; once ``recovery`` seconds pass with no overload and no throttle, pacing set by overload
-    alone is lifted.
+    in the window. It lowers the rate to ``overload_decrease`` times what the client was sending
+    (botocore's adaptive mode uses the same 0.7), at most once a window, so a lasting storm
+    slows the client geometrically without collapsing it at once; once ``recovery`` seconds pass
+    with no overload and no throttle, pacing set by overload alone is lifted.
     """
 
     __slots__ = (
@@ -343,6 +343,7 @@ class AdaptiveRate:
         "_min_share",
         "_min_throttles",
         "_next_send",
+        "_overload_decrease",
         "_overload_only",
         "_overload_share",
         "_overloads",
@@ -365,6 +366,7 @@ class AdaptiveRate:
         min_share: float = 0.05,
         min_throttles: int = 10,
         overload_share: float = 0.3,
+        overload_decrease: float = 0.7,
         recovery: float = 5.0,
         clock: Clock = time.monotonic,
     ) -> None:
@@ -375,6 +377,7 @@ class AdaptiveRate:
         self._min_share = min_share
         self._min_throttles = min_throttles
         self._overload_share = overload_share
+        self._overload_decrease = overload_decrease
         self._recovery = recovery
         self._base: float | None = None
         self._since = 0.0
@@ -477,7 +480,7 @@ class AdaptiveRate:
         if self._base is None:
             self._overload_only = True
         self._last_overload_decrease = now
-        self._lower_to(self._decrease * sending, now)
+        self._lower_to(self._overload_decrease * sending, now)
 
     def _lower_to(self, rate: float, now: float) -> None:
         self._base = max(1.0, rate)

@@ -54,14 +54,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
-import enum
 import hmac
-import math
 import random
-import secrets
 import shutil
 import tempfile
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Self
@@ -69,6 +65,17 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 from aiohttp import web
 
 from phala_async import _sim_data as data
+from phala_async._sim_faults import (
+    DEFAULT_FAULTS,
+    Aborted,
+    Fault,
+    FixedWindow,
+    StaleConnections,
+    as_fault,
+    fault_answer,
+    format_retry_after,
+    respond,
+)
 from phala_async._sim_state import Workspace
 
 if TYPE_CHECKING:
@@ -77,75 +84,9 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_FAULTS", "Fault", "PhalaSimulator", "RequestRecord"]
 
 
-class Fault(enum.StrEnum):
-    """Kinds of failure the simulator can inject instead of (or before) a normal answer."""
-
-    HTTP_500 = "500"
-    HTTP_502 = "502"  # an HTML page, as a proxy in front of the API sends it
-    HTTP_503 = "503"
-    HTTP_504 = "504"
-    RATE_LIMIT = "429"  # with `Retry-After: <retry_after>`
-    RESET = "reset"  # the connection is aborted before any response byte
-    TRUNCATE = "truncate"  # full Content-Length announced, half the body sent, connection closed
-    DELAY = "delay"  # sleep `fault_delay` seconds, then answer normally
-    NOT_JSON = "not_json"  # 200 with a JSON content type and an HTML body
-    BAD_GZIP = "bad_gzip"  # 200 with `Content-Encoding: gzip` and a body that is not gzip
-    OK = "ok"  # answer normally (useful in `script`)
-
-
-DEFAULT_FAULTS: tuple[Fault, ...] = (
-    Fault.HTTP_500,
-    Fault.HTTP_502,
-    Fault.HTTP_503,
-    Fault.HTTP_504,
-    Fault.RATE_LIMIT,
-    Fault.RESET,
-    Fault.TRUNCATE,
-    Fault.DELAY,
-)
 _LOG_SIZE = 100_000  # request_log keeps the last this many records
 _SHUTDOWN_TIMEOUT = 0.5  # seconds close() lets in-flight handlers finish before cancelling them
-_JSON = "application/json"
 _TLS_CERTS = ("valid", "wrong_host", "self_signed")
-_FAULT_BODIES: dict[Fault, tuple[int, bytes, str]] = {
-    Fault.HTTP_500: (500, data.encode({"detail": "Internal Server Error"}), _JSON),
-    Fault.HTTP_502: (502, data.BAD_GATEWAY_PAGE, "text/html"),
-    Fault.HTTP_503: (503, data.encode({"detail": "Service Unavailable"}), _JSON),
-    Fault.HTTP_504: (504, data.encode({"detail": "Gateway Timeout"}), _JSON),
-    Fault.NOT_JSON: (200, b"<html>oops</html>", _JSON),
-}
-
-
-def _as_fault(kind: Fault | str | int) -> Fault:
-    try:
-        return Fault(str(kind))
-    except ValueError:
-        choices = ", ".join(repr(fault.value) for fault in Fault)
-        raise ValueError(f"unknown fault {kind!r}: pass a Fault or one of {choices}") from None
-
-
-def _format_retry_after(value: float | str) -> str:
-    if isinstance(value, str):
-        return value  # an HTTP-date, sent as given
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"retry_after must be >= 0 seconds or an HTTP-date string, not {value!r}")
-    return str(int(value)) if value == int(value) else str(value)
-
-
-def _response(status: int, body: bytes, content_type: str = _JSON, **headers: str) -> web.Response:
-    headers["X-Request-ID"] = f"req_{secrets.token_hex(8)}"
-    return web.Response(status=status, body=body, content_type=content_type, headers=headers)
-
-
-class _Aborted(web.Response):
-    """Returned after the transport was aborted: aiohttp's write fails quietly as a disconnect.
-
-    `recorded_status` is what the counters and the log record: `"reset"` or `"dropped"`.
-    """
-
-    def __init__(self, recorded_status: str) -> None:
-        super().__init__()
-        self.recorded_status = recorded_status
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -178,30 +119,8 @@ class RequestRecord:
 _Answer = Callable[[web.Request, str], tuple[int, bytes]]
 
 
-class _StaleConnections:
-    """Requests answered per connection, to drop a connection's request past `limit`."""
-
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        # Keyed by transport, held weakly: a closed connection leaves no entry behind.
-        self._answered: weakref.WeakKeyDictionary[asyncio.BaseTransport, int] = (
-            weakref.WeakKeyDictionary()
-        )
-
-    def drop_if_stale(self, request: web.Request) -> bool:
-        """Abort the connection if it answered `limit` requests, else count this one on it.
-
-        Returns whether the connection was aborted.
-        """
-        transport = request.transport
-        if transport is None:  # the client is already gone
-            return False
-        answered = self._answered.get(transport, 0)
-        if answered >= self._limit:
-            transport.abort()
-            return True
-        self._answered[transport] = answered + 1
-        return False
+def _is_whole(value: object, *, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
 class PhalaSimulator:
@@ -286,15 +205,11 @@ class PhalaSimulator:
             raise ValueError(f"fault_rate must be between 0.0 and 1.0, not {fault_rate!r}")
         if fault_rate and not faults:
             raise ValueError("faults is empty: pass at least one Fault when fault_rate > 0")
-        if isinstance(instances_per_app, bool) or not (
-            isinstance(instances_per_app, int) and instances_per_app >= 1
-        ):
+        if not _is_whole(instances_per_app, minimum=1):
             raise ValueError(
                 f"instances_per_app must be an int >= 1 (CVMs per app), not {instances_per_app!r}"
             )
-        if drop_after is not None and (
-            isinstance(drop_after, bool) or not isinstance(drop_after, int) or drop_after < 1
-        ):
+        if drop_after is not None and not _is_whole(drop_after, minimum=1):
             raise ValueError(
                 "drop_after must be an int >= 1 (requests a connection answers before the next "
                 f"one is dropped), or None, not {drop_after!r}"
@@ -312,10 +227,12 @@ class PhalaSimulator:
             raise ValueError(f"tls_cert={tls_cert!r} needs tls=True")
         self._api_key, self._token = api_key, token
         self._secrets = (api_key.encode(), token.encode())
-        self._fault_rate, self._faults = fault_rate, tuple(_as_fault(kind) for kind in faults)
+        self._fault_rate, self._faults = fault_rate, tuple(as_fault(kind) for kind in faults)
         self._fault_delay, self._latency = fault_delay, latency
-        self._retry_after, self._retry_after_header = retry_after, _format_retry_after(retry_after)
-        self._rate_limit, self._rate_limit_retry_after = rate_limit, str(rate_limit_retry_after)
+        self._retry_after, self._retry_after_header = retry_after, format_retry_after(retry_after)
+        self._rate_limit_per_second = rate_limit
+        self._rate_limit = None if rate_limit is None else FixedWindow(rate_limit)
+        self._rate_limit_retry_after = str(rate_limit_retry_after)
         self._host, self._port = host, port
         # Faults are random but reproducible for one seed and one request order.
         self._rng = random.Random(seed)  # noqa: S311 -- fault injection, not security
@@ -323,9 +240,8 @@ class PhalaSimulator:
             seed=seed, cvms=cvms, forbidden=forbidden, instances_per_app=instances_per_app
         )
         self._scripts: dict[str, collections.deque[Fault]] = {}
-        self._window, self._window_count = -1, 0
         # Per-connection bookkeeping only when connections are dropped: the path stays light.
-        self._stale = None if drop_after is None else _StaleConnections(drop_after)
+        self._stale = None if drop_after is None else StaleConnections(drop_after)
         self._certificates: ServerCertificates | None = None
         if tls:
             from phala_async._sim_tls import ServerCertificates  # trustme, only when asked
@@ -346,7 +262,7 @@ class PhalaSimulator:
         return (
             f"PhalaSimulator(cvms={len(self._workspace.cvm_ids)}, "
             f"forbidden={len(self._workspace.forbidden_ids)}, "
-            f"fault_rate={self._fault_rate}, rate_limit={self._rate_limit}, {where})"
+            f"fault_rate={self._fault_rate}, rate_limit={self._rate_limit_per_second}, {where})"
         )
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -536,7 +452,7 @@ class PhalaSimulator:
         """
         if not kinds:
             raise ValueError("pass at least one Fault to script")
-        faults = [_as_fault(kind) for kind in kinds]
+        faults = [as_fault(kind) for kind in kinds]
         self._scripts.setdefault(str(key), collections.deque()).extend(faults)
 
     # -- counters ----------------------------------------------------------------------------
@@ -635,9 +551,9 @@ class PhalaSimulator:
         authenticated = self._authenticated(request.headers)
         if self._stale is not None and self._stale.drop_if_stale(request):
             self._record(request, None, "dropped", authenticated)
-            return _Aborted("dropped")
+            return Aborted("dropped")
         self._record(request, None, 404, authenticated)
-        return _response(404, data.NO_ROUTE)
+        return respond(404, data.NO_ROUTE)
 
     async def _serve(
         self, request: web.Request, key: str, answer: _Answer, *, chaos: bool
@@ -647,12 +563,12 @@ class PhalaSimulator:
         status: int | str = "unanswered"
         try:
             if self._stale is not None and self._stale.drop_if_stale(request):
-                response: web.StreamResponse = _Aborted("dropped")
+                response: web.StreamResponse = Aborted("dropped")
             elif authenticated:
                 response = await self._answer(request, key, answer, chaos)
             else:
-                response = _response(401, data.UNAUTHENTICATED)
-            status = response.recorded_status if isinstance(response, _Aborted) else response.status
+                response = respond(401, data.UNAUTHENTICATED)
+            status = response.recorded_status if isinstance(response, Aborted) else response.status
             return response
         finally:
             self._record(request, key, status, authenticated)
@@ -666,8 +582,8 @@ class PhalaSimulator:
             if not queue:
                 del self._scripts[key]
         elif chaos:
-            if self._rate_limit is not None and self._over_rate_limit(self._rate_limit):
-                return _response(
+            if self._rate_limit is not None and not self._rate_limit.admit():
+                return respond(
                     429, data.RATE_LIMITED, **{"Retry-After": self._rate_limit_retry_after}
                 )
             if self._fault_rate and self._rng.random() < self._fault_rate:
@@ -678,43 +594,10 @@ class PhalaSimulator:
             await asyncio.sleep(self._latency)
         status, body = answer(request, key)
         if fault in (None, Fault.OK, Fault.DELAY):
-            return _response(status, body)
-        return await self._fault(request, fault, status, body)
-
-    def _over_rate_limit(self, limit: float) -> bool:
-        window = int(asyncio.get_running_loop().time())  # fixed one-second windows
-        if window != self._window:
-            self._window, self._window_count = window, 0
-        if self._window_count >= limit:
-            return True  # a 429 does not use up the window's budget
-        self._window_count += 1
-        return False
-
-    async def _fault(
-        self, request: web.Request, fault: Fault, status: int, body: bytes
-    ) -> web.StreamResponse:
-        """The answer for an injected fault; `status` and `body` are the normal answer."""
-        if fault in _FAULT_BODIES:
-            return _response(*_FAULT_BODIES[fault])
-        if fault is Fault.RATE_LIMIT:
-            return _response(429, data.RATE_LIMITED, **{"Retry-After": self._retry_after_header})
-        transport = request.transport
-        if fault is Fault.RESET:
-            if transport is not None:
-                transport.abort()
-            return _Aborted("reset")
-        if fault is Fault.BAD_GZIP:
-            return _response(200, body, **{"Content-Encoding": "gzip"})
-        # Fault.TRUNCATE: announce the whole body, send half of it, then hang up.
-        response = web.StreamResponse(status=status)
-        response.content_type = "application/json"
-        response.content_length = len(body)
-        response.headers["X-Request-ID"] = f"req_{secrets.token_hex(8)}"
-        await response.prepare(request)
-        await response.write(body[: len(body) // 2])
-        if transport is not None:
-            transport.close()
-        return response
+            return respond(status, body)
+        return await fault_answer(
+            request, fault, status, body, retry_after=self._retry_after_header
+        )
 
     def _lookup(self, request: web.Request, segment: str) -> tuple[int, bytes]:
         return self._workspace.lookup(segment)

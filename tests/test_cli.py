@@ -1,140 +1,51 @@
 """The ``phala-async`` command line, run in-process (``main``) and as a subprocess, against the
-simulator.
-
-``main`` runs its own event loop, so these tests are synchronous and the simulator runs on another
-loop in a background thread (:func:`simulator_thread`).
-"""
+simulator: get, sweep records and summary, usage errors, secrets, serve, demo and help."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import csv
 import io
 import json
-import os
 import queue
-import signal
 import socket
 import subprocess
 import sys
 import threading
-import time
 import types
 import urllib.request
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
+from cli_support import (
+    CVMS,
+    SECRET_KEY,
+    SECRET_TOKEN,
+    TIMEOUT,
+    Terminal,
+    by_id,
+    documented,
+    fetches,
+    interrupt_when,
+    jsonl,
+    lines_in,
+    no_credentials_fixture,  # noqa: F401 - an autouse fixture
+    posix_only,
+    run,
+    run_module,
+    served_fixture,  # noqa: F401 - a fixture
+    simulator_thread,
+    subprocess_env,
+)
 
-from phala_async import CvmDetail, CvmResult, NotFoundError
-from phala_async._cli import main
-from phala_async._cli_output import CSV_COLUMNS, Redactor, open_writer
-from phala_async._cli_progress import Tally, distinct_ids, format_progress, format_summary
+from phala_async import CvmResult, NotFoundError
+from phala_async._cli import build_parser, main
+from phala_async._cli_common import make_client, plural
+from phala_async._cli_output import CSV_COLUMNS, Redactor, record_writer
+from phala_async._cli_progress import Tally, format_progress, format_summary
 from phala_async._client import ClientStats
 from phala_async.testing import Fault, PhalaSimulator
-
-SECRET_KEY = "phak_cli-test-key-0123456789abcdef"
-SECRET_TOKEN = "cli-test-oauth-token-fedcba9876543210"
-TIMEOUT = 30  # seconds any subprocess may run
-CVMS, FORBIDDEN = 30, 2  # the `served` workspace: ids 1..30, and 31, 32 in another workspace
-_FIELDS = msgspec.structs.fields(CvmDetail)
-posix_only = pytest.mark.skipif(sys.platform == "win32", reason="needs POSIX signals")
-
-
-@contextlib.contextmanager
-def simulator_thread(**options: Any) -> Iterator[PhalaSimulator]:
-    """A PhalaSimulator serving from its own event loop in a daemon thread."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="simulator", daemon=True)
-    thread.start()
-    simulator = PhalaSimulator(**options)
-    try:
-        asyncio.run_coroutine_threadsafe(simulator.start(), loop).result(TIMEOUT)
-        yield simulator
-    finally:
-        asyncio.run_coroutine_threadsafe(simulator.close(), loop).result(TIMEOUT)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(TIMEOUT)
-        loop.close()
-
-
-@pytest.fixture(autouse=True)
-def no_credentials_in_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every test starts without the PHALA_CLOUD_* variables of whoever runs the suite."""
-    monkeypatch.delenv("PHALA_CLOUD_API_KEY", raising=False)
-    monkeypatch.delenv("PHALA_CLOUD_API_PREFIX", raising=False)
-
-
-@pytest.fixture
-def served() -> Iterator[PhalaSimulator]:
-    """30 workspace CVMs and 2 forbidden ones, accepting SECRET_KEY and SECRET_TOKEN."""
-    with simulator_thread(
-        cvms=CVMS, forbidden=FORBIDDEN, api_key=SECRET_KEY, token=SECRET_TOKEN
-    ) as simulator:
-        yield simulator
-
-
-def run(simulator: PhalaSimulator, *args: str) -> int:
-    """``main`` with the simulator's URL and key before ``args``."""
-    return main(["--base-url", simulator.base_url, "--api-key", SECRET_KEY, *args])
-
-
-def documented(simulator: PhalaSimulator, cvm_id: int) -> dict[str, Any]:
-    """The simulator's document of ``cvm_id`` cut to the documented fields, defaults filled in."""
-    document = simulator.cvm(cvm_id)
-    return {f.encode_name: document.get(f.encode_name, f.default) for f in _FIELDS}
-
-
-def jsonl(text: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in text.splitlines()]
-
-
-def by_id(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    indexed = {record["cvm_id"]: record for record in records}
-    assert len(indexed) == len(records), "one record per id"
-    return indexed
-
-
-def subprocess_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PHALA_CLOUD_")}
-    return {**env, **extra}
-
-
-def run_module(*args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
-    """``python -m phala_async args`` with a timeout (subprocess.run kills it on expiry)."""
-    return subprocess.run(  # noqa: S603 - our own interpreter and module
-        [sys.executable, "-m", "phala_async", *args],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        env=subprocess_env(**extra_env),
-        check=False,
-    )
-
-
-@contextlib.contextmanager
-def interrupt_when(ready: Callable[[], bool]) -> Iterator[None]:
-    """Send SIGINT to this process (Ctrl-C for ``main`` in the main thread) once ``ready()``
-    holds, or after TIMEOUT so that a broken test ends."""
-    finished = threading.Event()
-
-    def watch() -> None:
-        deadline = time.monotonic() + TIMEOUT
-        while not finished.is_set() and not ready() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        if not finished.is_set():
-            os.kill(os.getpid(), signal.SIGINT)
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    try:
-        yield
-    finally:
-        finished.set()
-        watcher.join(TIMEOUT)
 
 
 def free_port() -> int:
@@ -190,6 +101,60 @@ def test_get_runs_as_a_subprocess(served: PhalaSimulator) -> None:
     assert done.returncode == 1
     assert jsonl(done.stdout) == [documented(served, 7)]
     assert "CVM '999': HTTP 404 Not Found" in done.stderr
+
+
+def test_get_reads_ids_from_stdin_with_a_dash_skipping_comments(
+    served: PhalaSimulator, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`get 4 -` takes the ids on stdin after 4, skipping blank lines and # comments."""
+    monkeypatch.setattr(sys, "stdin", io.StringIO("# production\n2\n\n  3  # the db\n"))
+    assert run(served, "get", "4", "-") == 0
+    assert jsonl(capsys.readouterr().out) == [documented(served, n) for n in (4, 2, 3)]
+
+
+def test_get_prints_indented_json_on_a_terminal(
+    served: PhalaSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With stdout a terminal, `get` prints each CVM as indented JSON, one after another."""
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    assert run(served, "get", "1", "2") == 0
+    text, decoder, found = terminal.getvalue(), json.JSONDecoder(), []
+    assert text.startswith('{\n  "id": 1,\n')
+    position = 0
+    while position < len(text.rstrip()):
+        value, position = decoder.raw_decode(text, position)
+        found.append(value)
+        position += 1  # the newline after each object
+    assert found == [documented(served, 1), documented(served, 2)]
+
+
+def test_get_format_table_has_a_row_per_cvm_under_aligned_columns(
+    served: PhalaSimulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`get --format table` prints a header and one row per CVM, its name and status in columns
+    starting where the header's do."""
+    assert run(served, "get", "1", "12", "--format", "table") == 0
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header.split() == ["CVM_ID", "NAME", "STATUS", "VCPU", "MEMORY_MB", "REGION"]
+    assert len(rows) == 2
+    for row, cvm_id in zip(rows, (1, 12), strict=True):
+        document = served.cvm(cvm_id)
+        assert row.split()[:3] == [str(cvm_id), document["name"], document["status"]]
+        assert row[header.index("NAME") :].startswith(document["name"])
+        assert row[header.index("STATUS") :].startswith(document["status"])
+
+
+def test_get_format_csv_writes_the_sweep_columns(
+    served: PhalaSimulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`get --format csv` writes the sweep's CSV header and one ok row per CVM."""
+    assert run(served, "get", "5", "6", "--format", "csv") == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [(row["cvm_id"], row["ok"], row["name"]) for row in rows] == [
+        ("5", "true", served.cvm(5)["name"]),
+        ("6", "true", served.cvm(6)["name"]),
+    ]
 
 
 # -- sweep: records -------------------------------------------------------------------------
@@ -260,14 +225,30 @@ def test_sweep_writes_csv_rows_checked_id_by_id(served: PhalaSimulator, tmp_path
     )
 
 
+def test_sweep_format_table_has_a_row_per_id_with_the_error_of_a_failed_one(
+    served: PhalaSimulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`sweep --format table` prints a header, then a row per id; a failed id says why."""
+    assert run(served, "sweep", "2", "999", "--format", "table") == 1
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header.split() == ["CVM_ID", "NAME", "STATUS", "VCPU", "MEMORY_MB", "REGION", "ERROR"]
+    by_first = {row.split()[0]: row for row in rows}
+    assert sorted(by_first) == ["2", "999"]
+    assert by_first["2"].split()[1:3] == [served.cvm(2)["name"], served.cvm(2)["status"]]
+    assert by_first["999"][header.index("STATUS") :].startswith("failed")
+    assert by_first["999"][header.index("ERROR") :].startswith("CVM '999': HTTP 404 Not Found")
+
+
 def test_ids_file_gives_one_record_per_distinct_id(
     served: PhalaSimulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Blank lines are skipped, duplicates (also in another form) fetched once, and invalid ids
-    reported as failed InvalidCvmIdError records, without a request."""
+    """Blank lines and # comments are skipped, duplicates (also in another form) fetched once, and
+    invalid ids reported as failed InvalidCvmIdError records, without a request."""
     app_hex = served.cvm(4)["app_id"]
     ids_file = tmp_path / "ids.txt"
-    ids_file.write_text(f"1\n\n  2  \n1\n../etc\n\n{app_hex}\na b\napp_{app_hex}\n../etc\n2\n")
+    ids_file.write_text(
+        f"# ids to check\n1\n\n  2  # web\n1\n../etc\n\n{app_hex}\na b\napp_{app_hex}\n../etc\n2\n"
+    )
     assert run(served, "sweep", "--ids-file", str(ids_file)) == 1
     records = by_id(jsonl(capsys.readouterr().out))
     assert sorted(records) == sorted(["1", "2", "../etc", app_hex, "a b"])
@@ -299,24 +280,28 @@ def test_all_sweeps_exactly_the_workspace(
     for record in records:
         assert record["cvm"] == documented(served, record["cvm"]["id"])
         assert record["cvm_id"] == record["cvm"]["vm_uuid"]
+        assert fetches(served, record["cvm_id"]) == 1  # the id is what was asked for, once
     assert served.requests["paginated"] == 1
     assert f"Swept {CVMS} ids" in capsys.readouterr().err
 
 
-def test_a_listing_that_fails_midway_keeps_what_was_written_and_exits_1(
+def test_a_listing_that_fails_midway_keeps_page_one_in_the_partial_file_and_exits_1(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """If page 2 of the workspace fails, page 1's records stay written and it exits 1."""
-    output = tmp_path / "partial.jsonl"
+    """If page 2 of the workspace fails, FILE is not written, page 1's records are in
+    FILE.partial, the message names the listing, and it exits 1."""
+    output = tmp_path / "cvms.jsonl"
     with simulator_thread(cvms=150, api_key=SECRET_KEY) as simulator:
         simulator.script("paginated", Fault.OK, Fault.HTTP_500)
         code = run(simulator, "--max-attempts", "1", "sweep", "--all", "-o", str(output))
     assert code == 1
-    records = jsonl(output.read_text())
+    assert not output.exists()
+    records = jsonl((tmp_path / "cvms.jsonl.partial").read_text())
     assert sorted(record["cvm"]["id"] for record in records) == list(range(1, 101))
     err = capsys.readouterr().err
-    assert "the sweep stopped early: request: HTTP 500" in err
-    assert "Swept 100 ids" in err
+    assert "phala-async: the sweep stopped early: listing the workspace failed with HTTP 500" in err
+    assert "Stopped early after 100 of 150 ids" in err
+    assert "run the same command with --resume to continue" in err
 
 
 def test_sweep_runs_as_a_subprocess_with_the_key_from_the_environment(
@@ -358,10 +343,6 @@ def test_progress_line_is_drawn_only_on_a_terminal(
 ) -> None:
     """With stderr a terminal, the sweep redraws a progress line ending at 30/30; otherwise not."""
 
-    class Terminal(io.StringIO):
-        def isatty(self) -> bool:
-            return True
-
     terminal = Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
     ids = [str(cvm_id) for cvm_id in served.cvm_ids]
@@ -372,6 +353,31 @@ def test_progress_line_is_drawn_only_on_a_terminal(
     monkeypatch.undo()
     assert run(served, "sweep", *ids) == 0
     assert "\r" not in capsys.readouterr().err
+
+
+def test_progress_line_of_sweep_all_counts_against_the_workspace_total(
+    served: PhalaSimulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`sweep --all` draws done/total from the listing's total, and ends at 30/30 100%."""
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert run(served, "sweep", "--all", "-o", str(tmp_path / "all.jsonl")) == 0
+    drawn = [line for line in terminal.getvalue().split("\r\x1b[K") if "/30 " in line]
+    assert drawn
+    assert drawn[-1].startswith(f"[############] {CVMS}/{CVMS} 100%")
+
+
+def test_no_progress_line_when_the_records_go_to_the_same_terminal(
+    served: PhalaSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With stdout and stderr one terminal, records get whole lines and no progress is drawn."""
+    stdout, stderr = Terminal(), Terminal()
+    monkeypatch.setattr(sys, "stdout", stdout)
+    monkeypatch.setattr(sys, "stderr", stderr)
+    assert run(served, "sweep", "--all") == 0
+    assert "\r" not in stderr.getvalue()
+    assert stderr.getvalue().startswith(f"Swept {CVMS} ids in ")
+    assert len(by_id(jsonl(stdout.getvalue()))) == CVMS
 
 
 def test_quiet_prints_no_progress_and_no_summary(
@@ -385,62 +391,26 @@ def test_quiet_prints_no_progress_and_no_summary(
 
 
 @posix_only
-def test_ctrl_c_keeps_completed_records_prints_the_summary_and_exits_130(
+def test_ctrl_c_keeps_completed_records_in_the_partial_file_and_exits_130(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Interrupted mid-sweep, `main` stops cleanly: complete records on disk, a summary, 130."""
-    output = tmp_path / "partial.jsonl"
-
-    def lines() -> int:
-        return output.read_text().count("\n") if output.exists() else 0
-
+    """Interrupted mid-sweep, `main` stops cleanly: FILE not written, complete records in
+    FILE.partial, a summary that says how to continue, and 130."""
+    output = tmp_path / "cvms.jsonl"
+    partial = tmp_path / "cvms.jsonl.partial"
     with (
         simulator_thread(cvms=400, latency=0.02, api_key=SECRET_KEY) as simulator,
-        interrupt_when(lambda: lines() >= 5),
+        interrupt_when(lambda: lines_in(partial) >= 5),
     ):
         code = run(simulator, "--concurrency", "2", "sweep", "--all", "-o", str(output))
     assert code == 130
-    records = jsonl(output.read_text())
+    assert not output.exists()
+    records = jsonl(partial.read_text())
     assert 5 <= len(records) < 400
     assert all(record["ok"] for record in records)
     err = capsys.readouterr().err
-    assert f"Interrupted after {len(records)} ids" in err
-    assert str(output) in err
-
-
-@posix_only
-def test_ctrl_c_on_a_subprocess_sweep_exits_130_with_every_record_complete(
-    tmp_path: Path,
-) -> None:
-    """SIGINT to `python -m phala_async sweep` leaves only complete records and exits 130."""
-    output = tmp_path / "partial.jsonl"
-    with simulator_thread(cvms=400, latency=0.02) as simulator:
-        process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            [sys.executable, "-m", "phala_async", "--base-url", simulator.base_url,
-             "--api-key", simulator.api_key, "--concurrency", "2",
-             "sweep", "--all", "-o", str(output)],
-            stderr=subprocess.PIPE,
-            text=True,
-            env=subprocess_env(),
-        )  # fmt: skip
-        try:
-            deadline = time.monotonic() + TIMEOUT
-            while time.monotonic() < deadline and (
-                not output.exists() or output.read_text().count("\n") < 5
-            ):
-                time.sleep(0.01)
-            process.send_signal(signal.SIGINT)
-            _, err = process.communicate(timeout=TIMEOUT)
-        finally:
-            process.kill()
-            process.wait(TIMEOUT)
-    assert process.returncode == 130, err
-    text = output.read_text()
-    assert text.endswith("\n")
-    records = jsonl(text)
-    assert 5 <= len(records) < 400
-    assert all(record["ok"] for record in records)
-    assert "Interrupted after" in err
+    assert f"Interrupted by Ctrl-C after {len(records)} of 400 ids" in err
+    assert f"the records so far are in {partial}: run the same command with --resume" in err
 
 
 # -- exit status 2 --------------------------------------------------------------------------
@@ -458,6 +428,15 @@ def test_ctrl_c_on_a_subprocess_sweep_exits_130_with_every_record_complete(
         (["--api-key", SECRET_KEY, "--timeout", "-1", "get", "1"], "--timeout: must be > 0"),
         (["--api-key", SECRET_KEY, "sweep", "1", "-o", "/no/such/dir/x.jsonl"], "cannot write"),
         (["frobnicate"], "invalid choice"),
+        (
+            ["--api-key", SECRET_KEY, "--base-url", "http://cvms.example/api/v1", "get", "1"],
+            "use https, or pass --allow-insecure-http",
+        ),
+        (["--api-key", SECRET_KEY, "sweep", "1", "--resume"], "give that FILE"),
+        (
+            ["--api-key", SECRET_KEY, "sweep", "1", "-o", "x", "--format", "table", "--resume"],
+            "a table",
+        ),
     ],
     ids=[
         "no-credentials",
@@ -469,6 +448,9 @@ def test_ctrl_c_on_a_subprocess_sweep_exits_130_with_every_record_complete(
         "negative-timeout",
         "unwritable-output",
         "unknown-command",
+        "plain-http-elsewhere",
+        "resume-without-output",
+        "resume-a-table",
     ],
 )
 def test_bad_usage_or_configuration_exits_2_with_a_one_line_fix(
@@ -527,14 +509,12 @@ def test_each_record_is_on_disk_before_the_next_is_written(
 ) -> None:
     """Records are flushed one by one, so a sweep killed at any point keeps what it wrote."""
     path = tmp_path / f"records.{output_format}"
-    writer = open_writer(output_format, str(path), redact=Redactor(()))
-    try:
+    with path.open("w", encoding="utf-8", newline="") as stream:
+        writer = record_writer(output_format, stream, redact=Redactor(()))
         for written in (1, 2, 3):
             error = NotFoundError("CVM 'x': HTTP 404", status_code=404, cvm_id=f"x{written}")
             writer.write(CvmResult(cvm_id=f"x{written}", error=error, attempts=1))
-            assert path.read_text().count("\n") == header + written
-    finally:
-        writer.close()
+            assert lines_in(path) == header + written
 
 
 def test_redactor_masks_credentials_but_not_short_values() -> None:
@@ -652,11 +632,45 @@ def test_demo_as_a_subprocess_writes_records_only_with_output(tmp_path: Path) ->
 
 
 def test_help_shows_every_command_and_examples(capsys: pytest.CaptureFixture[str]) -> None:
-    """--help exits 0 and lists the commands, the credentials variable and examples."""
+    """--help exits 0 and lists the commands, the credentials variable, examples and every exit
+    status."""
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    for text in ("get", "sweep", "serve", "demo", "PHALA_CLOUD_API_KEY", "examples:"):
+    for text in ("get", "sweep", "diff", "serve", "demo", "PHALA_CLOUD_API_KEY", "examples:"):
         assert text in out
+    statuses = [line.strip() for line in out.partition("exit status:\n")[2].splitlines()]
+    assert [line.split()[0] for line in statuses] == ["0", "1", "2", "3", "130"]
+    assert "3    the API refused the credential (401/403 for the whole sweep)" in statuses
+    assert "143 stopped by SIGTERM" in statuses[-1]
+
+
+@pytest.mark.parametrize(
+    ("command", "shown", "not_shown"),
+    [
+        ("serve", ["--port", "--fault-rate"], ["--api-key", "--base-url", "--timeout", "--quiet"]),
+        ("demo", ["--concurrency", "--quiet", "--output"], ["--api-key", "--token", "--base-url"]),
+        ("sweep", ["--allow-insecure-http", "--resume", "every id was attempted"], ["--port"]),
+        ("diff", ["--fields", "--ignore"], ["--api-key", "--concurrency"]),
+    ],
+    ids=["serve", "demo", "sweep", "diff"],
+)
+def test_command_help_lists_only_the_options_the_command_uses(
+    command: str, shown: list[str], not_shown: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`COMMAND --help` shows its own options and none that it would ignore."""
+    assert main([command, "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert all(text in out for text in shown)
+    assert not [text for text in not_shown if text in out]
+
+
+def test_allow_insecure_http_lets_a_plain_http_base_url_through() -> None:
+    """With --allow-insecure-http the client takes a plain http URL to another host."""
+    args = build_parser().parse_args(
+        ["--api-key", SECRET_KEY, "--base-url", "http://cvms.example/api/v1",
+         "get", "--allow-insecure-http", "1"]
+    )  # fmt: skip
+    assert make_client(args).base_url == "http://cvms.example/api/v1"
 
 
 def test_uvloop_runs_the_command_when_installed(
@@ -679,18 +693,6 @@ def test_uvloop_runs_the_command_when_installed(
 # -- pure parts -----------------------------------------------------------------------------
 
 
-def test_distinct_ids_keep_the_first_of_each_id_and_every_invalid_one() -> None:
-    """Forms of one id count once, in first-seen order; invalid ids are kept once each."""
-    hex40 = "ab" * 20
-    assert distinct_ids(["2", hex40, "1", f"app_{hex40}", "2", "a b", "a b", ""]) == [
-        "2",
-        hex40,
-        "1",
-        "a b",
-        "",
-    ]
-
-
 def test_progress_line_shows_total_eta_failures_retries_and_pacing() -> None:
     """With a total the line has a bar, percent and ETA; without, a count; both show the rest."""
     tally = Tally(total=200, ok=48)
@@ -708,9 +710,32 @@ def test_summary_names_failures_by_type_and_the_interruption() -> None:
     tally = Tally(total=10, ok=5)
     tally.failed.update({"NotFoundError": 2, "PermissionDeniedError": 1})
     stats = ClientStats(retries=1, rate_limited=4)
-    text = format_summary(tally, stats, 2.0, interrupted=True, destination="out.jsonl")
+    text = format_summary(tally, stats, 2.0, stopped="Interrupted by SIGTERM")
     assert text == (
-        "Interrupted after 8 of 10 ids in 2.0s (4 ids/s): 5 ok, 3 failed "
-        "(2 NotFoundError, 1 PermissionDeniedError); 1 retry, 4 rate-limited (429) answers. "
-        "Every completed record is in out.jsonl."
+        "Interrupted by SIGTERM after 8 of 10 ids in 2.0s (4 ids/s): 5 ok, 3 failed "
+        "(2 NotFoundError, 1 PermissionDeniedError); 1 retry, 4 rate-limited (429) answers."
     )
+
+
+def test_summary_agrees_in_number_and_counts_ids_already_ok() -> None:
+    """One id is `1 id`, and ids skipped by --resume count as done but not as fetched."""
+    assert format_summary(Tally(total=1, ok=1), ClientStats(), 1.0) == (
+        "Swept 1 id in 1.0s (1 ids/s): 1 ok, 0 failed; 0 retries, 0 rate-limited (429) answers."
+    )
+    resumed = Tally(total=10, ok=2, skipped=8)
+    assert format_summary(resumed, ClientStats(retries=1, rate_limited=1), 2.0) == (
+        "Swept 10 ids in 2.0s (1 ids/s): 2 ok, 0 failed; 1 retry, 1 rate-limited (429) answer; "
+        "8 ids already ok, not fetched again."
+    )
+
+
+@pytest.mark.parametrize(
+    ("count", "noun", "nouns", "expected"),
+    [(0, "id", None, "0 ids"), (1, "id", None, "1 id"), (2, "retry", "retries", "2 retries")],
+    ids=["zero", "one", "irregular"],
+)
+def test_plural_agrees_with_the_count(
+    count: int, noun: str, nouns: str | None, expected: str
+) -> None:
+    """`plural` puts the noun in the plural for every count but one."""
+    assert plural(count, noun, nouns) == expected

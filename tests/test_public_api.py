@@ -55,3 +55,22 @@ def test_py_typed_ships() -> None:
     """The ``py.typed`` marker is in the package, so type checkers use its annotations."""
     marker = importlib.resources.files("phala_async") / "py.typed"
     assert marker.is_file()
+
+
+def test_what_the_listing_and_watch_return_is_exported() -> None:
+    """The types ``list_cvms``, sweeps and ``watch_cvms`` hand out can be imported by name."""
+    wanted = {
+        "CvmEvent",
+        "CvmFailed",
+        "CvmOk",
+        "CvmPage",
+        "CvmWatch",
+        "GuestEvent",
+        "HostedCvm",
+        "ManagedUser",
+        "StatusTimeoutError",
+        "SweepResult",
+        "VmConfiguration",
+        "VmInfo",
+    }
+    assert wanted <= set(phala_async.__all__)

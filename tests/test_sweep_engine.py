@@ -116,19 +116,20 @@ async def test_get_cvms_with_a_refused_credential_reports_every_id_unsent() -> N
 async def test_the_send_rate_falls_under_a_storm_of_503s() -> None:
     """When half of all answers are 503, the client paces itself below what it sent without
     faults, instead of sending faster."""
-    async with PhalaSimulator(cvms=3000, latency=0.002) as calm:
+    async with PhalaSimulator(cvms=4000, latency=0.002) as calm:
         client = client_for(calm, concurrency=16, max_attempts=1)
         async with asyncio.timeout(30), client:
+            await client.get_cvms(range(1, 201))  # warm up the pool
             loop = asyncio.get_running_loop()
             started = loop.time()
-            await client.get_cvms(range(1, 1001))
-            calm_rate = 1000 / (loop.time() - started)
+            await client.get_cvms(range(201, 2201))
+            calm_rate = 2000 / (loop.time() - started)
             assert client.stats.send_rate is None  # no faults: never paced
-    storm = PhalaSimulator(cvms=3000, latency=0.002, fault_rate=0.5, faults=["503"], seed=3)
+    storm = PhalaSimulator(cvms=4000, latency=0.002, fault_rate=0.5, faults=["503"], seed=3)
     async with storm as sim:
         client = client_for(sim, concurrency=16, max_attempts=1)
         async with asyncio.timeout(60), client:
-            await client.get_cvms(range(1, 3001))
+            await client.get_cvms(range(1, 4001))
             stats = client.stats
         statuses = sim.status_counts
     assert statuses[503] > 0.4 * sum(statuses.values())

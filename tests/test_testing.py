@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from phala_async import testing
 from phala_async._sim_data import canonical_key
 from phala_async.testing import Fault, PhalaSimulator
 
@@ -205,7 +206,7 @@ async def test_missing_or_wrong_credentials_get_401(
 async def test_cvm_of_another_workspace_gets_403(
     sim: PhalaSimulator, session: aiohttp.ClientSession
 ) -> None:
-    """A CVM that exists outside the workspace answers 403 CVM not in workspace."""
+    """A CVM of another workspace (ids right after the workspace's) answers 403."""
     assert sim.forbidden_ids == [6, 7]
     status, _, body = await fetch(session, sim, "cvms/7")
     assert (status, json.loads(body)) == (403, {"detail": "CVM not in workspace"})
@@ -628,3 +629,11 @@ def test_cvm_outside_workspace_is_a_key_error() -> None:
     simulator = PhalaSimulator(cvms=2, forbidden=1)
     with pytest.raises(KeyError):
         simulator.cvm(3)
+
+
+def test_public_names_are_sorted_and_documented() -> None:
+    """`phala_async.testing.__all__` is sorted and names documented objects of the module."""
+    assert testing.__all__ == sorted(testing.__all__)
+    for name in testing.__all__:
+        assert getattr(testing, name).__doc__, name
+        assert f"`{name}`" in (testing.__doc__ or ""), name

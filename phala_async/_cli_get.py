@@ -1,0 +1,54 @@
+"""``get``: a few CVMs, printed for people (indented JSON or a table) or for pipes (JSON lines,
+CSV), the ids from arguments or stdin; failures on stderr."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ._bulk import SweepResult
+from ._cli_common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_REFUSED,
+    UsageError,
+    make_client,
+    refused_message,
+    run_command,
+)
+from ._cli_files import parse_ids
+from ._cli_output import Redactor, print_cvms, print_error
+from ._cli_progress import Tally, refusal
+from ._client import PhalaClient
+
+__all__ = ["get_command"]
+
+
+def get_command(args: argparse.Namespace, redact: Redactor) -> int:
+    """Run ``phala-async get`` and return its exit status."""
+    ids: list[str] = []
+    for given in args.ids:
+        ids.extend(parse_ids(sys.stdin.read()) if given == "-" else [given])
+    if not ids:
+        raise UsageError("no ids on stdin: give ids, one per line, or as arguments")
+    client = make_client(args)
+    # On a terminal, for people; in a pipe, one object per line for the next program.
+    output_format = args.format or ("json" if sys.stdout.isatty() else "jsonl")
+    results = run_command(_get_all(client, ids))
+    print_cvms(results, output_format, sys.stdout)
+    tally = Tally()
+    for result in results:
+        tally.add(result)
+    why = refusal(tally)
+    if why is not None:
+        print_error(refused_message(args, why))
+        return EXIT_REFUSED
+    for result in results:
+        if result.error is not None:
+            print_error(redact(str(result.error)))
+    return EXIT_FAILED if tally.failed else EXIT_OK
+
+
+async def _get_all(client: PhalaClient, ids: list[str]) -> list[SweepResult]:
+    async with client:
+        return await client.get_cvms(ids)
