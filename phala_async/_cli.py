@@ -1,4 +1,4 @@
-"""The ``phala-async`` command line: ``get``, ``sweep``, ``diff``, ``serve`` and ``demo``.
+"""The ``phala-async`` command line: ``get``, ``sweep``, ``diff``, ``watch``, ``serve``, ``demo``.
 
 :func:`main` parses the arguments, runs one command and returns the exit status (see
 :data:`_EPILOG`). Each command lives in its own ``_cli_*`` module; this one holds the parser.
@@ -20,6 +20,7 @@ from ._cli_get import get_command
 from ._cli_output import Redactor, logging_to_stderr, print_error
 from ._cli_sim import demo_command, serve_command
 from ._cli_sweep import sweep_command
+from ._cli_watch import watch_command
 from ._client import PhalaClient
 from ._config import API_KEY_ENV, BASE_URL_ENV, DEFAULT_BASE_URL
 from ._errors import ConfigurationError
@@ -30,11 +31,12 @@ __all__ = ["build_parser", "main"]
 _DEFAULTS = {
     name: parameter.default for name, parameter in inspect.signature(PhalaClient).parameters.items()
 }
+_WATCH_INTERVAL = inspect.signature(PhalaClient.watch_cvms).parameters["interval"].default
 
 _DESCRIPTION = """\
 Fetch Phala Cloud CVM details from the shell: one, a list, or a whole workspace,
-retried and bounded, written as JSON lines, CSV or a table; and compare two sweeps.
-Options may go before or after the command."""
+retried and bounded, written as JSON lines, CSV or a table; compare two sweeps;
+or watch CVMs change. Options may go before or after the command."""
 
 _EPILOG = f"""\
 examples:
@@ -46,6 +48,7 @@ examples:
   {PROG} sweep --all -o cvms.jsonl --resume
                                             continue that sweep after it was stopped
   {PROG} diff old.jsonl cvms.jsonl     what changed since the last sweep
+  {PROG} watch --all --fields status   a line each time a CVM's status changes
   cut -d, -f1 list.csv | {PROG} sweep --ids-file - --format csv -o cvms.csv
   {PROG} serve                         a local API to try --base-url against
 
@@ -66,6 +69,21 @@ it was and FILE.partial keeps the records so far; the same command with --resume
 continues from there (or from FILE itself), fetching only the ids without an ok
 record. A sweep without --resume replaces a FILE.partial left by an earlier one.
 Ids files: one id a line; blank lines and # comments are skipped."""
+
+_WATCH_NOTES = """\
+Each round fetches the CVMs (all of the workspace with --all, so new and deleted
+ones show too) and writes one line per event as it is seen, flushed at once: on a
+terminal a line for people, else one JSON object (--format forces either):
+  12:00:03 changed 1234 status: 'starting' -> 'running'
+  {"kind": "changed", "cvm_id": "1234", "changes": {"status": ["starting",
+   "running"]}, "cvm": {...}, "error": null, "time": "2025-11-29T12:00:03.120Z"}
+kind is added, changed, removed or error; changes maps each changed field, nested
+ones by path (teepod.name), to [old, new], and is {} for the other kinds; cvm is
+the CVM as seen now (as last seen, for removed; null for error); error is
+{"type": ..., "message": ...} for a failure that says nothing about the CVM (a
+503 after the retries), and the watch goes on. time is UTC.
+The watch runs until Ctrl-C (130) or SIGTERM (143), or for --rounds N (0). A
+refused credential ends it with 3, a TLS failure with 1; a closed stdout with 0."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -98,7 +116,11 @@ _FRACTION = _number(float, "between 0 and 1", lambda value: 0 <= value <= 1)
 _PORT = _number(int, "from 0 to 65535", lambda value: 0 <= value <= 65535)
 
 _CONNECTION, _REQUEST, _REPORTING = "connection", "request", "reporting"
-_USED_BY = {_CONNECTION: "get, sweep", _REQUEST: "get, sweep, demo", _REPORTING: "get, sweep, demo"}
+_USED_BY = {
+    _CONNECTION: "get, sweep, watch",
+    _REQUEST: "get, sweep, watch, demo",
+    _REPORTING: "get, sweep, watch, demo",
+}
 
 
 def _shared_options(groups: Collection[str], *, in_command: bool) -> _Parser:
@@ -273,6 +295,45 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATHS",
         action="append",
         help="fields that never count, such as volatile ones (in_progress,public_urls)",
+    )
+    watch = command(
+        "watch",
+        "Poll CVMs and write a line each time one is added, changed or removed.",
+        watch_command,
+        everything,
+        notes=_WATCH_NOTES,
+    )
+    watch.add_argument("ids", nargs="*", metavar="ID", help="ids to watch (any form get takes)")
+    watch.add_argument(
+        "--ids-file", metavar="FILE", help="read ids from FILE, one per line ('-' for stdin)"
+    )
+    watch.add_argument(
+        "--all", action="store_true", help="watch every CVM of the workspace, new ones included"
+    )
+    watch.add_argument(
+        "--interval",
+        metavar="S",
+        type=_POSITIVE,
+        default=_WATCH_INTERVAL,
+        help=f"seconds from the start of one round to the next, plus up to 10%% jitter "
+        f"(default {_WATCH_INTERVAL:g})",
+    )
+    watch.add_argument(
+        "--fields",
+        metavar="PATHS",
+        action="append",
+        help="only changes of these fields count, comma-separated (status,teepod.name); a "
+        "top-level name covers the fields under it (default: every field but in_progress)",
+    )
+    watch.add_argument("--initial", action="store_true", help="first write every CVM as added")
+    watch.add_argument(
+        "--rounds", metavar="N", type=_POSITIVE_INT, help="stop after N rounds (default: never)"
+    )
+    watch.add_argument(
+        "--format",
+        choices=("jsonl", "text"),
+        help="jsonl: one JSON object per event; text: a line for people (default: text on a "
+        "terminal, jsonl in a pipe)",
     )
     serve = command(
         "serve", "Run the local Phala Cloud simulator on 127.0.0.1 until stopped.", serve_command

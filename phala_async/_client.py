@@ -425,7 +425,8 @@ class PhalaClient:
         # A sweep narrower than the client gets a limit of its own, so that its retries too
         # stay within its concurrency.
         extra = MaxInFlight(sweep_concurrency) if sweep_concurrency < self._concurrency else None
-        fetch = functools.partial(self._first_attempt, extra=extra)
+        first = self._first_attempt if self._deadline is None else self._first_attempt_by_deadline
+        fetch = functools.partial(first, extra=extra)
         return CvmStream(fetch, ids, concurrency=sweep_concurrency, running=self._sweeps)
 
     async def get_cvms(
@@ -598,30 +599,6 @@ class PhalaClient:
             self._governor.note("coalesced")
             return functools.partial(self._join, joined, segment, cvm_id, extra)
         flight = flights.open(segment)
-        if self._deadline is None:
-            try:
-                fetched = await self._sweep_attempt(flight, segment, cvm_id, extra)
-            except BaseException as exc:
-                flights.land(flight, error=exc)
-                raise
-            return fetched
-        loop = asyncio.get_running_loop()
-        when = loop.time() + self._deadline
-        try:
-            fetched = await self._within_deadline(
-                self._sweep_attempt(flight, segment, cvm_id, extra), cvm_id, when
-            )
-        except BaseException as exc:
-            flights.land(flight, error=exc)
-            raise
-        if isinstance(fetched, tuple):
-            return fetched
-        retries = fetched
-        return lambda: self._within_deadline(retries(), cvm_id, when)
-
-    async def _sweep_attempt(
-        self, flight: Flight[_Fetched], segment: str, cvm_id: str | int, extra: MaxInFlight | None
-    ) -> Fetched:
         path = f"/cvms/{segment}"
         try:
             cvm = await self._attempt(path, cvm_id, decode_cvm, extra)
@@ -629,11 +606,30 @@ class PhalaClient:
             wait = self._judge(exc, 1)
             if wait is None:
                 self._governor.note_call(exc)
+                flights.land(flight, error=exc)
                 raise
             return functools.partial(self._parked, flight, path, cvm_id, extra, exc, wait)
-        self._governor.note_call(None)
-        self._landed(flight, (cvm, 1))
-        return cvm, 1
+        except BaseException as exc:
+            flights.land(flight, error=exc)
+            raise
+        self._governor.ok += 1
+        fetched = (cvm, 1)
+        self._landed(flight, fetched)
+        return fetched
+
+    async def _first_attempt_by_deadline(
+        self, cvm_id: str | int, segment: str, *, extra: MaxInFlight | None
+    ) -> Fetched:
+        """:meth:`_first_attempt` for a view with a deadline: it bounds the id's first attempt
+        and its parked retries together."""
+        when = asyncio.get_running_loop().time() + (self._deadline or 0.0)
+        fetched = await self._within_deadline(
+            self._first_attempt(cvm_id, segment, extra=extra), cvm_id, when
+        )
+        if isinstance(fetched, tuple):
+            return fetched
+        retries = fetched
+        return lambda: self._within_deadline(retries(), cvm_id, when)
 
     async def _parked(
         self,

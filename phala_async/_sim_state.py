@@ -10,8 +10,9 @@ later take the ids after the highest ever given, so no id is reused, not even af
 Apps: CVMs are created in batches (the workspace, the other workspace, each `add`); within a batch
 every `instances_per_app` consecutive CVMs are the instances of one app and share its `app_id`
 (the last app of a batch may have fewer). `app_<hex>` and the bare hex name the app's first
-instance still present, the lowest id: the API looks a CVM up by app id and the oldest row of an
-app comes first. Every other form (integer id, name, VM UUID, instance id) names one CVM alone.
+instance still present, the lowest id. The API reference does not say which instance an app id
+names; a lookup by app id that takes the first match, the oldest row, is the most plausible.
+Every other form (integer id, name, VM UUID, instance id) names one CVM alone.
 """
 
 from __future__ import annotations
@@ -112,15 +113,19 @@ class Workspace:
         identity = self._identities.pop(cvm_id)
         del self._details[cvm_id], self._items[cvm_id]
         self._order.remove(cvm_id)
+        held_the_app = self._index.get(identity.app_id) == cvm_id
         for key in identity.lookup_keys():
             if self._index.get(key) == cvm_id:
                 del self._index[key]
-        heir = next(
-            (other.id for other in self._identities.values() if other.app_id == identity.app_id),
-            None,
-        )
-        if heir is not None:
-            self._index.update(dict.fromkeys(identity.app_keys(), heir))
+        if held_the_app:  # the app's first instance: its next one, if any, takes the app's keys
+            later = range(cvm_id + 1, cvm_id + self._instances_per_app)  # the same batch's ids
+            heir = next((i for i in later if self._app_of(i) == identity.app_id), None)
+            if heir is not None:
+                self._index.update(dict.fromkeys(identity.app_keys(), heir))
+
+    def _app_of(self, cvm_id: int) -> str | None:
+        identity = self._identities.get(cvm_id)
+        return None if identity is None else identity.app_id
 
     def update(self, cvm_id: int, fields: Mapping[str, Any]) -> None:
         """Change fields of workspace CVM `cvm_id`, in its detail document and its list item.

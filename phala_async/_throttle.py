@@ -168,8 +168,11 @@ class PauseGate:
 
     def notify_task_finished(self, slot: Slot) -> None:
         retry_after = slot.retry_after
-        throttled = slot.outcome is Outcome.THROTTLED
-        if throttled and retry_after is not None and retry_after <= self.pause_for_cap:
+        if (
+            retry_after is not None
+            and slot.outcome is Outcome.THROTTLED
+            and retry_after <= self.pause_for_cap
+        ):
             self.pause_for(retry_after)
 
 
@@ -254,9 +257,10 @@ class FirstContact:
     instead, cancelling its waiters). Any other outcome opens the gate for good.
     """
 
-    __slots__ = ("_open", "_probing", "_waiters")
+    __slots__ = ("_on_open", "_open", "_probing", "_waiters")
 
-    def __init__(self) -> None:
+    def __init__(self, on_open: Callable[[], None] | None = None) -> None:
+        self._on_open = on_open
         self._open = False
         self._probing = False
         self._waiters: deque[asyncio.Future[None]] = deque()
@@ -293,6 +297,8 @@ class FirstContact:
             return
         self._open = True
         self._probing = False
+        if self._on_open is not None:
+            self._on_open()
         waiters, self._waiters = self._waiters, deque()
         for waiter in waiters:
             if not waiter.done():
@@ -533,7 +539,7 @@ class AdaptiveRate:
     def notify_task_finished(self, slot: Slot) -> None:
         outcome = slot.outcome
         if outcome is Outcome.OK:
-            self.on_success()
+            self._record(self._successes)
         elif outcome is Outcome.THROTTLED:
             self.on_throttle(slot.epoch, asked_to_wait=bool(slot.retry_after))
         elif outcome is Outcome.OVERLOADED:
@@ -596,35 +602,39 @@ class Slot:
         retry_after: the answer's ``Retry-After``, when it was a throttle.
     """
 
-    __slots__ = ("_entered", "_extra", "_governor", "epoch", "outcome", "retry_after")
+    __slots__ = ("_entered", "_extra", "_governor", "_limits", "epoch", "outcome", "retry_after")
 
     def __init__(self, governor: Governor, extra: MaxInFlight | None) -> None:
         self._governor = governor
         self._extra = extra
-        self._entered: list[Limit] = []
+        # The limits as they were on entry: the first contact leaves them once it is open.
+        self._limits = governor.limits
+        self._entered = 0
         self.epoch = 0
         self.outcome = Outcome.UNKNOWN
         self.retry_after: float | None = None
 
     async def __aenter__(self) -> Slot:
-        entered = self._entered
+        # Written out rather than a loop over hooks: this runs once per request.
+        extra = self._extra
+        if extra is not None:
+            waiter = extra.wait_task_can_start()
+            if waiter is not None:
+                await waiter
         try:
-            if self._extra is not None:
-                waiter = self._extra.wait_task_can_start()
-                if waiter is not None:
-                    await waiter
-                entered.append(self._extra)
-            for limit in self._governor.limits:
+            for limit in self._limits:
                 waiter = limit.wait_task_can_start()
                 if waiter is not None:
                     await waiter
-                entered.append(limit)
+                self._entered += 1
         except BaseException:
-            self._finish()
+            self._leave()
             raise
-        for limit in entered:
+        governor = self._governor
+        for limit in governor.started_hooks:
             limit.notify_task_started(self)
-        self._governor.on_started()
+        governor.requests += 1
+        governor.active += 1
         return self
 
     async def __aexit__(
@@ -633,18 +643,28 @@ class Slot:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.outcome = classify(exc)
-        if isinstance(exc, APIStatusError):
-            self.retry_after = exc.retry_after
-            if exc.status_code == 429:
-                self._governor.note("rate_limited")
-        self._governor.on_finished(self)
-        self._finish()
+        governor = self._governor
+        governor.active -= 1
+        if exc is None:
+            self.outcome = Outcome.OK
+            if governor.budget is not None:
+                governor.budget.record(True)
+        else:
+            self.outcome = classify(exc)
+            if isinstance(exc, APIStatusError):
+                self.retry_after = exc.retry_after
+            governor.on_failed(self, exc)
+        self._leave()
 
-    def _finish(self) -> None:
-        for limit in reversed(self._entered):
-            limit.notify_task_finished(self)
-        self._entered.clear()
+    def _leave(self) -> None:
+        limits = self._limits
+        for index in range(self._entered - 1, -1, -1):
+            limits[index].notify_task_finished(self)
+        self._entered = 0
+        extra = self._extra
+        if extra is not None:
+            extra.notify_task_finished(self)
+            self._extra = None
 
 
 class Governor:
@@ -656,6 +676,12 @@ class Governor:
         rate_limit: a hard cap in requests per second, or None.
         retry_budget: refuse retries while most recent requests fail (:class:`RetryBudget`).
         retry_after_cap: the longest ``Retry-After`` that pauses the client.
+
+    Attributes:
+        limits: the limits a request passes, in order.
+        started_hooks: the limits that want to know when a request goes out.
+        requests: requests sent so far.
+        active: requests on the wire now.
     """
 
     def __init__(
@@ -670,7 +696,7 @@ class Governor:
         self.pacer = AdaptiveRate() if adaptive else None
         self.in_flight = MaxInFlight(concurrency)
         self.gate = PauseGate(pause_for_cap=retry_after_cap)
-        self.first_contact = FirstContact()
+        self.first_contact = FirstContact(on_open=self._drop_first_contact)
         # Order matters: pacing and the cap before taking a place, the pause last, so that
         # nothing is sent during a pause however long the waits before it were; the first
         # contact after that, so the probe is a request that really goes out.
@@ -681,13 +707,19 @@ class Governor:
             limits.append(HardCap(rate_limit))
         limits += [self.in_flight, self.gate, self.first_contact]
         self.limits: tuple[Limit, ...] = tuple(limits)
+        self.started_hooks: tuple[Limit, ...] = (self.pacer,) if self.pacer is not None else ()
         # The window spans a few rounds of requests in flight, so that one stall (a long GC
         # pause, a network blip) does not look like a down API.
         self.budget = RetryBudget(window=max(100, 4 * concurrency)) if retry_budget else None
+        self.requests = 0
+        self.active = 0
+        self.ok = 0
         self._counts = Counter[str]()
         self._failed = Counter[str]()
-        self._requests = 0
-        self._active = 0
+
+    def _drop_first_contact(self) -> None:
+        # Once open it never closes: later requests need not pass it at all.
+        self.limits = tuple(limit for limit in self.limits if limit is not self.first_contact)
 
     def slot(self, extra: MaxInFlight | None = None) -> Slot:
         """A place for one request, under every limit (and ``extra``, a sweep's own limit)."""
@@ -710,12 +742,12 @@ class Governor:
     def note_reconnect(self) -> None:
         """Count a request sent again at once after a stale pooled connection."""
         self._counts["reconnects"] += 1
-        self._requests += 1
+        self.requests += 1
 
     def note_call(self, error: BaseException | None) -> None:
         """Count a finished call (one per id or page): ok, or failed by exception class."""
         if error is None:
-            self._counts["ok"] += 1
+            self.ok += 1
         else:
             self._failed[type(error).__name__] += 1
 
@@ -723,40 +755,36 @@ class Governor:
         """Add to a named counter of :class:`ClientStats` (``coalesced``, ``cache_hits``...)."""
         self._counts[counter] += count
 
-    def on_started(self) -> None:
-        """A request is on the wire (called by :class:`Slot`)."""
-        self._requests += 1
-        self._active += 1
-
-    def on_finished(self, slot: Slot) -> None:
-        """A request ended with ``slot.outcome`` (called by :class:`Slot`)."""
-        self._active -= 1
+    def on_failed(self, slot: Slot, error: BaseException) -> None:
+        """Learn from a request that ended with ``error`` (called by :class:`Slot`)."""
         outcome = slot.outcome
         if outcome is Outcome.UNKNOWN:
             return
+        if isinstance(error, APIStatusError) and error.status_code == 429:
+            self._counts["rate_limited"] += 1
         if outcome is Outcome.THROTTLED:
             self._counts["throttled"] += 1
-        elif outcome is Outcome.OVERLOADED:
+            return  # pacing answers throttles; they say nothing of the API's health
+        if outcome is Outcome.OVERLOADED:
             self._counts["overloaded"] += 1
-        budget = self.budget
-        if budget is not None and outcome is not Outcome.THROTTLED:
-            budget.record(outcome is Outcome.OK)
+        if self.budget is not None:
+            self.budget.record(outcome is Outcome.OK)
 
     def snapshot(self) -> ClientStats:
         """The counters as of now, as a value that does not change afterwards."""
         counts = self._counts
         return ClientStats(
-            requests=self._requests,
+            requests=self.requests,
             retries=counts["retries"],
             reconnects=counts["reconnects"],
             rate_limited=counts["rate_limited"],
             throttled=counts["throttled"],
             overloaded=counts["overloaded"],
             retries_denied=counts["retries_denied"],
-            ok=counts["ok"],
+            ok=self.ok,
             failed=Counter(self._failed),
             coalesced=counts["coalesced"],
             cache_hits=counts["cache_hits"],
-            in_flight=self._active,
+            in_flight=self.active,
             send_rate=self.pacer.rate if self.pacer is not None else None,
         )

@@ -173,6 +173,9 @@ class CvmWatch(AsyncIterator[CvmEvent]):
         self._events = self._rounds()
         #: Rounds started so far.
         self.rounds = 0
+        #: Rounds after which the iteration ends, once their events are out, instead of waiting
+        #: for the next round; None: never. Set it before iterating.
+        self.max_rounds: int | None = None
 
     def __aiter__(self) -> Self:
         return self
@@ -203,6 +206,8 @@ class CvmWatch(AsyncIterator[CvmEvent]):
             self.rounds += 1
             async for event in self._one_round(first):
                 yield event
+            if self.max_rounds is not None and self.rounds >= self.max_rounds:
+                return
             # Rounds never overlap: the next starts an interval (plus jitter) after this one
             # started, or at once when this one took longer.
             spread = 1.0 + self._jitter * self._rng.random()

@@ -86,6 +86,7 @@ __all__ = ["DEFAULT_FAULTS", "Fault", "PhalaSimulator", "RequestRecord"]
 
 _LOG_SIZE = 100_000  # request_log keeps the last this many records
 _SHUTDOWN_TIMEOUT = 0.5  # seconds close() lets in-flight handlers finish before cancelling them
+_BACKLOG = 128  # pending connections the listening socket queues (aiohttp's TCPSite default)
 _TLS_CERTS = ("valid", "wrong_host", "self_signed")
 
 
@@ -132,10 +133,11 @@ class PhalaSimulator:
     made or changed (`update_cvm`), not per request. `X-Phala-Version` is recorded but does not
     change the shape.
 
-    A detail request is processed in this order: counted, authenticated (401), a scripted answer
-    for its segment (which replaces the rate limit and random fault), the rate limit (429), a
-    random fault with probability `fault_rate`, `latency`, then the lookup (422/404/403/200).
-    The list endpoint only counts, authenticates and applies `script("paginated", ...)`.
+    A detail request is processed in this order: counted, dropped if its connection is stale
+    (`drop_after`), authenticated (401), a scripted answer for its segment (which replaces the rate
+    limit and random fault), the rate limit (429), a random fault with probability `fault_rate`,
+    `latency`, then the lookup (422/404/403/200). The list endpoint only counts, drops stale
+    connections, authenticates and applies `script("paginated", ...)`.
 
     Args:
         cvms: Number of CVMs in the workspace.
@@ -297,7 +299,7 @@ class PhalaSimulator:
                 ca_file, context = self._certificates.server_context(tls_dir)
             # Listening ourselves rather than through a web.TCPSite counts accepted connections.
             listener = await asyncio.get_running_loop().create_server(
-                accept, self._host, self._port, ssl=context
+                accept, self._host, self._port, ssl=context, backlog=_BACKLOG
             )
         except BaseException:
             await runner.cleanup()
@@ -406,10 +408,10 @@ class PhalaSimulator:
         `instances_per_app`, this call's CVMs form new apps of their own.
 
         Raises:
-            ValueError: `count` is negative.
+            ValueError: `count` is not an int >= 0.
         """
-        if count < 0:
-            raise ValueError(f"count must be >= 0 CVMs to add, not {count!r}")
+        if not _is_whole(count, minimum=0):
+            raise ValueError(f"count must be an int >= 0 (CVMs to add), not {count!r}")
         return self._workspace.add(count)
 
     def remove_cvm(self, cvm_id: int) -> None:
@@ -492,7 +494,7 @@ class PhalaSimulator:
 
     @property
     def connections(self) -> int:
-        """TCP connections accepted since start or `reset_counters()`."""
+        """TCP connections accepted (failed TLS handshakes included) until `reset_counters()`."""
         return self._connections
 
     def reset_counters(self) -> None:

@@ -98,6 +98,16 @@ async def test_app_id_moves_to_the_next_instance_left(session: aiohttp.ClientSes
     assert answered == [2, 3, (404, "ERR-03-001")]
 
 
+async def test_removing_a_later_instance_leaves_the_app_id_on_the_first(
+    session: aiohttp.ClientSession,
+) -> None:
+    """Removing the second of three instances leaves the app id naming the first."""
+    async with PhalaSimulator(cvms=3, instances_per_app=3) as sim:
+        sim.remove_cvm(2)
+        status, cvm = await get(session, sim, f"cvms/app_{sim.cvm(1)['app_id']}")
+    assert (status, cvm["id"]) == (200, 1)
+
+
 async def test_app_of_another_workspace_answers_403(session: aiohttp.ClientSession) -> None:
     """The app id of an app of another workspace answers 403, like its instances' integer ids."""
     async with PhalaSimulator(cvms=2, forbidden=2, instances_per_app=2) as sim:

@@ -223,11 +223,13 @@ def test_removed_ids_are_never_given_again() -> None:
     assert sim.cvm_ids == [1, 2, 4]
 
 
-@pytest.mark.parametrize("count", [-1, -10], ids=["minus-one", "minus-ten"])
-def test_add_refuses_a_negative_count(count: int) -> None:
-    """add_cvms with a negative count raises ValueError naming the count."""
-    with pytest.raises(ValueError, match="count must be >= 0"):
-        PhalaSimulator(cvms=1).add_cvms(count)
+@pytest.mark.parametrize("count", [-1, 1.5, True], ids=["negative", "float", "bool"])
+def test_add_refuses_a_count_that_is_no_whole_number(count: Any) -> None:
+    """add_cvms with a count other than an int >= 0 raises ValueError and adds nothing."""
+    sim = PhalaSimulator(cvms=1)
+    with pytest.raises(ValueError, match=r"count must be an int >= 0"):
+        sim.add_cvms(count)
+    assert sim.cvm_ids == [1]
 
 
 FORMS: dict[str, Callable[[dict[str, Any]], str]] = {

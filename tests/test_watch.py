@@ -237,3 +237,16 @@ def test_flatten_keeps_lists_whole() -> None:
     """Lists are compared as whole values, not element by element."""
     cvm = _cvm(public_urls=[{"app": "https://a", "instance": "https://i"}])
     assert flatten(cvm)["public_urls"] == [{"app": "https://a", "instance": "https://i"}]
+
+
+async def test_max_rounds_ends_the_watch_after_that_many_rounds() -> None:
+    """With ``max_rounds = 3`` the iteration ends after the third round, each id fetched three
+    times, without waiting for a fourth."""
+    async with PhalaSimulator(cvms=2) as sim, client_for(sim) as client:
+        watch = client.watch_cvms([1, 2], interval=INTERVAL)
+        watch.max_rounds = 3
+        async with asyncio.timeout(5), watch:
+            events = [event async for event in watch]
+        assert (sim.requests["1"], sim.requests["2"]) == (3, 3)
+    assert events == []
+    assert watch.rounds == 3

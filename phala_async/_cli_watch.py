@@ -1,0 +1,202 @@
+"""``watch``: CVMs polled round after round, one line per event as it is seen (a JSON object for
+programs, a readable line on a terminal), until Ctrl-C, SIGTERM or ``--rounds``. The lines and the
+closing summary are built by plain functions, tested without a server."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+import msgspec
+
+from ._cli_common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_REFUSED,
+    Stop,
+    StoppedBySignal,
+    UsageError,
+    make_client,
+    plural,
+    refused_message,
+    run_command,
+)
+from ._cli_files import distinct_ids, read_ids_file
+from ._cli_output import Redactor, print_error
+from ._cli_progress import Tally, refusal
+from ._cli_sweep import describe_failure
+from ._client import PhalaClient
+from ._errors import AuthenticationError, PhalaError, subject
+from ._models import CvmDetail
+from ._watch import CvmEvent, CvmWatch
+
+__all__ = [
+    "EventWriter",
+    "event_json",
+    "event_text",
+    "format_watch_summary",
+    "run_watch",
+    "watch_command",
+]
+
+_KINDS = ("added", "changed", "removed", "error")
+_KIND_WIDTH = max(len(kind) for kind in _KINDS)
+
+
+def watch_command(args: argparse.Namespace, redact: Redactor) -> int:
+    """Run ``phala-async watch`` and return its exit status."""
+    ids = _watched_ids(args)
+    fields = None
+    if args.fields is not None:  # --fields a,b --fields c: [a, b, c]
+        fields = [name for value in args.fields for name in re.split(r"[,\s]+", value) if name]
+    client = make_client(args)
+    # An unknown field raises ConfigurationError here, before anything is sent (exit status 2).
+    watch = client.watch_cvms(ids, interval=args.interval, fields=fields, initial=args.initial)
+    watch.max_rounds = args.rounds
+    output_format = args.format or ("text" if sys.stdout.isatty() else "jsonl")
+    writer = EventWriter(sys.stdout, output_format, redact=redact)
+    seen: Counter[str] = Counter()
+    if sys.stderr.isatty() and not args.quiet:
+        what = "the workspace" if ids is None else plural(len(ids), "CVM")
+        print(f"Watching {what} every {args.interval:g}s; Ctrl-C stops.", file=sys.stderr)
+    started = time.monotonic()
+    stop = Stop()
+
+    def summarise(stopped: str | None = None) -> None:
+        if not args.quiet:
+            elapsed = time.monotonic() - started
+            summary = format_watch_summary(seen, watch.rounds, elapsed, stopped=stopped)
+            print(summary, file=sys.stderr)
+
+    try:
+        run_command(run_watch(client, watch, writer, seen), stop)
+    except StoppedBySignal:
+        summarise(stopped=f"Interrupted by {stop.name}")
+        raise
+    except AuthenticationError as exc:  # every later round would be refused too
+        print_error(refused_message(args, refusal(Tally(), exc) or f"HTTP {exc.status_code}"))
+        return EXIT_REFUSED
+    except PhalaError as exc:  # a TLS failure: as final as a refusal
+        print_error(redact(f"the watch stopped: {describe_failure(exc)}"))
+        summarise(stopped="Stopped")
+        return EXIT_FAILED
+    except BrokenPipeError:
+        raise  # the reader of stdout went away: the command ends quietly
+    except OSError as exc:
+        print_error(f"the watch stopped: the events could not be written ({exc.strerror or exc})")
+        summarise(stopped="Stopped")
+        return EXIT_FAILED
+    summarise()
+    return EXIT_OK
+
+
+def _watched_ids(args: argparse.Namespace) -> list[str] | None:
+    """The ids given (arguments and ``--ids-file``), each once; None for ``--all``.
+
+    Raises:
+        UsageError: both ids and ``--all``, neither, or an ids file without ids.
+    """
+    if args.all and (args.ids or args.ids_file):
+        raise UsageError("--all watches the whole workspace: give it no ids and no --ids-file")
+    if args.all:
+        return None
+    if not (args.ids or args.ids_file):
+        raise UsageError("nothing to watch: give ids, --ids-file FILE ('-' for stdin), or --all")
+    ids = distinct_ids(args.ids + (read_ids_file(args.ids_file) if args.ids_file else []))
+    if not ids:
+        raise UsageError(f"no ids in {args.ids_file}: give one id a line, or use --all")
+    return ids
+
+
+async def run_watch(
+    client: PhalaClient, watch: CvmWatch, writer: EventWriter, seen: Counter[str]
+) -> None:
+    """Write every event of ``watch`` as it comes, counting them by kind in ``seen``, until the
+    watch ends (``max_rounds``) or raises; the watch and ``client`` are closed either way, and
+    their requests cancelled when the command is stopped."""
+    async with client, watch:
+        async for event in watch:
+            writer.write(event)
+            seen[event.kind] += 1
+
+
+class _EventError(msgspec.Struct, frozen=True):
+    type: str
+    message: str
+
+
+class _EventLine(msgspec.Struct, frozen=True):
+    # The documented line: every key always present, in this order (README, ``watch --help``).
+    kind: str
+    cvm_id: str | int | None
+    changes: dict[str, tuple[Any, Any]]
+    cvm: CvmDetail | None
+    error: _EventError | None
+    time: str
+
+
+def event_json(event: CvmEvent, when: datetime, redact: Redactor) -> str:
+    """``event`` as one JSON line (without its newline): ``kind``, ``cvm_id``, ``changes``
+    (``{path: [old, new]}``), ``cvm`` (as seen now; as last seen for ``removed``; null for
+    ``error``), ``error`` (``{"type", "message"}`` or null) and ``time`` (``when`` in UTC, ISO
+    8601 to the millisecond)."""
+    error = None
+    if event.error is not None:
+        error = _EventError(type(event.error).__name__, redact(str(event.error)))
+    line = _EventLine(
+        kind=event.kind,
+        cvm_id=event.cvm_id,
+        changes=event.changes,
+        cvm=event.after or event.before,
+        error=error,
+        time=when.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+    )
+    return msgspec.json.encode(line).decode()
+
+
+def event_text(event: CvmEvent, when: datetime, redact: Redactor) -> str:
+    """``event`` as a line for people: the local time, the kind, the id, then what happened, as
+    in ``12:00:03 changed 1234 status: 'starting' -> 'running'``."""
+    cvm_id = "listing" if event.cvm_id is None else str(event.cvm_id)
+    head = f"{when.astimezone():%H:%M:%S} {event.kind.ljust(_KIND_WIDTH)} {cvm_id}"
+    if event.kind == "changed":
+        what = "; ".join(
+            f"{path}: {old!r} -> {new!r}" for path, (old, new) in event.changes.items()
+        )
+    elif event.error is not None:
+        what = str(event.error).removeprefix(f"{subject(event.cvm_id)}: ")
+    else:
+        cvm = event.after or event.before
+        what = "" if cvm is None else f"{cvm.name} ({cvm.status})"
+    # One line per event, whatever line breaks the server's text held.
+    return redact(" ".join([head, *what.splitlines()]) if what else head)
+
+
+class EventWriter:
+    """Writes each event on its own line in ``output_format`` (``jsonl`` or ``text``) and flushes
+    it, so that a reader tailing the stream sees it at once. The stream belongs to the caller."""
+
+    def __init__(self, stream: TextIO, output_format: str, *, redact: Redactor) -> None:
+        self._stream = stream
+        self._format = event_text if output_format == "text" else event_json
+        self._redact = redact
+
+    def write(self, event: CvmEvent) -> None:
+        """Write and flush the line of ``event``, stamped with the time now."""
+        self._stream.write(self._format(event, datetime.now(UTC), self._redact) + "\n")
+        self._stream.flush()
+
+
+def format_watch_summary(
+    seen: Counter[str], rounds: int, elapsed: float, *, stopped: str | None = None
+) -> str:
+    """The closing line: rounds, wall time and the events by kind. ``stopped`` says how a watch
+    that did not end on its own ended (``Interrupted by SIGTERM``)."""
+    text = f"{stopped} after" if stopped is not None else "Watched"
+    counts = [f"{seen[kind]} {kind}" for kind in _KINDS[:-1]] + [plural(seen["error"], "error")]
+    return f"{text} {plural(rounds, 'round')} in {elapsed:.1f}s: {', '.join(counts)}."
