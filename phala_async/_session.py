@@ -111,12 +111,16 @@ class PoolConnector(aiohttp.TCPConnector):
         state = POOLED.get()
         try:
             connection = await super().connect(req, traces, timeout)
-            if _served(connection):
+            # Inlined (this runs per request): a protocol is marked when it first carries one.
+            marks = connection._protocol.__dict__ if connection._protocol is not None else {}
+            if _SERVED in marks:
                 if state != WANT_NEW:
                     if state != REUSED:
                         POOLED.set(REUSED)
                     return connection
                 connection = await self._new_connection(connection, req, traces, timeout)
+            else:
+                marks[_SERVED] = True
         except BaseException:
             if POOLED.get() != NEW:
                 POOLED.set(NEW)  # no connection was handed over
