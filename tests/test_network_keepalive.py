@@ -124,3 +124,18 @@ async def test_a_resend_skips_the_other_stale_pooled_connections() -> None:
     assert cvm.id == 6
     assert after - before == 1
     assert answered["6"] == 1
+
+
+async def test_a_view_with_its_own_timeout_still_resends_at_once() -> None:
+    """``with_options(timeout=...)`` keeps the resend of stale connections: no backoff."""
+    async with PhalaSimulator(cvms=60, drop_after=3) as sim:
+        client = PhalaClient(api_key=sim.api_key, base_url=sim.base_url, **NO_BACKOFF)
+        async with asyncio.timeout(10), client:
+            view = client.with_options(timeout=4.0)
+            results = await view.get_cvms(range(1, 61))
+            stats = client.stats
+        dropped = sim.status_counts["dropped"]
+    assert all(result.ok for result in results)
+    assert dropped > 0
+    assert stats.reconnects == dropped
+    assert stats.retries == 0
