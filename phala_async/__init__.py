@@ -18,6 +18,7 @@ from ._bulk import CvmFailed, CvmOk, CvmResult, CvmStream, SweepResult
 from ._client import API_VERSION, ClientStats, PhalaClient
 from ._errors import (
     APIConnectionError,
+    APIProxyError,
     APIStatusError,
     APITimeoutError,
     APITLSError,
@@ -59,6 +60,7 @@ __all__ = [
     "API_VERSION",
     "VOLATILE_FIELDS",
     "APIConnectionError",
+    "APIProxyError",
     "APIStatusError",
     "APITLSError",
     "APITimeoutError",

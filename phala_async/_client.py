@@ -6,14 +6,23 @@ import asyncio
 import dataclasses
 import functools
 import logging
-from collections.abc import AsyncIterable, Awaitable, Iterable
+import os
+from collections.abc import AsyncIterable, Awaitable, Iterable, Sequence
+from ssl import SSLContext
 from types import TracebackType
 from typing import Self, TypeVar
 
 import aiohttp
 
 from ._bulk import Abort, CvmStream, Fetched, SweepResult, gather_in_order
-from ._config import check_positive, resolve_base_url, resolve_credential
+from ._config import (
+    check_positive,
+    check_trace_configs,
+    resolve_base_url,
+    resolve_credential,
+    resolve_proxy,
+    resolve_tls,
+)
 from ._errors import (
     APITimeoutError,
     ClientClosedError,
@@ -28,6 +37,7 @@ from ._listing import CvmListing
 from ._models import CvmDetail, CvmPage, decode_cvm, decode_page
 from ._response import Decode, interpret
 from ._retry import RetryPolicy, log_retry, next_wait, retrying
+from ._session import SessionOptions, open_session
 from ._sharing import Flight, Flights, Orphaned, TTLCache
 from ._throttle import ClientStats, Governor, MaxInFlight
 from ._version import __version__
@@ -97,6 +107,15 @@ class PhalaClient:
         cache_ttl: seconds a successful ``get_cvm`` answer is reused (0, the default: no cache).
             Errors are never cached; ``get_cvm(..., fresh=True)`` skips the cache.
         cache_size: answers the cache keeps at most, least recently used dropped first.
+        ssl: an ``ssl.SSLContext`` to verify the API's certificate with (own session only).
+        ca_file: a PEM bundle of the CAs to trust instead of the system's (own session only).
+            Without ``ssl`` or ``ca_file``, ``$SSL_CERT_FILE`` / ``$SSL_CERT_DIR`` are honoured.
+        proxy: an ``http://[user:password@]host:port`` proxy to reach the API through; https
+            requests go through a CONNECT tunnel, so the proxy never sees the credential.
+        trust_env: read ``$HTTPS_PROXY`` / ``$HTTP_PROXY`` / ``$NO_PROXY`` when the client is
+            made and no ``proxy`` is given. On by default.
+        trace_configs: ``aiohttp.TraceConfig`` objects for the client's own session (tracing,
+            OpenTelemetry); each attempt, retries included, is one traced request.
 
     Concurrent ``get_cvm`` calls (and sweep fetches) for ids that name the same CVM alike share
     one request in flight, always; ``stats.coalesced`` counts the calls that joined one.
@@ -125,6 +144,11 @@ class PhalaClient:
         retry_budget: bool = True,
         cache_ttl: float = 0.0,
         cache_size: int = 10_000,
+        ssl: SSLContext | None = None,
+        ca_file: str | os.PathLike[str] | None = None,
+        proxy: str | None = None,
+        trust_env: bool = True,
+        trace_configs: Sequence[aiohttp.TraceConfig] | None = None,
     ) -> None:
         check_positive("timeout", timeout)
         check_positive("cache_size", cache_size, integer=True)
@@ -145,9 +169,20 @@ class PhalaClient:
             raise ConfigurationError(
                 f"session must be an aiohttp.ClientSession, not {type(session).__name__}"
             )
+        if session is not None and (ssl, ca_file, proxy, trace_configs) != (None,) * 4:
+            raise ConfigurationError(
+                "ssl, ca_file, proxy and trace_configs configure the client's own session; "
+                "with session=, set them on your session (its connector, proxy, trace_configs)"
+            )
         credential = resolve_credential(api_key, token)
         self._credential_kind = credential.kind
         self._base_url = resolve_base_url(base_url, allow_insecure_http=allow_insecure_http)
+        route = resolve_proxy(proxy, trust_env=trust_env, base_url=self._base_url)
+        self._session_options = SessionOptions(
+            concurrency=concurrency,
+            ssl=resolve_tls(ssl, ca_file),
+            trace_configs=check_trace_configs(trace_configs),
+        )
         self._policy = RetryPolicy(
             max_attempts=max_attempts,
             backoff_initial=backoff_initial,
@@ -165,6 +200,8 @@ class PhalaClient:
             },
             timeout=float(timeout),
             max_bytes=max_response_bytes,
+            proxy=route,
+            on_reconnect=self._note_reconnect,
         )
         self._shared = _Shared(session)
         self._governor = Governor(
@@ -284,20 +321,15 @@ class PhalaClient:
                 "loop, for example inside the coroutine that asyncio.run() runs"
             )
         if shared.session is None:
-            connector = aiohttp.TCPConnector(
-                limit=self._concurrency, limit_per_host=self._concurrency
-            )
             # Our own session carries the headers and timeout as defaults, which saves aiohttp
             # merging them into every request; an injected session gets them per request.
-            shared.session = aiohttp.ClientSession(
-                connector=connector, **self._exchange.session_defaults()
+            shared.session = open_session(
+                self._session_options, **self._exchange.session_defaults()
             )
-            # aiohttp silently resends an idempotent request once when a pooled connection
-            # drops. Our retry policy owns retries: it counts them, backs off and respects the
-            # retry budget, so turn that off on our own session (aiohttp's test client does too).
-            if hasattr(shared.session, "_retry_connection"):
-                shared.session._retry_connection = False
         return shared.session
+
+    def _note_reconnect(self) -> None:
+        self._governor.note_reconnect()
 
     # -- public calls ------------------------------------------------------------------------
 

@@ -8,8 +8,9 @@
     ├── EventLoopError (also RuntimeError)        the client was used from a second event loop
     ├── InvalidCvmIdError (also ValueError)       the id can never be asked for; nothing was sent
     ├── StatusTimeoutError (also TimeoutError)    wait_for_status ran out of time
-    ├── APIConnectionError                        transport: refused, reset, cut short
+    ├── APIConnectionError                        transport: refused, reset, unresolved, cut short
     │   ├── APITimeoutError                       an attempt ran past ``timeout``
+    │   ├── APIProxyError                         the proxy refused the tunnel (its status)
     │   └── APITLSError                           the server's certificate or TLS failed; final
     ├── APIStatusError                            the server answered with a non-2xx status
     │   ├── BadRequestError                       400
@@ -19,9 +20,10 @@
     │   ├── UnprocessableEntityError              422
     │   ├── RateLimitError                        429
     │   └── InternalServerError                   5xx
-    └── ResponseError                             a 2xx answer that cannot be used
+    └── ResponseError                             an answer that cannot be used; final
         ├── DecodeError                           not JSON, or not the documented shape
-        └── ResponseTooLargeError                 larger than ``max_response_bytes``
+        └── ResponseTooLargeError                 a body over ``max_response_bytes``, or
+                                                  headers over aiohttp's limits
 
 Every error raised for an id carries that ``cvm_id`` (as the caller gave it) and ``attempts``,
 how many requests were made for it before giving up.
@@ -37,6 +39,7 @@ import msgspec
 
 __all__ = [
     "APIConnectionError",
+    "APIProxyError",
     "APIStatusError",
     "APITLSError",
     "APITimeoutError",
@@ -185,16 +188,43 @@ class StatusTimeoutError(PhalaError, TimeoutError):
 
 
 class APIConnectionError(PhalaError):
-    """The request did not get a complete answer: refused, reset, or the body was cut short."""
+    """The request did not get a complete answer: refused, reset, a name that did not resolve,
+    or a body cut short. The message names the host and port and says why."""
 
 
 class APITimeoutError(APIConnectionError):
     """One attempt took longer than the client's ``timeout``."""
 
 
+class APIProxyError(APIConnectionError):
+    """The proxy answered the request for a tunnel to the API with a status other than 200.
+
+    A refusal (403, 407...) is final and ends a sweep at once: every request goes through the
+    same proxy. A proxy's 502, 503 or 504 (the API unreachable from it) is retried.
+
+    Attributes:
+        status_code: the proxy's HTTP status.
+        proxy: the proxy's URL, without its credentials.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        proxy: str,
+        cvm_id: str | int | None = None,
+        attempts: int = 1,
+    ) -> None:
+        super().__init__(message, cvm_id=cvm_id, attempts=attempts)
+        self.status_code = status_code
+        self.proxy = proxy
+
+
 class APITLSError(APIConnectionError):
     """The TLS connection could not be set up (the certificate was not trusted, names another
-    host, or the handshake failed). Never retried: asking again would fail the same way."""
+    host, or the handshake failed). Never retried: asking again would fail the same way. The
+    message carries the reason OpenSSL gave and the fix."""
 
 
 class APIStatusError(PhalaError):
@@ -257,7 +287,8 @@ class InternalServerError(APIStatusError):
 
 
 class ResponseError(PhalaError):
-    """A 2xx answer arrived whole but cannot be used; asking again would not help."""
+    """An answer arrived but cannot be used (most often a 2xx body); asking again would not
+    help, so it is never retried."""
 
 
 class DecodeError(ResponseError):
@@ -274,10 +305,11 @@ class DecodeError(ResponseError):
 
 
 class ResponseTooLargeError(ResponseError):
-    """The body is larger than the client's ``max_response_bytes``; it was not buffered.
+    """The body is larger than the client's ``max_response_bytes`` (it was not buffered), or the
+    status line or a header is longer than aiohttp reads (8190 bytes), or there are too many.
 
     Attributes:
-        limit: the cap, in bytes.
+        limit: the cap that was passed, in bytes (the body cap, or aiohttp's line limit).
     """
 
     def __init__(self, message: str, *, cvm_id: str | int | None, limit: int) -> None:

@@ -1,31 +1,57 @@
 """Moving bytes: send one GET, read a bounded body, and translate every aiohttp failure.
 
 What the answer means is decided elsewhere (:func:`phala_async._response.interpret`); this module
-only talks to aiohttp, and is the one place its exceptions become :class:`PhalaError`.
+only talks to aiohttp, and is the one place its exceptions become :class:`PhalaError`, each
+naming where the request went and why it failed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
+import ssl
+from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any, NamedTuple
 
 import aiohttp
-from aiohttp.http_exceptions import ContentEncodingError
+from aiohttp.http_exceptions import ContentEncodingError, LineTooLong
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from ._config import ProxySetting
 from ._errors import (
     APIConnectionError,
+    APIProxyError,
     APITimeoutError,
+    APITLSError,
     DecodeError,
     PhalaError,
     ResponseTooLargeError,
     subject,
 )
 
-__all__ = ["Answer", "Exchange"]
+__all__ = ["NEW", "POOLED", "REUSED", "WANT_NEW", "Answer", "Exchange", "host_and_port"]
 
 _READ_CHUNK = 64 * 1024
+
+#: How the request running in this task got its connection, as the client's connector tells
+#: (:class:`~phala_async._session.PoolConnector`): ``NEW`` or ``REUSED`` from the pool.
+#: :meth:`Exchange.get` sets ``WANT_NEW`` before a resend, and the connector then opens a new
+#: connection. One variable, set only when its value changes: the common case (a reused
+#: connection, again) costs one read per request.
+POOLED: ContextVar[int] = ContextVar("phala_async_pooled", default=0)
+NEW, REUSED, WANT_NEW = 0, 1, 2
+
+#: What a certificate failure asks of the caller, unless the certificate names another host.
+TLS_TRUST_FIX = (
+    "to trust a private CA, pass ca_file= (a PEM bundle) or ssl= (an ssl.SSLContext), "
+    "or set SSL_CERT_FILE"
+)
+# OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH.
+_NAME_MISMATCH = frozenset({62, 64})
+# aiohttp's default limit on the status line and on each header line.
+_AIOHTTP_LINE_LIMIT = 8190
 
 
 class Answer(NamedTuple):
@@ -37,12 +63,39 @@ class Answer(NamedTuple):
 
 
 class Exchange:
-    """Sends GETs for one client: its base URL, headers, timeout and body cap, fixed once."""
+    """Sends GETs for one client: its base URL, headers, timeout and body cap, fixed once.
 
-    __slots__ = ("_base_url", "_headers", "_max_bytes", "_timeout", "_timeout_seconds")
+    Args:
+        base_url: the API prefix, without a trailing slash.
+        headers: sent with every request (the credential among them).
+        timeout: seconds one attempt may take.
+        max_bytes: the body cap.
+        proxy: the proxy requests go through (on the client's own session), or None.
+        on_reconnect: called when a request is sent again at once because its pooled connection
+            had gone stale (only on the client's own session, whose connector tells).
+    """
+
+    __slots__ = (
+        "_base_url",
+        "_headers",
+        "_max_bytes",
+        "_on_reconnect",
+        "_route",
+        "_timeout",
+        "_timeout_seconds",
+        "_via",
+        "_where",
+    )
 
     def __init__(
-        self, *, base_url: str, headers: dict[str, str], timeout: float, max_bytes: int
+        self,
+        *,
+        base_url: str,
+        headers: dict[str, str],
+        timeout: float,
+        max_bytes: int,
+        proxy: ProxySetting | None = None,
+        on_reconnect: Callable[[], None] | None = None,
     ) -> None:
         self._base_url = base_url
         self._headers = headers
@@ -50,18 +103,30 @@ class Exchange:
         # No aiohttp timer at all: each attempt is bounded by our own _AttemptTimer in get().
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=None, sock_read=None)
         self._max_bytes = max_bytes
+        self._on_reconnect = on_reconnect
+        self._where = host_and_port(URL(base_url))
+        self._route = f" through the proxy {proxy.url}" if proxy else ""
+        # Through a proxy, the headers go with each request: aiohttp would also send a
+        # session's default headers, the credential among them, to the proxy in CONNECT.
+        self._via: dict[str, Any] | None = None
+        if proxy is not None:
+            self._via = {"headers": headers, "proxy": proxy.url}
+            if proxy.authorization is not None:
+                self._via["proxy_headers"] = {"Proxy-Authorization": proxy.authorization}
 
     def with_timeout(self, timeout: float) -> Exchange:
-        """The same exchange with another per-attempt timeout."""
-        return Exchange(
-            base_url=self._base_url,
-            headers=self._headers,
-            timeout=timeout,
-            max_bytes=self._max_bytes,
-        )
+        """The same exchange (proxy and reconnect callback included) with another per-attempt
+        timeout."""
+        other = object.__new__(Exchange)
+        for name in Exchange.__slots__:
+            setattr(other, name, getattr(self, name))
+        other._timeout_seconds = timeout
+        return other
 
     def session_defaults(self) -> dict[str, Any]:
         """Keyword arguments for a ``ClientSession`` of our own that sends what we send."""
+        if self._via is not None:
+            return {"timeout": self._timeout}
         return {"headers": self._headers, "timeout": self._timeout}
 
     async def get(
@@ -73,67 +138,164 @@ class Exchange:
     ) -> Answer:
         """GET ``base_url + path`` and read the whole answer, whatever its status.
 
-        ``has_defaults`` says that ``session`` was made with :meth:`session_defaults`.
+        ``has_defaults`` says that ``session`` was made with :meth:`session_defaults` (the
+        client's own session, whose connector reports reused connections).
+
+        A request that fails on a reused pooled connection before any byte of the answer
+        arrived (the server had closed it while idle) is sent again at once, on a new
+        connection, once: that is a stale connection, not a failure.
 
         Raises:
             APITimeoutError: the attempt took longer than the timeout.
-            APIConnectionError: refused, reset, or the body was cut short.
-            ResponseTooLargeError: the body is larger than the cap; it was not buffered.
+            APITLSError: the certificate was not accepted, or the TLS handshake failed.
+            APIProxyError: the proxy refused the tunnel.
+            APIConnectionError: refused, reset, a name that does not resolve, or the body was
+                cut short; the message names the host and port and says why.
+            ResponseTooLargeError: the body is larger than the cap (it was not buffered), or
+                the headers are larger than aiohttp reads.
             DecodeError: a compressed body that does not decompress.
         """
-        hidden: PhalaError | None = None
         try:
+            # Paths are built from validated segments and integers, so need no quoting.
+            url = URL(self._base_url + path, encoded=True)
             # Our own timer rather than aiohttp's: aiohttp's can turn a cancellation that lands
             # as the timer fires into a TimeoutError (aio-libs/aiohttp#5979), which would be
             # retried instead of stopping the sweep.
             with _AttemptTimer(self._timeout_seconds):
-                # Paths are built from validated segments and integers, so need no quoting.
-                url = URL(self._base_url + path, encoded=True)
-                if has_defaults:
-                    request = session.get(url, allow_redirects=False)
-                else:
-                    request = session.get(
-                        url, headers=self._headers, allow_redirects=False, timeout=self._timeout
-                    )
-                async with request as response:
-                    length = response.content_length
-                    if (
-                        length is not None
-                        and length <= self._max_bytes
-                        and "Content-Encoding" not in response.headers
-                    ):
-                        body = await response.read()
-                    else:
-                        body = await self._read_capped(response, cvm_id)
-                    return Answer(response.status, response.headers, body)
+                try:
+                    return await self._send(session, url, cvm_id, has_defaults)
+                except (OSError, aiohttp.ServerDisconnectedError) as exc:
+                    if not has_defaults or self._on_reconnect is None or not _stale(exc):
+                        raise
+            # The request met a connection the server had closed while idle, so it never
+            # really happened: it is sent again at once, on a new connection, with a timeout of
+            # its own. aiohttp's own silent resend is off on our session so that each request
+            # is counted: this one counts as a request and as a reconnect.
+            self._on_reconnect()
+            POOLED.set(WANT_NEW)
+            with _AttemptTimer(self._timeout_seconds):
+                return await self._send(session, url, cvm_id, has_defaults)
         except PhalaError:
             raise
-        except TimeoutError as exc:
-            raise APITimeoutError(
-                f"{subject(cvm_id)}: no complete answer within {self._timeout_seconds}s",
-                cvm_id=cvm_id,
-            ) from exc
-        except aiohttp.ClientPayloadError as exc:
-            if isinstance(exc.__cause__, ContentEncodingError):
-                raise DecodeError(
-                    f"{subject(cvm_id)}: the compressed response body did not decompress",
-                    cvm_id=cvm_id,
-                ) from exc
-            raise APIConnectionError(
-                f"{subject(cvm_id)}: the response body was cut short", cvm_id=cvm_id
-            ) from exc
-        except aiohttp.ClientResponseError as exc:
-            # Its request_info holds the request headers, credential included: build the error
-            # here and raise it outside the handler, so nothing links back to this exception.
-            hidden = APIConnectionError(
-                f"{subject(cvm_id)}: the server's answer was not valid HTTP ({exc.message})",
-                cvm_id=cvm_id,
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            # Built here, raised outside the handler: aiohttp's exceptions hold the request's
+            # headers (the credential, a proxy's password), so the error links back only to the
+            # cause chosen as safe to show, never to them.
+            error, cause = self._translate(exc, cvm_id)
+        raise error from cause
+
+    async def _send(
+        self,
+        session: aiohttp.ClientSession,
+        url: URL,
+        cvm_id: str | int | None,
+        has_defaults: bool,
+    ) -> Answer:
+        if has_defaults:
+            if self._via is None:
+                request = session.get(url, allow_redirects=False)
+            else:
+                request = session.get(url, allow_redirects=False, **self._via)
+        else:
+            request = session.get(
+                url, headers=self._headers, allow_redirects=False, timeout=self._timeout
             )
-        except (aiohttp.ClientError, OSError) as exc:
-            raise APIConnectionError(
-                f"{subject(cvm_id)}: connection failed ({type(exc).__name__})", cvm_id=cvm_id
-            ) from exc
-        raise hidden
+        async with request as response:
+            length = response.content_length
+            if (
+                length is not None
+                and length <= self._max_bytes
+                and "Content-Encoding" not in response.headers
+            ):
+                body = await response.read()
+            else:
+                body = await self._read_capped(response, cvm_id)
+            return Answer(response.status, response.headers, body)
+
+    def _translate(
+        self, exc: BaseException, cvm_id: str | int | None
+    ) -> tuple[PhalaError, BaseException | None]:
+        """The error a failed exchange means, and the exception safe to chain to it."""
+        who, where, route = subject(cvm_id), self._where, self._route
+        if isinstance(exc, TimeoutError):
+            return APITimeoutError(
+                f"{who}: no complete answer from {where}{route} within {self._timeout_seconds}s",
+                cvm_id=cvm_id,
+            ), exc
+        if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+            cert_error = exc.certificate_error
+            return _certificate_error(who, where, cert_error, cvm_id), cert_error
+        if isinstance(exc, aiohttp.ClientSSLError):
+            return APITLSError(
+                f"{who}: the TLS handshake with {where}{route} failed: {_why(exc.os_error)}",
+                cvm_id=cvm_id,
+            ), exc.os_error
+        if isinstance(exc, aiohttp.ClientHttpProxyError):
+            return self._proxy_refused(exc, cvm_id), None
+        if isinstance(exc, aiohttp.ClientProxyConnectionError):
+            return APIConnectionError(
+                f"{who}: cannot connect to the proxy {host_and_port(exc.host, exc.port)} "
+                f"on the way to {where}: {_why(exc.os_error)}",
+                cvm_id=cvm_id,
+            ), exc.os_error
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            # Its connection key holds a proxy's credentials: chain the OS error alone.
+            os_error = exc.os_error
+            if isinstance(os_error, socket.gaierror) or _is_dns_error(exc):
+                message = f"{who}: cannot connect to {where}: name not resolved ({_why(os_error)})"
+            else:
+                message = f"{who}: cannot connect to {where}{route}: {_why(os_error)}"
+            return APIConnectionError(message, cvm_id=cvm_id), os_error
+        if isinstance(exc, aiohttp.ClientPayloadError):
+            if isinstance(exc.__cause__, ContentEncodingError):
+                return DecodeError(
+                    f"{who}: the compressed response body did not decompress", cvm_id=cvm_id
+                ), exc
+            return APIConnectionError(
+                f"{who}: the response body from {where} was cut short", cvm_id=cvm_id
+            ), exc
+        if isinstance(exc, aiohttp.ClientResponseError):
+            # request_info holds the request headers, credential included: chain nothing.
+            limit = _line_limit(exc)
+            if limit is not None:
+                return ResponseTooLargeError(
+                    f"{who}: the answer's headers from {where} are larger than aiohttp reads "
+                    f"(a line over {limit} bytes, or too many headers)",
+                    cvm_id=cvm_id,
+                    limit=limit,
+                ), None
+            return APIConnectionError(
+                f"{who}: the answer from {where} was not valid HTTP ({exc.message})",
+                cvm_id=cvm_id,
+            ), None
+        if isinstance(exc, aiohttp.ServerDisconnectedError):
+            return APIConnectionError(
+                f"{who}: {where}{route} closed the connection without answering", cvm_id=cvm_id
+            ), exc
+        return APIConnectionError(
+            f"{who}: the connection to {where}{route} failed: {_why(exc)}", cvm_id=cvm_id
+        ), exc
+
+    def _proxy_refused(
+        self, exc: aiohttp.ClientHttpProxyError, cvm_id: str | int | None
+    ) -> APIProxyError:
+        proxy = str(exc.request_info.real_url.with_user(None))
+        status = exc.status
+        hint = ""
+        if status == 407:
+            hint = (
+                "; it wants credentials it did not get or did not accept: give them in the "
+                "proxy URL, http://user:password@host:port"
+            )
+        elif status == 403:
+            hint = "; its rules do not let this client reach the API"
+        return APIProxyError(
+            f"{subject(cvm_id)}: the proxy {proxy} refused the tunnel to {self._where}: "
+            f"HTTP {status} {exc.message}{hint}",
+            status_code=status,
+            proxy=proxy,
+            cvm_id=cvm_id,
+        )
 
     async def _read_capped(
         self, response: aiohttp.ClientResponse, cvm_id: str | int | None
@@ -162,6 +324,80 @@ class Exchange:
             cvm_id=cvm_id,
             limit=limit,
         )
+
+
+def host_and_port(url_or_host: URL | str | None, port: int | None = None) -> str:
+    """``host:port`` as people write it (``[::1]:443`` for IPv6), from a URL or its parts."""
+    if isinstance(url_or_host, URL):
+        host, port = url_or_host.host or "?", url_or_host.port
+    else:
+        host = url_or_host or "?"
+    if ":" in host:
+        host = f"[{host}]"
+    return host if port is None else f"{host}:{port}"
+
+
+def _stale(exc: BaseException) -> bool:
+    """Whether a request failed on a pooled connection the server had closed, before any byte
+    of its answer arrived: reset, or closed with nothing read."""
+    if POOLED.get() != REUSED or isinstance(exc, (aiohttp.ClientConnectorError, TimeoutError)):
+        return False  # a new connection, none was made, or too slow: a real failure
+    # A disconnection after part of the status line or headers carries what was read.
+    return not isinstance(exc, aiohttp.ServerDisconnectedError) or isinstance(exc.message, str)
+
+
+def _certificate_error(
+    who: str, where: str, error: BaseException, cvm_id: str | int | None
+) -> APITLSError:
+    reason = getattr(error, "verify_message", None) or str(error)
+    if getattr(error, "verify_code", None) in _NAME_MISMATCH:
+        return APITLSError(
+            f"{who}: the TLS certificate of {where} is for another host: {reason} "
+            f"(check the host in base_url)",
+            cvm_id=cvm_id,
+        )
+    return APITLSError(
+        f"{who}: the TLS certificate of {where} is not trusted: {reason}; {TLS_TRUST_FIX}",
+        cvm_id=cvm_id,
+    )
+
+
+def _why(error: BaseException) -> str:
+    """What went wrong, in the words a person would use."""
+    if isinstance(error, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(error, ConnectionResetError):
+        return "connection reset"
+    if isinstance(error, TimeoutError):
+        return "timed out"
+    if isinstance(error, ssl.SSLError) and error.reason:
+        # "[SSL: WRONG_VERSION_NUMBER] wrong version number (_ssl.c:1006)" -> the middle.
+        text = str(error.args[1]) if len(error.args) > 1 else str(error)
+        return text.split("] ", 1)[-1].rsplit(" (_ssl.c", 1)[0]
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return str(error) or type(error).__name__
+
+
+def _is_dns_error(exc: aiohttp.ClientConnectorError) -> bool:
+    # ClientConnectorDNSError is in aiohttp 3.10.10 and later.
+    dns_error = getattr(aiohttp, "ClientConnectorDNSError", None)
+    return dns_error is not None and isinstance(exc, dns_error)
+
+
+def _line_limit(exc: aiohttp.ClientResponseError) -> int | None:
+    """aiohttp's line limit when ``exc`` means the headers were too large, else None."""
+    cause: BaseException | None = exc.__cause__
+    for _ in range(3):  # ClientResponseError <- HttpProcessingError <- LineTooLong
+        if cause is None:
+            break
+        if isinstance(cause, LineTooLong):
+            limit = cause.args[1] if len(cause.args) > 1 else None
+            return limit if isinstance(limit, int) else _AIOHTTP_LINE_LIMIT
+        cause = cause.__cause__
+    if "too many headers" in str(exc.message).lower():
+        return _AIOHTTP_LINE_LIMIT
+    return None
 
 
 class _AttemptTimer:

@@ -20,6 +20,7 @@ from tenacity.stop import stop_base
 
 from ._errors import (
     APIConnectionError,
+    APIProxyError,
     APIStatusError,
     APITLSError,
     AuthenticationError,
@@ -88,17 +89,20 @@ class RetryPolicy:
 
 
 def is_retryable(error: BaseException) -> bool:
-    """Whether asking again could succeed: transport failures (but for TLS failures) and the
-    statuses in :data:`RETRYABLE_STATUSES`. Anything else, cancellation included, is final."""
-    if isinstance(error, APIConnectionError):
-        return not isinstance(error, APITLSError)
-    return isinstance(error, APIStatusError) and error.status_code in RETRYABLE_STATUSES
+    """Whether asking again could succeed: transport failures (but for TLS failures and a proxy's
+    refusal) and the statuses in :data:`RETRYABLE_STATUSES`, from the API or from a proxy.
+    Anything else, cancellation included, is final."""
+    if isinstance(error, (APIStatusError, APIProxyError)):
+        return error.status_code in RETRYABLE_STATUSES
+    return isinstance(error, APIConnectionError) and not isinstance(error, APITLSError)
 
 
 def ends_every_call(error: BaseException) -> bool:
-    """Whether every other request would fail the same way: the credential was refused (401) or
-    the TLS connection cannot be trusted. A sweep ends at once on such an error; a 403 does not
-    (it is about one CVM, of another workspace)."""
+    """Whether every other request would fail the same way: the credential was refused (401),
+    the TLS connection cannot be trusted, or the proxy refused the tunnel. A sweep ends at once
+    on such an error; the API's 403 does not (it is about one CVM, of another workspace)."""
+    if isinstance(error, APIProxyError):
+        return not is_retryable(error)
     return isinstance(error, (AuthenticationError, APITLSError))
 
 

@@ -128,7 +128,8 @@ class Flights(Generic[_T]):
                 raise Orphaned from None
             raise
         except PhalaError as exc:
-            raise as_seen_by(exc, cvm_id) from None
+            # The copy keeps the original's cause (an OSError, an ssl error), never the flight.
+            raise as_seen_by(exc, cvm_id) from exc.__cause__
         finally:
             flight.callers -= 1
             if flight.callers == 0 and flight.task is not None and not flight.task.done():

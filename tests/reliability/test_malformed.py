@@ -210,9 +210,10 @@ MALFORMED: dict[str, tuple[Handler, type[PhalaError]]] = {
     "status_299": (_answer(b"", 299), DecodeError),
     "retry_after_garbage_429": (_answer(b"{}", 429, **{"Retry-After": "soon"}), RateLimitError),
     "not_http": (_raw(b"SSH-2.0-OpenSSH_9.6\r\n\r\n"), APIConnectionError),
+    # Headers larger than aiohttp reads: final, since asking again gets the same headers.
     "header_line_too_long": (
         _raw(b"HTTP/1.1 200 OK\r\nX-Junk: " + b"j" * 200_000 + b"\r\n\r\n"),
-        APIConnectionError,
+        ResponseTooLargeError,
     ),
 }
 
