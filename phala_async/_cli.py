@@ -156,6 +156,24 @@ def _shared_options(groups: Collection[str], *, in_command: bool) -> _Parser:
             help="allow a plain http:// --base-url to a host other than loopback (the credential "
             "then crosses the network in clear text)",
         )
+        connection.add_argument(
+            "--ca-file",
+            metavar="FILE",
+            help="trust the CA certificates in this PEM bundle instead of the system's (also "
+            "$SSL_CERT_FILE / $SSL_CERT_DIR)",
+        )
+        connection.add_argument(
+            "--proxy",
+            metavar="URL",
+            help="send requests through this http:// proxy (http://user:pass@host:port); default "
+            "$HTTPS_PROXY / $HTTP_PROXY, minus the hosts in $NO_PROXY",
+        )
+        connection.add_argument(
+            "--no-env-proxy",
+            dest="trust_env",
+            action="store_false",
+            help="ignore $HTTPS_PROXY, $HTTP_PROXY and $NO_PROXY",
+        )
     if _REQUEST in groups:
         request = group(_REQUEST)
         request.add_argument(

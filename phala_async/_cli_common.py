@@ -28,6 +28,7 @@ __all__ = [
     "UsageError",
     "client_options",
     "credential_source",
+    "in_option_words",
     "make_client",
     "plural",
     "refused_message",
@@ -42,6 +43,9 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
 # The client's messages name its arguments; the command line's name its options.
 _OPTION_WORDING = (
     ("pass allow_insecure_http=True", "pass --allow-insecure-http"),
+    ("pass ca_file= (a PEM bundle) or ssl= (an ssl.SSLContext)", "pass --ca-file (a PEM bundle)"),
+    ("pass ca_file=", "pass --ca-file"),
+    ("proxy=", "--proxy "),
     ("pass api_key= or token=", "pass --api-key or --token"),
     ("base_url ", "--base-url "),
 )
@@ -99,13 +103,20 @@ def make_client(args: argparse.Namespace) -> PhalaClient:
             token=args.token,
             base_url=args.base_url,
             allow_insecure_http=args.allow_insecure_http,
+            ca_file=args.ca_file,
+            proxy=args.proxy,
+            trust_env=args.trust_env,
             **client_options(args),
         )
     except ConfigurationError as exc:
-        message = str(exc)
-        for words, option in _OPTION_WORDING:
-            message = message.replace(words, option)
-        raise UsageError(message) from exc
+        raise UsageError(in_option_words(str(exc))) from exc
+
+
+def in_option_words(message: str) -> str:
+    """A client message with its argument names (``ca_file=``) as the command line's options."""
+    for words, option in _OPTION_WORDING:
+        message = message.replace(words, option)
+    return message
 
 
 class Stop:

@@ -131,8 +131,12 @@ async def _demo(
                 f"Sweeping the whole workspace, as `{PROG} sweep --all` does:",
                 file=sys.stderr,
             )
+        # The demo's simulator is on this machine: no proxy from the environment applies.
         client = PhalaClient(
-            api_key=simulator.api_key, base_url=simulator.base_url, **client_options(args)
+            api_key=simulator.api_key,
+            base_url=simulator.base_url,
+            trust_env=False,
+            **client_options(args),
         )
         listing = client.list_cvms()
         return await run_sweep(

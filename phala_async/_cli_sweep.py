@@ -17,6 +17,7 @@ from ._cli_common import (
     EXIT_REFUSED,
     Stop,
     UsageError,
+    in_option_words,
     make_client,
     plural,
     refused_message,
@@ -244,7 +245,7 @@ def exit_status(report: SweepReport, stop: Stop) -> int:
 def describe_failure(failure: Exception) -> str:
     """Why the sweep stopped early, in words that read well after ``the sweep stopped early:``."""
     if isinstance(failure, PhalaError):
-        reason = str(failure).removeprefix(f"{subject(None)}: ")
+        reason = in_option_words(str(failure).removeprefix(f"{subject(None)}: "))
         if isinstance(failure, APIStatusError) and failure.cvm_id is None:
             return f"listing the workspace failed with {reason}"
         return reason
