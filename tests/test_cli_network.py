@@ -57,3 +57,15 @@ def test_no_env_proxy_ignores_the_proxy_variables(
         status = run(sim, "--no-env-proxy", "sweep", "1", "-o", str(output))
     assert status == 0
     assert [record["ok"] for record in jsonl(output.read_text())] == [True]
+
+
+def test_an_untrusted_certificate_ends_a_watch(capsys: pytest.CaptureFixture[str]) -> None:
+    """A watch over HTTPS it cannot trust ends with status 1 after one connection, instead of
+    writing an error event every round."""
+    with simulator_thread(cvms=3, tls=True, api_key=SECRET_KEY) as sim:
+        status = run(sim, "watch", "1", "2", "--rounds", "3", "--interval", "0.01")
+        connections = sim.connections
+    err = capsys.readouterr().err
+    assert status == 1
+    assert "--ca-file" in err
+    assert connections == 1
