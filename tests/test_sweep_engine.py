@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -15,13 +14,9 @@ from phala_async.testing import Fault, PhalaSimulator
 FAILING = (1, 2, 3)
 
 
-def client_for(sim: PhalaSimulator, **overrides: Any) -> PhalaClient:
-    """A client against ``sim`` (keyword arguments override the defaults here)."""
-    options: dict[str, Any] = {"api_key": sim.api_key, "base_url": sim.base_url, "timeout": 5.0}
-    return PhalaClient(**{**options, **overrides})
-
-
-async def test_a_waiting_id_leaves_its_slot_to_the_others() -> None:
+async def test_a_waiting_id_leaves_its_slot_to_the_others(
+    client_for: Callable[..., PhalaClient],
+) -> None:
     """While three ids wait out a long backoff twice, the other 397 are all fetched first, with
     every slot busy; only then do the retries reach the server."""
     async with PhalaSimulator(cvms=400, latency=0.01) as sim:
@@ -49,7 +44,9 @@ async def test_a_waiting_id_leaves_its_slot_to_the_others() -> None:
     assert sim.max_in_flight == 4
 
 
-async def test_parked_ids_stay_bounded_on_a_million_lazy_ids() -> None:
+async def test_parked_ids_stay_bounded_on_a_million_lazy_ids(
+    client_for: Callable[..., PhalaClient],
+) -> None:
     """On a lazily generated stream of a million ids with many retries, the sweep never reads
     more than a small multiple of its concurrency ahead of what it has yielded."""
     concurrency = 8
@@ -81,7 +78,9 @@ async def test_parked_ids_stay_bounded_on_a_million_lazy_ids() -> None:
     assert 0 < stream.most_parked <= 4 * concurrency
 
 
-async def test_a_refused_credential_ends_a_500_id_sweep_after_one_request() -> None:
+async def test_a_refused_credential_ends_a_500_id_sweep_after_one_request(
+    client_for: Callable[..., PhalaClient],
+) -> None:
     """A wrong key sends exactly one request for a 500-id sweep, which then raises the 401."""
     async with PhalaSimulator(cvms=500) as sim:
         client = client_for(sim, api_key="phak_wrong_key_for_this_test", concurrency=16)
@@ -100,7 +99,9 @@ async def test_a_refused_credential_ends_a_500_id_sweep_after_one_request() -> N
     assert caught.value.status_code == 401
 
 
-async def test_get_cvms_with_a_refused_credential_reports_every_id_unsent() -> None:
+async def test_get_cvms_with_a_refused_credential_reports_every_id_unsent(
+    client_for: Callable[..., PhalaClient],
+) -> None:
     """``get_cvms`` does not raise on a refused credential: each id gets the 401, one sent."""
     async with PhalaSimulator(cvms=50) as sim:
         client = client_for(sim, api_key="phak_wrong_key_for_this_test")
@@ -113,7 +114,9 @@ async def test_get_cvms_with_a_refused_credential_reports_every_id_unsent() -> N
     assert sum(result.attempts for result in results) <= 1
 
 
-async def test_the_send_rate_falls_under_a_storm_of_503s() -> None:
+async def test_the_send_rate_falls_under_a_storm_of_503s(
+    client_for: Callable[..., PhalaClient],
+) -> None:
     """When half of all answers are 503, the client paces itself below what it sent without
     faults, instead of sending faster."""
     async with PhalaSimulator(cvms=3000, latency=0.002) as calm:
