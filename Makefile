@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 VENV313 := .venv-aiohttp313
 BIN313 := $(VENV313)/bin
 
-.PHONY: test lint typecheck unit compat venv demo bench clean dist
+.PHONY: test quick lint typecheck unit compat venv demo bench clean dist
 
 venv: $(VENV)/.installed
 
@@ -39,6 +39,11 @@ compat: $(VENV313)/.installed
 	PHALA_ASYNC_REQUIRE_AIORESPONSES=1 $(BIN313)/python -m pytest -m aioresponses -p no:cacheprovider
 
 test: lint typecheck unit compat
+
+# While iterating: the suite without the tests marked slow (soaks, long sweeps, the wheel and the
+# benchmark harness). Not a substitute for `make test`.
+quick: venv
+	$(BIN)/python -m pytest -m "not slow"
 
 clean:
 	rm -rf $(VENV) $(VENV313) .mypy_cache .pytest_cache .ruff_cache build dist

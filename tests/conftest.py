@@ -20,6 +20,15 @@ FAST_RETRY: dict[str, Any] = {"backoff_initial": 0.001, "backoff_max": 0.01}
 INLINE_API_KEY = "phak_inline"
 
 ClientFactory = Callable[..., PhalaClient]
+#: Test modules that are slow as a whole, and why (``make quick`` skips tests marked slow).
+SLOW_MODULES = {"test_wheel.py": "builds the wheel and installs it in a fresh virtual environment"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test of :data:`SLOW_MODULES` slow."""
+    for item in items:
+        if item.path.name in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture

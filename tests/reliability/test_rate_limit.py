@@ -7,6 +7,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 
+import pytest
 from _server_process import StartServer
 
 from phala_async import PhalaClient
@@ -79,6 +80,7 @@ async def _sweep_rate_limited(server_process: StartServer, *, adaptive: bool) ->
     )
 
 
+@pytest.mark.slow
 async def test_adaptive_sweep_keeps_near_an_unpublished_limit(
     server_process: StartServer,
 ) -> None:
@@ -93,6 +95,7 @@ async def test_adaptive_sweep_keeps_near_an_unpublished_limit(
     assert figures.client_requests == figures.server_requests
 
 
+@pytest.mark.slow
 async def test_unpaced_sweep_against_the_limit_for_comparison(
     server_process: StartServer,
 ) -> None:
