@@ -69,5 +69,7 @@ $(BENCH_VENV)/.installed: pyproject.toml benchmarks/requirements.txt
 	$(BENCH_VENV)/bin/python -m pip install -q --no-deps "phala-cloud==0.2.0"
 	touch $@
 
+# BENCH_ARGS passes options on: `make bench BENCH_ARGS=--write-results` updates RESULTS.md.
+BENCH_ARGS ?=
 bench: $(BENCH_VENV)/.installed
-	$(BENCH_VENV)/bin/python -m benchmarks
+	$(BENCH_VENV)/bin/python -m benchmarks $(BENCH_ARGS)
