@@ -14,5 +14,6 @@
 - ``harness.py``: starting and timing those processes;
 - ``decode.py`` and ``pydantic_model.py``: the in-process decode benchmark;
 - ``report.py``: summaries, targets and the Markdown report;
-- ``profiling.py``: where phala-async's CPU per request goes, against the bare aiohttp loop.
+- ``profiling.py``: where phala-async's CPU per request goes, against the bare aiohttp loop;
+  ``overhead.py``: the library's own CPU per request with the network taken out.
 """

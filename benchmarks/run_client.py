@@ -32,7 +32,20 @@ def _usage() -> tuple[float, float, int]:
 
 
 def peak_rss_bytes() -> int:
-    """This process's peak resident set size (``ru_maxrss`` is KiB on Linux, bytes on macOS)."""
+    """This process's peak resident set size.
+
+    On Linux, ``/proc/self/status``'s ``VmHWM``: ``ru_maxrss`` would not do, since Linux carries
+    the parent's resident size at the fork over the exec, so a client started by a harness that
+    had grown to 150 MB would report 150 MB whatever it used. Elsewhere ``ru_maxrss`` (KiB, or
+    bytes on macOS).
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024
 

@@ -92,14 +92,20 @@ def throughput(
     progress: Progress,
 ) -> list[list[dict[str, Any]]]:
     """Each client over app ids read from a file, and ``int_clients`` over ``range`` ints too,
-    in interleaved rounds; ``slow_clients`` run in the first ``slow_rounds`` rounds only."""
+    in interleaved rounds; ``slow_clients`` run in the first ``slow_rounds`` rounds only.
+
+    The runs a target compares (``int_clients`` over each kind of ids) run back to back, and
+    every other round runs in reverse order, so that neither of a pair always runs first.
+    """
     ids_file = write_ids(workdir / "ids.txt", pool_app_ids(ids))
-    cases: list[tuple[str, Path | None]] = [(client, ids_file) for client in clients]
-    cases += [(client, None) for client in int_clients if client in clients]
+    paired = [client for client in int_clients if client in clients]
+    cases: list[tuple[str, Path | None]] = [(client, ids_file) for client in paired]
+    cases += [(client, None) for client in paired]
+    cases += [(client, ids_file) for client in clients if client not in paired]
     all_rounds = []
     for number in range(1, rounds + 1):
         round_runs = []
-        for client, file in cases:
+        for client, file in cases if number % 2 else cases[::-1]:
             if client in slow_clients and number > slow_rounds:
                 continue
             result = run_client(

@@ -63,10 +63,17 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 @pytest.mark.slow
 def test_every_row_ran_once_in_the_single_quick_round(quick_run: dict[str, Any]) -> None:
-    """The quick round runs each client over app ids, then phala-async and aiohttp over ints."""
+    """The quick round runs the pairs a target compares first (phala-async and aiohttp over app
+    ids, then over ints), then the other clients over app ids."""
     rounds = quick_run["results"]["throughput"]["rounds"]
     assert [[(run["client"], run["id_kind"]) for run in runs] for runs in rounds] == [
-        [*((client, "str") for client in CLIENTS), ("phala-async", "int"), ("aiohttp", "int")]
+        [
+            ("phala-async", "str"),
+            ("aiohttp", "str"),
+            ("phala-async", "int"),
+            ("aiohttp", "int"),
+            ("phala-async-noretry", "str"),
+        ]
     ]
 
 
@@ -241,3 +248,20 @@ def test_write_results_replaces_only_the_report_between_the_markers() -> None:
     assert replaced == f"notes by hand\n{BEGIN}\n\nnew report\n\n{END}\nafter\n"
     with pytest.raises(ValueError, match="markers"):
         replace_report("no markers here", "new report\n")
+
+
+def test_overhead_diagnostic_runs_with_the_network_faked() -> None:
+    """``python -m benchmarks.overhead`` sweeps both kinds of ids with the canned answer and
+    prints a positive CPU per request for each."""
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.overhead", "--ids", "200", "--repeat", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["app ids", "int ids"]
+    assert all(float(line.split()[2]) > 0 for line in lines)
