@@ -658,7 +658,7 @@ def render(results: dict[str, Any]) -> str:
     meta = results["meta"]
     options = meta["options"]
     info = meta["machine"]
-    command = " ".join(["python -m benchmarks", *options["argv"]])
+    command = " ".join(["python -m benchmarks", *_shown_options(options["argv"])])
     lines = [f"Measured {meta['date']} by `{command}`."]
     if options["quick"] or options["rounds"] < 3:
         lines += ["", "**Not a result: quick sizes or fewer than 3 rounds.**"]
@@ -730,6 +730,20 @@ def render(results: dict[str, Any]) -> str:
     if notes:
         lines += ["", "### Notes on this run", "", *(f"- {note}" for note in notes)]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _shown_options(argv: list[str]) -> list[str]:
+    """The options a run was given, less where its JSON went (a path of that machine)."""
+    shown: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--json":
+            skip = True
+        elif not arg.startswith("--json="):
+            shown.append(arg)
+    return shown
 
 
 def replace_report(document: str, report: str) -> str:
