@@ -190,7 +190,7 @@ def run(
 def _progress(what: str, result: dict[str, Any] | None) -> None:
     if result is None:
         line = f"... {what}"
-    elif isinstance(result.get("failed"), str):
+    elif "failed" in result:
         line = f"... {what}: FAILED {result['failed']}"
     else:
         line = f"... {what}: {result['wall_s']:.2f}s"

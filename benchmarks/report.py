@@ -235,10 +235,10 @@ def summarize_scenarios(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]
         by_label.setdefault(run["label"], []).append(run)
     summary = {}
     for label, of_label in by_label.items():
-        good = [run for run in of_label if "failed" not in run or isinstance(run["failed"], dict)]
+        good = [run for run in of_label if "failed" not in run]
         entry: dict[str, Any] = {
             "runs": len(of_label),
-            "problems": [run["failed"] for run in of_label if isinstance(run.get("failed"), str)],
+            "problems": [run["failed"] for run in of_label if "failed" in run],
         }
         if good:
             entry["ids"] = good[0]["ids"]
@@ -249,7 +249,7 @@ def summarize_scenarios(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]
                     entry[f"time_to_{share}"] = spread(values)
             entry["requests_per_id"] = spread([run["requests"] / run["ids"] for run in good])
             entry["share_429"] = spread([run["rate_limited"] / run["requests"] for run in good])
-            entry["failed_ids"] = max(sum(run["failed"].values()) for run in good)
+            entry["failed_ids"] = max(sum(run["errors"].values()) for run in good)
             entry["missing_ids"] = max(run["ids"] - run["results"] for run in good)
             if "limit" in good[0]:
                 entry["limit"] = good[0]["limit"]

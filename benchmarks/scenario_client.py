@@ -5,7 +5,7 @@ Used where what matters is how a sweep gets through a hostile server (faults, a 
 its CPU: it sweeps the ids of ``--ids-file`` with ``stream_cvms``, as ``phala-async sweep
 --ids-file`` would, with ``PhalaClient`` options given as JSON (``--options '{"adaptive":
 false}'``), notes when each result arrived, and prints one JSON object: the wall time, when 50%,
-95% and 100% of the ids were done, results ok and failed by error type, and the client's own
+95% and 100% of the ids were done, results ok and errors by type, and the client's own
 counters.
 """
 
@@ -40,7 +40,7 @@ async def sweep(
 ) -> dict[str, Any]:
     """Sweep ``ids``; return what happened and when."""
     done_at: list[float] = []
-    failed: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
     ok = 0
     client = PhalaClient(api_key=api_key, base_url=base_url, concurrency=concurrency, **options)
     clock = time.perf_counter
@@ -52,7 +52,7 @@ async def sweep(
                 if result.ok:
                     ok += 1
                 else:
-                    failed[type(result.error).__name__] += 1
+                    errors[type(result.error).__name__] += 1
         wall = clock() - started
         stats = client.stats
     return {
@@ -63,7 +63,7 @@ async def sweep(
         "time_to": {f"{share:.0%}": time_to(share, done_at) for share in SHARES},
         "results": len(done_at),
         "ok": ok,
-        "failed": dict(failed),
+        "errors": dict(errors),
         "requests": stats.requests,
         "retries": stats.retries,
         "rate_limited": stats.rate_limited,

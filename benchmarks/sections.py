@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -305,8 +304,3 @@ def memory(
         progress(f"memory {size:,} ids", result)
         runs.append(result)
     return runs
-
-
-def clean(workdir: Path) -> None:
-    """Remove the ids files and outputs of a run."""
-    shutil.rmtree(workdir, ignore_errors=True)

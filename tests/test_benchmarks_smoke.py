@@ -130,7 +130,8 @@ def test_command_line_and_bare_script_write_one_ok_record_per_id(
             run["ids"],
             True,
         ), run
-        assert run["wall_s"] > run["cpu_s"] / 2 > 0
+        assert run["wall_s"] > 0
+        assert run["cpu_s"] > 0
 
 
 @pytest.mark.slow
