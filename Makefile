@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 VENV313 := .venv-aiohttp313
 BIN313 := $(VENV313)/bin
 
-.PHONY: test lint typecheck unit compat venv demo bench clean dist
+.PHONY: test quick lint typecheck unit compat venv demo bench clean dist
 
 venv: $(VENV)/.installed
 
@@ -40,6 +40,11 @@ compat: $(VENV313)/.installed
 
 test: lint typecheck unit compat
 
+# While iterating: the suite without the tests marked slow (soaks, long sweeps, the wheel and the
+# benchmark harness). Not a substitute for `make test`.
+quick: venv
+	$(BIN)/python -m pytest -m "not slow"
+
 clean:
 	rm -rf $(VENV) $(VENV313) .mypy_cache .pytest_cache .ruff_cache build dist
 
@@ -64,5 +69,7 @@ $(BENCH_VENV)/.installed: pyproject.toml benchmarks/requirements.txt
 	$(BENCH_VENV)/bin/python -m pip install -q --no-deps "phala-cloud==0.2.0"
 	touch $@
 
+# BENCH_ARGS passes options on: `make bench BENCH_ARGS=--write-results` updates RESULTS.md.
+BENCH_ARGS ?=
 bench: $(BENCH_VENV)/.installed
-	$(BENCH_VENV)/bin/python -m benchmarks
+	$(BENCH_VENV)/bin/python -m benchmarks $(BENCH_ARGS)

@@ -1,27 +1,33 @@
-"""``python -m benchmarks``: phala-async against its peers, in one run against one local server.
+"""``python -m benchmarks``: phala-async as its users run it, against its peers and hostile servers.
 
-Starts one server process, runs every client in its own process over the same ids at the same
-concurrency in interleaved rounds, then the memory and decode benchmarks, and prints the tables
-and the targets of issue 4 (measured and reported, never asserted). ``make bench`` builds the
-environment with every peer installed (``benchmarks/.venv-bench``) and runs this.
+Runs each section (see ``benchmarks/sections.py``) in interleaved rounds, every client in a process
+of its own, then prints one Markdown report with every target and its measured ratio (measured and
+reported, never asserted). ``make bench`` builds the environment with every peer installed
+(``benchmarks/.venv-bench``) and runs this; ``--write-results`` also puts the report into
+``benchmarks/RESULTS.md``, under the method notes.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks import decode, report
-from benchmarks.harness import run_client, running_server
+from benchmarks import decode, report, sections
+from benchmarks.harness import running_server
 from benchmarks.peers import CLIENTS, DEFAULT_CLIENTS
 
 RESULTS_PATH = Path(__file__).with_name("RESULTS.md")
-MEMORY_SIZES = (10_000, 100_000)
-QUICK = {"ids": 200, "memory_sizes": (100, 400), "decode_repeat": 3, "decode_seconds": 0.02}
+SECTIONS = ("throughput", "command_line", "goodput", "rate_limit", "memory", "decode")
+#: Ten times slower than the others and only references: run in the first rounds only.
+SLOW_CLIENTS = ("httpx", "phala-cloud")
+#: The clients also run over range() ints, the second row of the CPU target.
+INT_CLIENTS = ("phala-async", "aiohttp")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,13 +37,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--quick", action="store_true", help="tiny sizes and one round: checks the harness only"
     )
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     parser.add_argument(
-        "--rounds",
+        "--slow-rounds",
         type=int,
-        default=3,
-        help="interleaved rounds (default 3; 3 at least for results)",
+        default=2,
+        help=f"rounds that also run {' and '.join(SLOW_CLIENTS)} (default 2)",
     )
-    parser.add_argument("--ids", type=int, default=10_000, help="ids per client per round")
+    parser.add_argument(
+        "--rate-rounds", type=int, default=2, help="rounds of the rate-limit sweeps (default 2)"
+    )
+    parser.add_argument("--ids", type=int, default=10_000, help="ids per throughput run")
     parser.add_argument("--concurrency", type=int, default=32, help="requests in flight")
     parser.add_argument(
         "--clients",
@@ -45,48 +55,56 @@ def _parser() -> argparse.ArgumentParser:
         help=f"comma-separated, from {', '.join(CLIENTS)} (default: all that are installed)",
     )
     parser.add_argument(
+        "--sections",
+        default=",".join(SECTIONS),
+        help=f"comma-separated, from {', '.join(SECTIONS)} (default: all)",
+    )
+    parser.add_argument(
         "--cold-malloc",
         action="store_true",
         help="leave glibc's malloc as a fresh process has it (see run_client.settle_malloc)",
     )
-    parser.add_argument("--no-memory", action="store_true", help="skip the memory benchmark")
-    parser.add_argument("--no-decode", action="store_true", help="skip the decode benchmark")
-    parser.add_argument(
-        "--server", choices=("pool", "simulator"), default="pool", help="see benchmarks/server.py"
-    )
     parser.add_argument("--json", metavar="PATH", help="also write every measurement as JSON")
     parser.add_argument(
-        "--write-results", action="store_true", help=f"write {RESULTS_PATH.name} (full runs only)"
-    )
-    parser.add_argument(
-        "--markdown", metavar="PATH", help=f"write the {RESULTS_PATH.name} text to PATH instead"
+        "--write-results",
+        action="store_true",
+        help=f"put the report into {RESULTS_PATH.name} (full runs only)",
     )
     return parser
 
 
-def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
-    """Validate the options; return the clients to run."""
-    for name in ("rounds", "ids", "concurrency"):
+def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[list[str], set[str]]:
+    """Validate the options; return the clients and the sections to run."""
+    for name in ("rounds", "ids", "concurrency", "rate_rounds"):
         if getattr(args, name) < 1:
-            parser.error(f"--{name} must be >= 1")
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.write_results and (args.quick or args.rounds < 3):
         parser.error("--write-results needs a full run: at least 3 rounds and no --quick")
     clients = [name.strip() for name in args.clients.split(",") if name.strip()]
     unknown = [name for name in clients if name not in CLIENTS]
     if unknown:
         parser.error(f"unknown client(s) {', '.join(unknown)}; choose from {', '.join(CLIENTS)}")
-    return clients
+    chosen = {name.strip() for name in args.sections.split(",") if name.strip()}
+    if chosen - set(SECTIONS):
+        parser.error(f"unknown section(s) {', '.join(sorted(chosen - set(SECTIONS)))}")
+    return clients, chosen
 
 
 def _missing_modules(client: str) -> list[str]:
     return [module for module in CLIENTS[client][2] if importlib.util.find_spec(module) is None]
 
 
-def run(args: argparse.Namespace, clients: list[str]) -> dict[str, Any]:
-    """Every measurement of one run, summarised, with the targets evaluated."""
-    ids = QUICK["ids"] if args.quick else args.ids
+def run(
+    args: argparse.Namespace, clients: list[str], chosen: set[str], argv: list[str]
+) -> dict[str, Any]:
+    """Every measurement of one run, summarised, with the targets evaluated; ``argv`` are the
+    options it was run with, for the report."""
+    if args.quick:
+        sizes = sections.QUICK_SIZES
+    else:
+        sizes = dataclasses.replace(sections.Sizes(), ids=args.ids, cli_ids=args.ids)
     rounds = 1 if args.quick else args.rounds
-    memory_sizes: tuple[int, ...] = QUICK["memory_sizes"] if args.quick else MEMORY_SIZES
+    rate_rounds = 1 if args.quick else args.rate_rounds
     skipped = {c: f"needs {', '.join(m)}" for c in clients if (m := _missing_modules(c))}
     runnable = [client for client in clients if client not in skipped]
     results: dict[str, Any] = {
@@ -96,7 +114,10 @@ def run(args: argparse.Namespace, clients: list[str]) -> dict[str, Any]:
             "versions": report.versions(),
             "load_before": report.load_average(),
             "options": {
-                "ids": ids,
+                "argv": argv,
+                "ids": sizes.ids,
+                "cli_ids": sizes.cli_ids,
+                "goodput_ids": sizes.goodput_ids,
                 "rounds": rounds,
                 "concurrency": args.concurrency,
                 "clients": runnable,
@@ -106,92 +127,89 @@ def run(args: argparse.Namespace, clients: list[str]) -> dict[str, Any]:
         },
         "skipped_clients": skipped,
     }
-    served = max(ids, *memory_sizes)
-    with running_server(served, impl=args.server) as server:
-        results["meta"]["server"] = {"impl": server.impl, "loop": server.loop, "cvms": served}
-        all_rounds: list[list[dict[str, Any]]] = []
-        for number in range(1, rounds + 1):
-            round_runs = []
-            for client in runnable:
-                result = run_client(
+    server_shares: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="phala-async-bench-") as tmp:
+        workdir = Path(tmp)
+        served = max(sizes.ids, sizes.cli_ids, *sizes.memory_sizes)
+        with running_server(served) as server:
+            if "throughput" in chosen and runnable:
+                all_rounds = sections.throughput(
                     server,
-                    client,
-                    ids=ids,
+                    workdir,
+                    runnable,
+                    ids=sizes.ids,
+                    rounds=rounds,
+                    slow_rounds=args.slow_rounds,
+                    slow_clients=SLOW_CLIENTS,
+                    int_clients=INT_CLIENTS,
                     concurrency=args.concurrency,
                     cold_malloc=args.cold_malloc,
+                    progress=_progress,
                 )
-                _progress(f"round {number}/{rounds} {client}", result)
-                round_runs.append(result)
-            all_rounds.append(round_runs)
-        if runnable:
-            results["throughput"] = {
-                "rounds": all_rounds,
-                "summary": report.summarize_throughput(all_rounds),
-            }
-        memory_runs: list[dict[str, Any]] = []
-        if not args.no_memory:
-            for number in range(1, rounds + 1):
-                for size in memory_sizes:
-                    result = run_client(
-                        server,
-                        "phala-async",
-                        ids=size,
-                        concurrency=args.concurrency,
-                        cold_malloc=args.cold_malloc,
-                    )
-                    _progress(f"memory {number}/{rounds} {size:,} ids", result)
-                    memory_runs.append(result)
-            results["memory"] = {**report.summarize_memory(memory_runs), "runs": memory_runs}
-    shares = [
-        run["server_cpu_s"] / run["wall_s"]
-        for run in [
-            *(r for rs in results.get("throughput", {}).get("rounds", []) for r in rs),
-            *memory_runs,
-        ]
-        if "server_cpu_s" in run and run.get("wall_s")
-    ]
-    results["server_busiest"] = max(shares) if shares else None
-    if not args.no_decode:
+                results["throughput"] = {
+                    "rounds": all_rounds,
+                    "summary": report.summarize_throughput(all_rounds),
+                }
+                server_shares += [
+                    run["server_cpu_s"] / run["wall_s"]
+                    for round_runs in all_rounds
+                    for run in round_runs
+                    if "server_cpu_s" in run and run.get("wall_s")
+                ]
+            if "command_line" in chosen:
+                runs = sections.command_line(
+                    server, workdir, ids=sizes.cli_ids, rounds=rounds, progress=_progress
+                )
+                results["command_line"] = {
+                    "runs": runs,
+                    "summary": report.summarize_commands(runs),
+                }
+            if "memory" in chosen:
+                runs = sections.memory(
+                    server, sizes.memory_sizes, concurrency=args.concurrency, progress=_progress
+                )
+                results["memory"] = {**report.summarize_memory(runs), "runs": runs}
+        if "goodput" in chosen:
+            runs = sections.goodput(workdir, sizes, rounds=rounds, progress=_progress)
+            results["goodput"] = {"runs": runs, "summary": report.summarize_scenarios(runs)}
+        if "rate_limit" in chosen:
+            runs = sections.rate_limit(workdir, sizes, rounds=rate_rounds, progress=_progress)
+            results["rate_limit"] = {"runs": runs, "summary": report.summarize_scenarios(runs)}
+    results["server_busiest"] = max(server_shares) if server_shares else None
+    if "decode" in chosen:
         _progress("decode", None)
         results["decode"] = decode.run(
-            repeat=QUICK["decode_repeat"] if args.quick else 7,
-            min_seconds=QUICK["decode_seconds"] if args.quick else 0.2,
+            repeat=3 if args.quick else 7, min_seconds=0.02 if args.quick else 0.2
         )
     results["meta"]["load_after"] = report.load_average()
     results["notes"] = report.run_notes(results)
-    results["targets"] = report.targets(
-        results.get("throughput", {}).get("summary", {}),
-        results.get("memory"),
-        results.get("decode"),
-    )
+    results["targets"] = report.targets(results)
     return results
 
 
 def _progress(what: str, result: dict[str, Any] | None) -> None:
     if result is None:
-        print(f"... {what}", file=sys.stderr, flush=True)
+        line = f"... {what}"
     elif "failed" in result:
-        print(f"... {what}: FAILED {result['failed']}", file=sys.stderr, flush=True)
+        line = f"... {what}: FAILED {result['failed']}"
     else:
-        rate = result["requests"] / result["wall_s"]
-        print(
-            f"... {what}: {result['wall_s']:.2f}s, {rate:,.0f} req/s", file=sys.stderr, flush=True
-        )
+        line = f"... {what}: {result['wall_s']:.2f}s"
+    print(line, file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
-    clients = _check(parser, args)
-    results = run(args, clients)
-    print(report.render_text(results))
+    clients, chosen = _check(parser, args)
+    results = run(args, clients, chosen, argv)
+    text = report.render(results)
+    print(text)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
-    if args.markdown:
-        Path(args.markdown).write_text(report.render_markdown(results))
     if args.write_results:
-        RESULTS_PATH.write_text(report.render_markdown(results))
-        print(f"\nwrote {RESULTS_PATH}")
+        RESULTS_PATH.write_text(report.replace_report(RESULTS_PATH.read_text(), text))
+        print(f"wrote {RESULTS_PATH}", file=sys.stderr)
     return 0
 
 

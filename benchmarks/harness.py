@@ -1,4 +1,10 @@
-"""Processes: the server, each client run, and the server's CPU time between two moments."""
+"""Processes: the server, each client run, and the server's CPU time between two moments.
+
+Every measured client runs in a process of its own. Its wall time is taken by this harness around
+the whole process (``run_command``) or by the client around its sweep (``run_client``,
+``run_scenario``); CPU is user + system time, from ``wait4`` for the whole process or from the
+client's own ``getrusage(RUSAGE_SELF)`` around its sweep.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +13,12 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 CLIENT_TIMEOUT = 900.0  # seconds one client run may take before it is killed and reported
@@ -37,10 +47,11 @@ class Server:
 
 @contextlib.contextmanager
 def running_server(
-    cvms: int, *, impl: str = "pool", python: str = sys.executable
+    cvms: int, *, impl: str = "pool", options: Sequence[str] = (), python: str = sys.executable
 ) -> Iterator[Server]:
-    """Start ``python -m benchmarks.server`` and stop it on leaving, whatever happens."""
-    command = [python, "-m", "benchmarks.server", "--cvms", str(cvms), "--impl", impl]
+    """Start ``python -m benchmarks.server`` (``options`` are its own command-line options) and
+    stop it on leaving, whatever happens."""
+    command = [python, "-m", "benchmarks.server", "--cvms", str(cvms), "--impl", impl, *options]
     process = subprocess.Popen(
         command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=_repo_root()
     )
@@ -67,11 +78,13 @@ def run_client(
     *,
     ids: int,
     concurrency: int,
+    ids_file: Path | None = None,
     python: str = sys.executable,
     timeout: float = CLIENT_TIMEOUT,
     cold_malloc: bool = False,
 ) -> dict[str, Any]:
-    """Run one client sweep in its own process; return its JSON report plus the server's CPU."""
+    """Run one client sweep in its own process, over ids ``1..ids`` as ints or, with
+    ``ids_file``, as the strings of that file; return its JSON report plus the server's CPU."""
     command = [
         python,
         "-m",
@@ -86,8 +99,86 @@ def run_client(
         str(ids),
         "--concurrency",
         str(concurrency),
+        *(["--ids-file", str(ids_file)] if ids_file is not None else []),
         *(["--cold-malloc"] if cold_malloc else []),
     ]
+    return _run_reporting(command, server, client, ids, timeout)
+
+
+def run_scenario(
+    server: Server,
+    ids_file: Path,
+    *,
+    ids: int,
+    concurrency: int,
+    options: Mapping[str, Any],
+    label: str,
+    python: str = sys.executable,
+    timeout: float = CLIENT_TIMEOUT,
+) -> dict[str, Any]:
+    """Run ``python -m benchmarks.scenario_client``: one phala-async sweep of ``ids_file`` with
+    ``PhalaClient`` ``options``, reporting when each share of the ids was done."""
+    command = [
+        python,
+        "-m",
+        "benchmarks.scenario_client",
+        "--base-url",
+        server.base_url,
+        "--api-key",
+        server.api_key,
+        "--ids-file",
+        str(ids_file),
+        "--concurrency",
+        str(concurrency),
+        "--options",
+        json.dumps(dict(options)),
+    ]
+    report = _run_reporting(command, server, label, ids, timeout)
+    report["label"] = label
+    return report
+
+
+def run_command(
+    command: Sequence[str], *, env: Mapping[str, str], timeout: float = CLIENT_TIMEOUT
+) -> dict[str, Any]:
+    """Run ``command`` in the environment ``env`` (the whole of it) to its end: its wall time
+    from start to exit (process start included) and its own CPU (user + system, from
+    ``wait4``'s resource usage)."""
+    with tempfile.TemporaryFile("w+") as stderr:
+        started = time.perf_counter()
+        process = subprocess.Popen(
+            list(command),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            cwd=_repo_root(),
+            env=dict(env),
+        )
+        killer = threading.Timer(timeout, process.kill)
+        killer.start()
+        try:
+            _, status, usage = os.wait4(process.pid, 0)
+        finally:
+            killer.cancel()
+        wall = time.perf_counter() - started
+        process.returncode = os.waitstatus_to_exitcode(status)
+        stderr.seek(0)
+        errors = stderr.read()
+    result: dict[str, Any] = {
+        "wall_s": wall,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "returncode": process.returncode,
+    }
+    if process.returncode != 0:
+        tail = errors.strip().splitlines()[-1:] or ["no output"]
+        result["failed"] = f"exit {process.returncode}: {tail[0]}"
+    return result
+
+
+def _run_reporting(
+    command: list[str], server: Server, client: str, ids: int, timeout: float
+) -> dict[str, Any]:
+    """Run a client process that prints its JSON report as its last line of output."""
     server_cpu_before = server.cpu_seconds()
     try:
         done = subprocess.run(

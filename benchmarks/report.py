@@ -1,8 +1,10 @@
-"""Summaries, targets and tables: pure functions of the measurements, printed or as Markdown.
+"""Summaries, targets and the report: pure functions of the measurements, rendered as Markdown.
 
-Two ratios, each in one direction only: the *speedup* of phala-async over a client is
-``rps(phala-async) / rps(client)`` (above 1: phala-async is faster), and a client's *CPU ratio* is
-``cpu_per_request(client) / cpu_per_request(phala-async)`` (below 1: the client spends less).
+``render`` gives the one report a run prints; ``--write-results`` puts it into
+``benchmarks/RESULTS.md`` between :data:`BEGIN` and :data:`END`, under the method notes written
+there by hand. Ratios are always "phala-async relative to the other", so above 1 is better for
+phala-async: CPU per request is the other's over phala-async's, and times are the reference's over
+phala-async's.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ LIBRARIES = (
     "phala-cloud",
 )
 SERVER_BUSY = 0.8  # server CPU share of a core above which the server, not the client, may limit
+BEGIN = "<!-- The report of the last full run begins here; `--write-results` rewrites it. -->"
+END = "<!-- The report ends here. -->"
+INT_IDS = " (int ids)"
 
 
 # -- the environment -----------------------------------------------------------------------------
@@ -99,12 +104,18 @@ def now() -> str:
 # -- summaries -----------------------------------------------------------------------------------
 
 
-def _spread(values: Sequence[float]) -> dict[str, float]:
+def spread(values: Sequence[float]) -> dict[str, float]:
+    """Median, min and max of ``values``."""
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
+def row_name(run: dict[str, Any]) -> str:
+    """A throughput run's row: the client, and the id kind when the ids were ints."""
+    return str(run["client"]) + (INT_IDS if run.get("id_kind") == "int" else "")
+
+
 def complete(run: dict[str, Any]) -> bool:
-    """Whether a run got every id exactly once with no error."""
+    """Whether a throughput run got every id exactly once with no error."""
     return (
         "failed" not in run
         and run["missing"] == 0
@@ -115,37 +126,39 @@ def complete(run: dict[str, Any]) -> bool:
 
 
 def summarize_throughput(rounds: list[list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
-    """Per client: median and spread over the rounds of wall time, CPU per request, requests per
-    second, peak RSS and server CPU share; whether every run was complete."""
-    by_client: dict[str, list[dict[str, Any]]] = {}
+    """Per row (client and id kind): median and spread over the rounds of wall time, CPU per
+    request, requests per second, peak RSS and server CPU share; whether every run was complete;
+    and the ratios to phala-async over the same ids (:func:`_add_ratios`)."""
+    by_row: dict[str, list[dict[str, Any]]] = {}
     for round_runs in rounds:
         for run in round_runs:
-            by_client.setdefault(run["client"], []).append(run)
+            by_row.setdefault(row_name(run), []).append(run)
     summary: dict[str, dict[str, Any]] = {}
-    for client, runs in by_client.items():
+    for row, runs in by_row.items():
         good = [run for run in runs if "failed" not in run]
         entry: dict[str, Any] = {
+            "client": runs[0]["client"],
+            "id_kind": runs[0].get("id_kind", "int"),
             "runs": len(runs),
             "complete": all(complete(run) for run in runs),
             "problems": _problems(runs),
         }
         if good:
             entry["loop"] = good[0]["loop"]
-            entry["wall_s"] = _spread([run["wall_s"] for run in good])
-            entry["cpu_us_per_request"] = _spread(
-                [run["cpu_s"] / max(run["requests"], 1) * 1e6 for run in good]
-            )
-            entry["rps"] = _spread([run["requests"] / run["wall_s"] for run in good])
-            entry["peak_rss_mb"] = _spread([run["peak_rss_bytes"] / MB for run in good])
-            entry["faults_per_request"] = _spread(
-                [run.get("minor_faults", 0) / max(run["requests"], 1) for run in good]
-            )
+            entry["wall_s"] = spread([run["wall_s"] for run in good])
+            entry["cpu_us_per_request"] = spread([_cpu_us(run) for run in good])
+            entry["rps"] = spread([run["requests"] / run["wall_s"] for run in good])
+            entry["peak_rss_mb"] = spread([run["peak_rss_bytes"] / MB for run in good])
             shares = [run["server_cpu_s"] / run["wall_s"] for run in good if "server_cpu_s" in run]
             if shares:
-                entry["server_cpu_share"] = _spread(shares)
-        summary[client] = entry
+                entry["server_cpu_share"] = spread(shares)
+        summary[row] = entry
     _add_ratios(summary, rounds)
     return summary
+
+
+def _cpu_us(run: dict[str, Any]) -> float:
+    return float(run["cpu_s"] / max(run["requests"], 1) * 1e6)
 
 
 def _problems(runs: list[dict[str, Any]]) -> list[str]:
@@ -162,40 +175,128 @@ def _problems(runs: list[dict[str, Any]]) -> list[str]:
 
 
 def _add_ratios(summary: dict[str, dict[str, Any]], rounds: list[list[dict[str, Any]]]) -> None:
-    """``speedup``: rps(phala-async) / rps(client) from the medians, and the spread of the same
-    ratio within each round (runs of one round ran back to back, so they share the noise)."""
-    base = summary.get("phala-async")
-    if base is None or "rps" not in base:
-        return
-    for client, entry in summary.items():
-        if "rps" not in entry:
+    """Against phala-async over the same kind of ids: ``speed`` is phala-async's req/s over the
+    row's, ``cpu_efficiency`` the row's CPU per request over phala-async's (both from the
+    medians; above 1, phala-async does better), and the same two ratios within each round
+    (runs of one round ran back to back, so they share the machine's noise)."""
+    for row, entry in summary.items():
+        base_row = "phala-async" + (INT_IDS if entry["id_kind"] == "int" else "")
+        base = summary.get(base_row)
+        if base is None or "rps" not in base or "rps" not in entry:
             continue
-        entry["speedup"] = base["rps"]["median"] / entry["rps"]["median"]
-        entry["cpu_ratio"] = (
-            entry["cpu_us_per_request"]["median"] / (base["cpu_us_per_request"]["median"])
+        entry["speed"] = base["rps"]["median"] / entry["rps"]["median"]
+        entry["cpu_efficiency"] = (
+            entry["cpu_us_per_request"]["median"] / base["cpu_us_per_request"]["median"]
         )
-        paired = []
+        speeds, efficiencies = [], []
         for round_runs in rounds:
-            runs = {run["client"]: run for run in round_runs if "failed" not in run}
-            if "phala-async" in runs and client in runs:
-                ours, theirs = runs["phala-async"], runs[client]
-                paired.append(
+            runs = {row_name(run): run for run in round_runs if "failed" not in run}
+            if base_row in runs and row in runs:
+                ours, theirs = runs[base_row], runs[row]
+                speeds.append(
                     (ours["requests"] / ours["wall_s"]) / (theirs["requests"] / theirs["wall_s"])
                 )
-        if paired:
-            entry["speedup_per_round"] = _spread(paired)
+                efficiencies.append(_cpu_us(theirs) / _cpu_us(ours))
+        if speeds:
+            entry["speed_per_round"] = spread(speeds)
+            entry["cpu_efficiency_per_round"] = spread(efficiencies)
+
+
+def summarize_commands(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per command: wall and CPU seconds (median and spread), ids per second, completeness."""
+    by_command: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        by_command.setdefault(run["command"], []).append(run)
+    summary = {}
+    for command, of_command in by_command.items():
+        good = [run for run in of_command if "failed" not in run]
+        entry: dict[str, Any] = {
+            "runs": len(of_command),
+            "complete": all(
+                "failed" not in run and run["every_id_once"] and run["ok_records"] == run["ids"]
+                for run in of_command
+            ),
+            "problems": [run["failed"] for run in of_command if "failed" in run],
+        }
+        if good:
+            entry["wall_s"] = spread([run["wall_s"] for run in good])
+            entry["cpu_s"] = spread([run["cpu_s"] for run in good])
+            entry["ids_per_s"] = spread([run["ids"] / run["wall_s"] for run in good])
+        summary[command] = entry
+    return summary
+
+
+def summarize_scenarios(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per scenario label: medians and spreads of the times to each share of the ids, wall,
+    requests per id and 429 share, the limit's use for a rate-limit case, and the worst run's
+    failed ids."""
+    by_label: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        by_label.setdefault(run["label"], []).append(run)
+    summary = {}
+    for label, of_label in by_label.items():
+        good = [run for run in of_label if "failed" not in run]
+        entry: dict[str, Any] = {
+            "runs": len(of_label),
+            "problems": [run["failed"] for run in of_label if "failed" in run],
+        }
+        if good:
+            entry["ids"] = good[0]["ids"]
+            entry["wall_s"] = spread([run["wall_s"] for run in good])
+            for share in good[0]["time_to"]:
+                values = [run["time_to"][share] for run in good if run["time_to"][share]]
+                if values:
+                    entry[f"time_to_{share}"] = spread(values)
+            entry["requests_per_id"] = spread([run["requests"] / run["ids"] for run in good])
+            entry["share_429"] = spread([run["rate_limited"] / run["requests"] for run in good])
+            entry["failed_ids"] = max(sum(run["errors"].values()) for run in good)
+            entry["missing_ids"] = max(run["ids"] - run["results"] for run in good)
+            if "limit" in good[0]:
+                entry["limit"] = good[0]["limit"]
+                entry["kind"] = good[0]["kind"]
+                entry["limit_used"] = spread([limit_used(run) for run in good])
+        summary[label] = entry
+    return summary
+
+
+def limit_used(run: dict[str, Any]) -> float:
+    """The share of a rate limit a sweep used. For a token bucket: the ids fetched over the
+    most any client could have been let through in the sweep's time, a full bucket (one second
+    of the rate) plus the rate times the wall time. For the simulator's fixed window: ids per
+    second over the limit, as the suite measured it before."""
+    if run["kind"] == "bucket":
+        return float(run["ok"] / (run["limit"] + run["limit"] * run["wall_s"]))
+    return float(run["ok"] / run["wall_s"] / run["limit"])
+
+
+def summarize_memory(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Peak RSS per sweep size, and the growth from the smallest to the largest."""
+    sizes = sorted({run["ids"] for run in runs})
+    per_size: dict[str, Any] = {}
+    for size in sizes:
+        of_size = [run for run in runs if run["ids"] == size]
+        good = [run for run in of_size if "failed" not in run]
+        per_size[str(size)] = {
+            "runs": len(of_size),
+            "complete": all(complete(run) for run in of_size),
+            "problems": _problems(of_size),
+        }
+        if good:
+            per_size[str(size)]["peak_rss_mb"] = spread(
+                [run["peak_rss_bytes"] / MB for run in good]
+            )
+            per_size[str(size)]["wall_s"] = spread([run["wall_s"] for run in good])
+    summary: dict[str, Any] = {"sizes": sizes, "per_size": per_size}
+    small, large = per_size[str(sizes[0])], per_size[str(sizes[-1])]
+    if len(sizes) > 1 and "peak_rss_mb" in small and "peak_rss_mb" in large:
+        summary["growth_mb"] = large["peak_rss_mb"]["median"] - small["peak_rss_mb"]["median"]
+    return summary
 
 
 def run_notes(results: dict[str, Any]) -> list[str]:
-    """Notes about this run's own numbers: page-fault churn, a busy server, a loaded machine."""
+    """What this run's own numbers say about their reliability: a busy server, a loaded machine,
+    a run that failed."""
     notes = []
-    for client, entry in results.get("throughput", {}).get("summary", {}).items():
-        faults = entry.get("faults_per_request", {}).get("median", 0.0)
-        if faults > 1.0:
-            notes.append(
-                f"{client} made {faults:.1f} page faults per request in this run (see the note on "
-                "asyncio's read buffer); its system CPU is part of its CPU per request."
-            )
     busy = results.get("server_busiest")
     if busy is not None and busy > SERVER_BUSY:
         notes.append(f"The server used up to {busy:.0%} of a core: it may have limited a client.")
@@ -204,32 +305,18 @@ def run_notes(results: dict[str, Any]) -> list[str]:
         cores = results["meta"]["machine"]["cores"]
         notes.append(
             f"Other work was running (load average {load[0]} on {cores} cores before the run): "
-            "these numbers are noisy; re-measure on a quiet machine."
+            "single runs are noisy; read the medians and the per-round ratios."
         )
+    for row, entry in results.get("throughput", {}).get("summary", {}).items():
+        notes += [f"{row}: {problem}" for problem in entry["problems"]]
+    for command, entry in results.get("command_line", {}).get("summary", {}).items():
+        if not entry["complete"]:
+            notes.append(f"{command}: some runs did not write one ok record per id")
+        notes += [f"{command}: {problem}" for problem in entry["problems"]]
+    for section in ("goodput", "rate_limit"):
+        for label, entry in results.get(section, {}).get("summary", {}).items():
+            notes += [f"{label}: {problem}" for problem in entry["problems"]]
     return notes
-
-
-def summarize_memory(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Median peak RSS per sweep size, and the growth from the smallest to the largest."""
-    sizes = sorted({run["ids"] for run in runs})
-    per_size: dict[str, Any] = {}
-    for size in sizes:
-        of_size = [run for run in runs if run["ids"] == size and "failed" not in run]
-        per_size[str(size)] = {
-            "runs": len([run for run in runs if run["ids"] == size]),
-            "complete": all(complete(run) for run in runs if run["ids"] == size),
-            "problems": _problems([run for run in runs if run["ids"] == size]),
-        }
-        if of_size:
-            per_size[str(size)]["peak_rss_mb"] = _spread(
-                [run["peak_rss_bytes"] / MB for run in of_size]
-            )
-            per_size[str(size)]["wall_s"] = _spread([run["wall_s"] for run in of_size])
-    summary: dict[str, Any] = {"sizes": sizes, "per_size": per_size}
-    small, large = per_size[str(sizes[0])], per_size[str(sizes[-1])]
-    if len(sizes) > 1 and "peak_rss_mb" in small and "peak_rss_mb" in large:
-        summary["growth_mb"] = large["peak_rss_mb"]["median"] - small["peak_rss_mb"]["median"]
-    return summary
 
 
 # -- targets -------------------------------------------------------------------------------------
@@ -248,160 +335,277 @@ def _target(
     }
 
 
-def _ratio_target(
-    name: str, minimum: float, ours: float | None, theirs: float | None, unit: str, note: str
-) -> dict[str, Any]:
-    """A "phala-async is at least ``minimum`` times the other" target."""
-    goal = f">= {minimum:g}x"
-    if not ours or not theirs:
-        return _target(name, goal, None, None)
-    ratio = ours / theirs
-    return _target(
-        name, goal, f"{ratio:.2f}x ({ours:,.0f} vs {theirs:,.0f} {unit})", ratio >= minimum, note
-    )
+def _median(entry: dict[str, Any] | None, key: str) -> float | None:
+    if not entry or key not in entry:
+        return None
+    return float(entry[key]["median"])
 
 
-def targets(
-    throughput: dict[str, dict[str, Any]],
-    memory: dict[str, Any] | None,
-    decode: dict[str, Any] | None,
-) -> list[dict[str, Any]]:
-    """Each target of issue 4 with its measured ratio and PASS, FAIL or n/a (not measured)."""
-
-    def median(client: str, key: str) -> float | None:
-        entry = throughput.get(client, {})
-        return entry[key]["median"] if key in entry else None
-
-    def errors(*clients: str) -> str:
-        broken = [c for c in clients if c in throughput and not throughput[c]["complete"]]
-        return f"runs of {', '.join(broken)} had errors" if broken else ""
-
-    def rps(client: str) -> float | None:
-        return median(client, "rps")
-
-    found = [
-        _ratio_target(
-            "throughput vs bare aiohttp loop",
-            0.95,
-            rps("phala-async"),
-            rps("aiohttp"),
-            "req/s",
-            errors("phala-async", "aiohttp"),
-        ),
-        _ratio_target(
-            "throughput vs official SDK (phala-cloud 0.2.0)",
-            10,
-            rps("phala-async"),
-            rps("phala-cloud"),
-            "req/s",
-            errors("phala-async", "phala-cloud"),
-        ),
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every target with its measured ratio and PASS, FAIL or n/a (not measured)."""
+    throughput = results.get("throughput", {}).get("summary", {})
+    return [
+        *_cpu_targets(throughput),
+        _command_line_target(results.get("command_line", {}).get("summary", {})),
+        _goodput_target(results.get("goodput", {}).get("summary", {})),
+        *_rate_targets(results.get("rate_limit", {}).get("summary", {})),
+        *_peer_targets(throughput),
+        _decode_target(results.get("decode")),
+        _memory_target(results.get("memory")),
     ]
-    ours, without, floor = (
-        median(client, "cpu_us_per_request")
-        for client in ("phala-async", "phala-async-noretry", "aiohttp")
+
+
+def _errors(summary: dict[str, dict[str, Any]], *rows: str) -> str:
+    broken = [row for row in rows if row in summary and not summary[row]["complete"]]
+    return f"runs of {', '.join(broken)} had errors" if broken else ""
+
+
+def _cpu_targets(throughput: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    found = []
+    for suffix, ids in (("", "app ids read from a file"), (INT_IDS, "range() ints")):
+        ours, bare = throughput.get("phala-async" + suffix), throughput.get("aiohttp" + suffix)
+        name = f"stream_cvms CPU per request vs the bare aiohttp loop, {ids}"
+        goal = ">= 0.97x (bare CPU/req over ours)"
+        mine, theirs = _median(ours, "cpu_us_per_request"), _median(bare, "cpu_us_per_request")
+        if not mine or not theirs or bare is None:
+            found.append(_target(name, goal, None, None))
+            continue
+        ratio = theirs / mine
+        per_round = bare.get("cpu_efficiency_per_round")
+        note = (
+            f"per round {per_round['min']:.2f}-{per_round['max']:.2f}x; " if per_round else ""
+        ) + _errors(throughput, "phala-async" + suffix, "aiohttp" + suffix)
+        measured = f"{ratio:.2f}x ({mine:.1f} vs {theirs:.1f} us/req)"
+        found.append(_target(name, goal, measured, ratio >= 0.97, note.strip("; ")))
+    return found
+
+
+def _command_line_target(commands: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    name = "phala-async sweep --ids-file -o out.jsonl vs a bare aiohttp script, wall time"
+    goal = ">= 0.9x (bare wall over ours)"
+    ours = _median(commands.get("phala-async sweep"), "wall_s")
+    bare = _median(commands.get("bare aiohttp script"), "wall_s")
+    if not ours or not bare:
+        return _target(name, goal, None, None)
+    ratio = bare / ours
+    cpu_ours = _median(commands.get("phala-async sweep"), "cpu_s")
+    cpu_bare = _median(commands.get("bare aiohttp script"), "cpu_s")
+    note = f"CPU {cpu_ours:.2f} vs {cpu_bare:.2f} s" if cpu_ours and cpu_bare else ""
+    incomplete = [c for c, entry in commands.items() if not entry["complete"]]
+    if incomplete:
+        note += f"; incomplete output from {', '.join(incomplete)}"
+    measured = f"{ratio:.2f}x ({ours:.2f} vs {bare:.2f} s, process start included)"
+    return _target(name, goal, measured, ratio >= 0.9, note)
+
+
+def _goodput_target(goodput: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    name = "goodput under 20% faults: time to 95% of ids vs fault-free"
+    goal = ">= 0.75x (fault-free time over faulty)"
+    calm = _median(goodput.get("fault-free"), "time_to_95%")
+    stormy = _median(goodput.get("20% faults"), "time_to_95%")
+    if not calm or not stormy:
+        return _target(name, goal, None, None)
+    ratio = calm / stormy
+    entry = goodput["20% faults"]
+    to_100 = _median(entry, "time_to_100%")
+    calm_100 = _median(goodput.get("fault-free"), "time_to_100%")
+    note = (
+        f"time to 100%: {to_100:.2f} vs {calm_100:.2f} s; "
+        f"at most {entry['failed_ids']} id(s) failed in a run"
+        if to_100 and calm_100
+        else ""
+    )
+    measured = f"{ratio:.2f}x ({stormy:.2f} vs {calm:.2f} s)"
+    return _target(name, goal, measured, ratio >= 0.75, note)
+
+
+def _rate_targets(rates: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    found = []
+    for label, entry in rates.items():
+        if "adaptive off" in label:
+            continue  # a comparison, not a target
+        bucket = entry.get("kind") == "bucket"
+        least, most_429 = (0.95, 0.03) if bucket else (0.8, 0.10)
+        name = f"rate-limit use, {label} (Retry-After 1)"
+        goal = f">= {least:.0%} of the limit with < {most_429:.0%} 429s"
+        used, share = _median(entry, "limit_used"), _median(entry, "share_429")
+        if used is None or share is None:
+            found.append(_target(name, goal, None, None))
+            continue
+        passed = used >= least and share < most_429 and entry["failed_ids"] == 0
+        note = f"{entry['failed_ids']} id(s) failed in the worst run" if entry["failed_ids"] else ""
+        measured = f"{used:.1%} of the limit, {share:.1%} 429s"
+        found.append(_target(name, goal, measured, passed, note))
+    return found
+
+
+def _peer_targets(throughput: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    def rps(row: str) -> float | None:
+        return _median(throughput.get(row), "rps")
+
+    found = []
+    for name, minimum, ours, theirs in (
+        ("req/s vs the bare aiohttp loop, app ids", 0.95, "phala-async", "aiohttp"),
+        ("req/s vs the official SDK (phala-cloud 0.2.0)", 10, "phala-async", "phala-cloud"),
+        ("req/s on uvloop vs the bare loop on asyncio", 1.2, "phala-async-uvloop", "aiohttp"),
+    ):
+        mine, other = rps(ours), rps(theirs)
+        goal = f">= {minimum:g}x"
+        if not mine or not other:
+            found.append(_target(name, goal, None, None))
+            continue
+        ratio = mine / other
+        measured = f"{ratio:.2f}x ({mine:,.0f} vs {other:,.0f} req/s)"
+        found.append(
+            _target(name, goal, measured, ratio >= minimum, _errors(throughput, ours, theirs))
+        )
+    cpu, without, bare = (
+        _median(throughput.get(row), "cpu_us_per_request")
+        for row in ("phala-async", "phala-async-noretry", "aiohttp")
     )
     name, goal = "CPU the retry machinery adds per request", "< 10% of the bare loop's CPU/req"
-    if ours and without and floor:
-        added = ours - without
-        note = (
-            f"phala-async in all: {ours:.0f} us/req, {ours / floor:.2f}x the bare loop; "
-            f"with retries, pacing and budget off: {without:.0f} us/req. "
-            + errors("phala-async", "phala-async-noretry", "aiohttp")
-        )
-        measured = f"{added:+.1f} us = {added / floor:+.2%} of {floor:.1f} us"
-        found.append(_target(name, goal, measured, added / floor < 0.10, note.strip()))
+    if cpu and without and bare:
+        added = cpu - without
+        measured = f"{added:+.1f} us = {added / bare:+.1%} of {bare:.1f} us"
+        note = f"phala-async {cpu:.1f} us/req; with retries, pacing and budget off {without:.1f}"
+        found.append(_target(name, goal, measured, added / bare < 0.10, note))
     else:
         found.append(_target(name, goal, None, None))
+    return found
+
+
+def _decode_target(decode: dict[str, Any] | None) -> dict[str, Any]:
     decoders = (decode or {}).get("decoders", {})
     typed = decoders.get(DECODERS[0], {}).get("median_us")
     pydantic = decoders.get(DECODERS[1], {}).get("median_us")
     name, goal = "decode vs pydantic v2 on the same model", ">= 4x"
-    if typed and pydantic:
-        measured = f"{pydantic / typed:.2f}x ({pydantic:.2f} vs {typed:.2f} us per body)"
-        found.append(_target(name, goal, measured, pydantic / typed >= 4))
-    else:
-        found.append(_target(name, goal, None, None))
+    if not typed or not pydantic:
+        return _target(name, goal, None, None)
+    measured = f"{pydantic / typed:.2f}x ({pydantic:.2f} vs {typed:.2f} us per body)"
+    return _target(name, goal, measured, pydantic / typed >= 4)
+
+
+def _memory_target(memory: dict[str, Any] | None) -> dict[str, Any]:
     name, goal = "peak RSS growth, 100,000-id over 10,000-id sweep", "<= 20 MB"
-    if memory is not None and "growth_mb" in memory:
-        growth = memory["growth_mb"]
-        sizes = memory["sizes"]
-        incomplete = [s for s in sizes if not memory["per_size"][str(s)]["complete"]]
-        found.append(
-            _target(
-                f"peak RSS growth, {sizes[-1]:,}-id over {sizes[0]:,}-id sweep",
-                goal,
-                f"{growth:+.1f} MB",
-                growth <= 20,
-                f"sweeps of {incomplete} ids had errors" if incomplete else "",
-            )
-        )
-    else:
-        found.append(_target(name, goal, None, None))
-    found.append(
-        _ratio_target(
-            "phala-async on uvloop vs bare aiohttp loop on the default loop",
-            1.2,
-            rps("phala-async-uvloop"),
-            rps("aiohttp"),
-            "req/s",
-            errors("phala-async-uvloop", "aiohttp"),
-        )
+    if memory is None or "growth_mb" not in memory:
+        return _target(name, goal, None, None)
+    sizes = memory["sizes"]
+    incomplete = [s for s in sizes if not memory["per_size"][str(s)]["complete"]]
+    return _target(
+        f"peak RSS growth, {sizes[-1]:,}-id over {sizes[0]:,}-id sweep",
+        goal,
+        f"{memory['growth_mb']:+.1f} MB",
+        memory["growth_mb"] <= 20,
+        f"sweeps of {incomplete} ids had errors" if incomplete else "",
     )
-    return found
 
 
 # -- tables --------------------------------------------------------------------------------------
 
 
-def _fmt(spread: dict[str, float] | None, digits: int = 0, scale: float = 1.0) -> str:
-    if not spread:
+def _fmt(
+    value: dict[str, float] | None, digits: int = 0, scale: float = 1.0, unit: str = ""
+) -> str:
+    if not value:
         return "-"
-    median, low, high = (spread[k] * scale for k in ("median", "min", "max"))
-    return f"{median:,.{digits}f} ({low:,.{digits}f}-{high:,.{digits}f})"
+    median, low, high = (value[k] * scale for k in ("median", "min", "max"))
+    return f"{median:,.{digits}f}{unit} ({low:,.{digits}f}-{high:,.{digits}f})"
+
+
+def _ratio(entry: dict[str, Any], key: str) -> str:
+    if key not in entry:
+        return "-"
+    per_round = entry.get(f"{key}_per_round")
+    within = f" ({per_round['min']:.2f}-{per_round['max']:.2f})" if per_round else ""
+    return f"{entry[key]:.2f}x{within}"
 
 
 def throughput_rows(summary: dict[str, dict[str, Any]]) -> list[list[str]]:
-    header = [
-        "client",
-        "loop",
-        "wall s",
-        "CPU us/req",
-        "page faults/req",
-        "req/s",
-        "peak RSS MB",
-        "server CPU",
-        "phala-async speedup",
-        "CPU/req vs phala-async",
-        "complete",
+    rows = [
+        [
+            "client",
+            "loop",
+            "wall s",
+            "CPU us/req",
+            "req/s",
+            "peak RSS MB",
+            "server CPU",
+            "phala-async CPU efficiency",
+            "phala-async speed",
+            "complete",
+        ]
     ]
-    rows = [header]
-    for client, entry in summary.items():
+    for row, entry in summary.items():
         share = entry.get("server_cpu_share")
         rows.append(
             [
-                client,
+                row,
                 entry.get("loop", "-"),
                 _fmt(entry.get("wall_s"), 2),
-                _fmt(entry.get("cpu_us_per_request")),
-                _fmt(entry.get("faults_per_request"), 2),
+                _fmt(entry.get("cpu_us_per_request"), 1),
                 _fmt(entry.get("rps")),
                 _fmt(entry.get("peak_rss_mb"), 1),
                 f"{share['median']:.0%}" if share else "-",
-                _speedup(entry),
-                f"{entry['cpu_ratio']:.2f}x" if "cpu_ratio" in entry else "-",
-                "yes" if entry["complete"] else "NO",
+                _ratio(entry, "cpu_efficiency"),
+                _ratio(entry, "speed"),
+                f"yes ({entry['runs']} runs)" if entry["complete"] else "NO",
             ]
         )
     return rows
 
 
-def _speedup(entry: dict[str, Any]) -> str:
-    if "speedup" not in entry:
-        return "-"
-    paired = entry.get("speedup_per_round")
-    spread = f" ({paired['min']:.2f}-{paired['max']:.2f})" if paired else ""
-    return f"{entry['speedup']:.2f}x{spread}"
+def command_rows(summary: dict[str, dict[str, Any]]) -> list[list[str]]:
+    rows = [["command", "wall s", "CPU s", "ids/s", "complete"]]
+    for command, entry in summary.items():
+        rows.append(
+            [
+                f"`{command}`",
+                _fmt(entry.get("wall_s"), 2),
+                _fmt(entry.get("cpu_s"), 2),
+                _fmt(entry.get("ids_per_s")),
+                f"yes ({entry['runs']} runs)" if entry["complete"] else "NO",
+            ]
+        )
+    return rows
+
+
+def goodput_rows(summary: dict[str, dict[str, Any]]) -> list[list[str]]:
+    rows = [["sweep", "to 50% s", "to 95% s", "to 100% s", "requests/id", "failed ids (worst)"]]
+    for label, entry in summary.items():
+        rows.append(
+            [
+                label,
+                _fmt(entry.get("time_to_50%"), 2),
+                _fmt(entry.get("time_to_95%"), 2),
+                _fmt(entry.get("time_to_100%"), 2),
+                _fmt(entry.get("requests_per_id"), 3),
+                str(entry.get("failed_ids", "-")),
+            ]
+        )
+    calm, stormy = summary.get("fault-free"), summary.get("20% faults")
+    if calm and stormy:
+        ratios = []
+        for share in ("50%", "95%", "100%"):
+            a, b = _median(calm, f"time_to_{share}"), _median(stormy, f"time_to_{share}")
+            ratios.append(f"{a / b:.2f}x" if a and b else "-")
+        rows.append(["speed with faults vs without", *ratios, "", ""])
+    return rows
+
+
+def rate_rows(summary: dict[str, dict[str, Any]]) -> list[list[str]]:
+    rows = [["sweep", "ids", "limit used", "429s of requests", "wall s", "failed ids (worst)"]]
+    for label, entry in summary.items():
+        rows.append(
+            [
+                label,
+                f"{entry.get('ids', 0):,}",
+                _fmt(entry.get("limit_used"), 1, 100, "%"),
+                _fmt(entry.get("share_429"), 1, 100, "%"),
+                _fmt(entry.get("wall_s"), 1),
+                str(entry.get("failed_ids", "-")),
+            ]
+        )
+    return rows
 
 
 def memory_rows(memory: dict[str, Any]) -> list[list[str]]:
@@ -422,14 +626,14 @@ def memory_rows(memory: dict[str, Any]) -> list[list[str]]:
 def decode_rows(decode: dict[str, Any]) -> list[list[str]]:
     decoders = decode["decoders"]
     ours = decoders.get(DECODERS[0], {}).get("median_us")
-    rows = [["decoder", "us per body", "phala-async speedup"]]
+    rows = [["decoder", "us per body", "phala-async speed"]]
     for name, entry in decoders.items():
         if "skipped" in entry:
             rows.append([name, entry["skipped"], "-"])
             continue
         low, high = entry["min_us"], entry["max_us"]
-        speedup = f"{entry['median_us'] / ours:.2f}x" if ours else "-"
-        rows.append([name, f"{entry['median_us']:.2f} ({low:.2f}-{high:.2f})", speedup])
+        speed = f"{entry['median_us'] / ours:.2f}x" if ours else "-"
+        rows.append([name, f"{entry['median_us']:.2f} ({low:.2f}-{high:.2f})", speed])
     return rows
 
 
@@ -439,16 +643,6 @@ def target_rows(found: list[dict[str, Any]]) -> list[list[str]]:
     return rows
 
 
-def text_table(rows: list[list[str]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    ]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(lines)
-
-
 def markdown_table(rows: list[list[str]]) -> str:
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
@@ -456,186 +650,111 @@ def markdown_table(rows: list[list[str]]) -> str:
     return "\n".join([line(rows[0]), line(["---"] * len(rows[0])), *map(line, rows[1:])])
 
 
-#: What every reader of the numbers should know; RESULTS.md lists them under "Notes".
-METHOD_NOTES = (
-    "Each client process makes one cold sweep, as a user's script would: CPU per request "
-    "includes the event loop, the GC, connection set-up and the kernel's socket work.",
-    "The server is `benchmarks/server.py`'s `pool` implementation: the simulator's documents, "
-    "the requested id put in, served by a minimal asyncio protocol on uvloop, so that it costs a "
-    "fraction of a client's CPU (see the server CPU column). `--server simulator` serves through "
-    "the simulator itself (aiohttp.web, request log); it costs 60-80 us per request on this "
-    "machine, close to a client, so it can become the bottleneck.",
-    "Page faults/req: on the default event loop asyncio reads each response into a fresh "
-    "256 KiB buffer. Until glibc's malloc has freed one block above its mmap threshold, each "
-    "such buffer is mapped, shrunk and unmapped again (mmap/mremap/munmap, about two page "
-    "faults and 10-20 us of system CPU per read). When that first happens depends on a "
-    "client's allocation history, not on its per-request code: under strace one cold "
-    "10,000-id phala-async sweep made about 4,900 such map/unmap triples and the bare aiohttp "
-    "loop none. So every client process first frees one 1 MiB block, which puts malloc where a "
-    "warm process has it (`--cold-malloc` skips this). uvloop reads into a buffer of its own "
-    "and never pays it.",
-    "httpx and phala-cloud: `sniffio` is installed in the benchmark environment. Without it "
-    "httpcore 1.0 retries `import sniffio` (a failing path search) several times a request, "
-    "adding about 0.4 ms per request; even with it, httpcore's connection pool rescans every "
-    "connection for every request, which is most of httpx's cost at concurrency 32.",
-    "phala-cloud runs with the httpx client it builds itself (httpx's default pool: 100 "
-    "connections, 20 kept alive), validating each body with a pydantic `TypeAdapter` it builds "
-    "per call, as its users get it.",
-)
+# -- the report ----------------------------------------------------------------------------------
 
 
-# -- the whole report ----------------------------------------------------------------------------
-
-_RATIO_NOTE = (
-    'Ratios read one way: "phala-async speedup" is req/s of phala-async over req/s of the client '
-    "in that row (above 1: phala-async is faster), from the medians, with the range of the same "
-    'ratio within each round in brackets. "CPU/req vs phala-async" is the client\'s CPU per '
-    "request over phala-async's (below 1: the client spends less CPU). Spreads are min-max over "
-    "the rounds."
-)
-
-
-def render_text(results: dict[str, Any]) -> str:
-    """The printed report: tables and targets."""
+def render(results: dict[str, Any]) -> str:
+    """The report of one run, in Markdown: targets, machine, libraries, then each section."""
     meta = results["meta"]
     options = meta["options"]
-    parts = [
-        f"phala-async benchmarks, {meta['date']}: {options['ids']:,} ids per round, concurrency "
-        f"{options['concurrency']}, {options['rounds']} interleaved rounds"
-        + (" (QUICK: tiny sizes, not a result)" if options["quick"] else ""),
-        f"server: {meta['server']['impl']} on {meta['server']['loop']}; "
-        f"load average before {meta['load_before']}, after {meta.get('load_after')}",
-    ]
-    if results.get("throughput"):
-        parts += [
-            "",
-            "Throughput",
-            text_table(throughput_rows(results["throughput"]["summary"])),
-            _RATIO_NOTE,
-        ]
-        for client, entry in results["throughput"]["summary"].items():
-            for problem in entry["problems"]:
-                parts.append(f"  ! {client} {problem}")
-    if results.get("skipped_clients"):
-        parts.append(
-            "not run: " + "; ".join(f"{c} ({why})" for c, why in results["skipped_clients"].items())
-        )
-    if results.get("memory"):
-        parts += [
-            "",
-            "Memory (phala-async stream_cvms, default loop)",
-            text_table(memory_rows(results["memory"])),
-        ]
-        if "growth_mb" in results["memory"]:
-            parts.append(f"growth: {results['memory']['growth_mb']:+.1f} MB")
-    if results.get("decode"):
-        parts += [
-            "",
-            f"Decode (one {results['decode']['body_bytes']}-byte documented-shape body)",
-            text_table(decode_rows(results["decode"])),
-        ]
-    parts += ["", "Targets", text_table(target_rows(results["targets"]))]
-    parts += ["", "Notes", *(f"- {note}" for note in (*METHOD_NOTES, *results.get("notes", ())))]
-    busy = results.get("server_busiest")
-    if busy is not None:
-        verdict = (
-            "the server may have limited the clients" if busy > SERVER_BUSY else "not saturated"
-        )
-        parts.append(f"server CPU: at most {busy:.0%} of one core during any run ({verdict})")
-    return "\n".join(parts)
-
-
-def render_markdown(results: dict[str, Any]) -> str:
-    """``benchmarks/RESULTS.md``."""
-    meta = results["meta"]
-    options = meta["options"]
-    machine_info = meta["machine"]
-    lines = [
-        "# Benchmark results",
-        "",
-        f"Measured {meta['date']} by `python -m benchmarks --rounds {options['rounds']} --ids "
-        f"{options['ids']} --concurrency {options['concurrency']}` (`make bench`). Regenerate with "
-        "`make bench` then `benchmarks/.venv-bench/bin/python -m benchmarks --write-results`.",
-        "",
-    ]
-    if options["rounds"] < 3 or options["quick"]:
-        lines += ["**Not a result: fewer than 3 rounds or quick sizes.**", ""]
+    info = meta["machine"]
+    command = " ".join(["python -m benchmarks", *_shown_options(options["argv"])])
+    lines = [f"Measured {meta['date']} by `{command}`."]
+    if options["quick"] or options["rounds"] < 3:
+        lines += ["", "**Not a result: quick sizes or fewer than 3 rounds.**"]
     lines += [
-        "## Machine",
         "",
-        f"- CPU: {machine_info['cpu']}, {machine_info['cores']} cores "
-        f"({machine_info['usable_cores']} usable), {machine_info['memory']} memory",
-        f"- {machine_info['python']} on {machine_info['os']}",
+        "### Targets",
+        "",
+        markdown_table(target_rows(results["targets"])),
+        "",
+        "### Machine",
+        "",
+        f"- CPU: {info['cpu']}, {info['cores']} cores ({info['usable_cores']} usable), "
+        f"{info['memory']} memory",
+        f"- {info['python']} on {info['os']}",
         f"- load average (1, 5, 15 min) before the run {meta['load_before']}, after "
-        f"{meta.get('load_after')}: other work shared the machine"
-        if (meta["load_before"] or [0])[0] > 0.5
-        else f"- load average (1, 5, 15 min) before the run {meta['load_before']}",
+        f"{meta.get('load_after')}",
         "",
-        "## Libraries",
+        "### Libraries",
         "",
         ", ".join(f"{name} {version}" for name, version in meta["versions"].items() if version),
-        "",
-        "## Setup",
-        "",
-        f"- Server: one process (`benchmarks/server.py`, `{meta['server']['impl']}` on "
-        f"{meta['server']['loop']}) on 127.0.0.1 serving the simulator's documented-shape "
-        "`CvmBasicInfo` bodies with faults off.",
-        f"- Each client runs in its own process over ids 1..{options['ids']:,} at concurrency "
-        f"{options['concurrency']}; rounds interleave the clients (A B C A B C ...). CPU is the "
-        "client process's own user + system time (`getrusage`), peak memory its `ru_maxrss`"
-        + (
-            "; glibc's malloc left as a fresh process has it (`--cold-malloc`)."
-            if options.get("cold_malloc")
-            else "; malloc settled first (see the notes)."
-        ),
-        "- Peers: phala-async `stream_cvms` (typed decode, default retry policy), the same on "
-        "uvloop, the same with retries/pacing/retry budget off (to cost the retry machinery), a "
-        "bare aiohttp loop (one session, pool limit = concurrency, a semaphore, `json.loads`, no "
-        "retries), plain httpx with `json.loads`, and the official `phala-cloud` 0.2.0 "
-        '`AsyncPhalaCloud.get_cvm_info` (pinned `version="2026-01-21"`), the last three under '
-        "`asyncio.gather` and a semaphore as their users would write it.",
-        "",
     ]
     if results.get("throughput"):
         lines += [
-            "## Throughput",
+            "",
+            f"### Throughput: {options['ids']:,} ids per run, concurrency "
+            f"{options['concurrency']}, {options['rounds']} interleaved rounds",
             "",
             markdown_table(throughput_rows(results["throughput"]["summary"])),
-            "",
-            _RATIO_NOTE,
-            "",
         ]
-        for client, entry in results["throughput"]["summary"].items():
-            lines += [f"- {client} {problem}" for problem in entry["problems"]]
-    if results.get("memory"):
+    if results.get("command_line"):
         lines += [
-            "## Memory",
             "",
-            "Peak RSS of a phala-async `stream_cvms` sweep, each in its own process.",
+            f"### The command line, end to end: {options['cli_ids']:,} ids from a file",
             "",
-            markdown_table(memory_rows(results["memory"])),
-            "",
+            markdown_table(command_rows(results["command_line"]["summary"])),
         ]
+    if results.get("goodput"):
+        lines += [
+            "",
+            f"### Goodput under faults: {options['goodput_ids']:,} ids, concurrency 32",
+            "",
+            markdown_table(goodput_rows(results["goodput"]["summary"])),
+        ]
+    if results.get("rate_limit"):
+        lines += [
+            "",
+            "### Rate limits",
+            "",
+            markdown_table(rate_rows(results["rate_limit"]["summary"])),
+        ]
+    if results.get("memory"):
+        lines += ["", "### Memory", "", markdown_table(memory_rows(results["memory"]))]
         if "growth_mb" in results["memory"]:
-            lines += [f"Growth: {results['memory']['growth_mb']:+.1f} MB.", ""]
+            lines += ["", f"Growth: {results['memory']['growth_mb']:+.1f} MB."]
     if results.get("decode"):
         lines += [
-            "## Decode",
             "",
-            f"One {results['decode']['body_bytes']}-byte documented-shape body "
-            "from the simulator, decoded in-process; median of repeated timeit loops, "
-            "microseconds per body.",
+            f"### Decode: one {results['decode']['body_bytes']}-byte body",
             "",
             markdown_table(decode_rows(results["decode"])),
-            "",
         ]
-    lines += ["## Targets", "", markdown_table(target_rows(results["targets"])), ""]
+    if results.get("skipped_clients"):
+        skipped = "; ".join(f"{c} ({why})" for c, why in results["skipped_clients"].items())
+        lines += ["", f"Not run: {skipped}."]
+    notes = results.get("notes") or []
     busy = results.get("server_busiest")
     if busy is not None:
-        lines += [
-            f"Server CPU: at most {busy:.0%} of one core during any client run"
-            + (" (it may have limited the clients)." if busy > SERVER_BUSY else " (not saturated).")
-        ]
-    notes = (*METHOD_NOTES, *results.get("notes", ()))
-    lines += ["", "## Notes", "", *[f"- {note}" for note in notes]]
+        notes = [f"Server CPU: at most {busy:.0%} of one core during any client run.", *notes]
+    if notes:
+        lines += ["", "### Notes on this run", "", *(f"- {note}" for note in notes)]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _shown_options(argv: list[str]) -> list[str]:
+    """The options a run was given, less where its JSON went (a path of that machine)."""
+    shown: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--json":
+            skip = True
+        elif not arg.startswith("--json="):
+            shown.append(arg)
+    return shown
+
+
+def replace_report(document: str, report: str) -> str:
+    """``document`` (RESULTS.md) with the text between :data:`BEGIN` and :data:`END` replaced by
+    ``report``.
+
+    Raises:
+        ValueError: the markers are missing.
+    """
+    head, begin, rest = document.partition(BEGIN)
+    _, end, tail = rest.partition(END)
+    if not begin or not end:
+        raise ValueError(f"RESULTS.md lacks the markers {BEGIN!r} and {END!r}")
+    return f"{head}{BEGIN}\n\n{report}\n{END}{tail}"

@@ -19,7 +19,6 @@ from phala_async import (
 )
 from phala_async.testing import DEFAULT_FAULTS, Fault, PhalaSimulator
 
-FAST_RETRY: dict[str, Any] = {"backoff_initial": 0.001, "backoff_max": 0.01}
 WORKER_PREFIX = "phala_async sweep worker"
 # Every default fault but the delay, which would only make the sweep wait out timeouts.
 SWEEP_FAULTS = [fault for fault in DEFAULT_FAULTS if fault is not Fault.DELAY]
@@ -32,12 +31,6 @@ def sweep_workers() -> list[asyncio.Task[Any]]:
         for task in asyncio.all_tasks()
         if task.get_name().startswith(WORKER_PREFIX) and not task.done()
     ]
-
-
-def client_for(sim: PhalaSimulator, **overrides: Any) -> PhalaClient:
-    """A client with fast retries against ``sim``."""
-    options = {"api_key": sim.api_key, "base_url": sim.base_url, "timeout": 5.0, **FAST_RETRY}
-    return PhalaClient(**{**options, **overrides})
 
 
 async def collect(stream: AsyncIterator[CvmResult]) -> list[CvmResult]:
@@ -55,7 +48,9 @@ async def slow_sim() -> AsyncIterator[PhalaSimulator]:
 # -- the big sweep -------------------------------------------------------------------------------
 
 
-async def test_sweep_of_2000_ids_with_faults_gives_one_ok_result_per_id() -> None:
+async def test_sweep_of_2000_ids_with_faults_gives_one_ok_result_per_id(
+    client_for: Callable[..., PhalaClient],
+) -> None:
     """2,000 ids with 20% injected faults give exactly one result per id, every one ok."""
     faulty = PhalaSimulator(
         cvms=2000, fault_rate=0.2, faults=SWEEP_FAULTS, retry_after=0, seed=20251028
@@ -82,7 +77,9 @@ async def test_sweep_of_2000_ids_with_faults_gives_one_ok_result_per_id() -> Non
     assert sim.status_counts["reset"] > 0  # faults really were injected
 
 
-async def test_every_server_request_is_a_first_attempt_or_a_counted_retry() -> None:
+async def test_every_server_request_is_a_first_attempt_or_a_counted_retry(
+    client_for: Callable[..., PhalaClient],
+) -> None:
     """In a faulty sweep the server sees exactly one request per id plus one per retry and one
     per resend after a reset on a pooled connection (a reconnect)."""
     faulty = PhalaSimulator(
@@ -233,7 +230,10 @@ async def test_ids_are_read_lazily(
     ],
 )
 async def test_concurrency_never_exceeds_the_limit(
-    client_concurrency: int, sweep_concurrency: int | None, expected: int
+    client_concurrency: int,
+    sweep_concurrency: int | None,
+    expected: int,
+    client_for: Callable[..., PhalaClient],
 ) -> None:
     """The server never sees more requests at once than the limit, and does reach it."""
     async with PhalaSimulator(cvms=50, latency=0.02) as sim:
@@ -286,7 +286,9 @@ async def test_get_cvms_reports_failures_instead_of_raising(client: PhalaClient)
 # -- stopping early ----------------------------------------------------------------------------
 
 
-async def test_aclose_mid_sweep_leaves_no_worker(slow_sim: PhalaSimulator) -> None:
+async def test_aclose_mid_sweep_leaves_no_worker(
+    slow_sim: PhalaSimulator, client_for: Callable[..., PhalaClient]
+) -> None:
     """Closing a stream after its first result ends every worker of the sweep."""
     async with asyncio.timeout(10), client_for(slow_sim, concurrency=4) as client:
         stream = client.stream_cvms(range(1, 51))
@@ -296,7 +298,9 @@ async def test_aclose_mid_sweep_leaves_no_worker(slow_sim: PhalaSimulator) -> No
         assert (running, sweep_workers()) == (4, [])
 
 
-async def test_break_out_of_async_with_leaves_no_worker(slow_sim: PhalaSimulator) -> None:
+async def test_break_out_of_async_with_leaves_no_worker(
+    slow_sim: PhalaSimulator, client_for: Callable[..., PhalaClient]
+) -> None:
     """Leaving ``async with`` by ``break`` ends every worker of the sweep."""
     running = 0
     async with asyncio.timeout(10), client_for(slow_sim, concurrency=4) as client:
@@ -350,6 +354,7 @@ async def _consume_slowly_in_async_with(stream: AsyncIterator[CvmResult], seen: 
 async def test_cancelling_the_consumer_leaves_no_worker(
     slow_sim: PhalaSimulator,
     consume: Callable[[AsyncIterator[CvmResult], Seen], Any],
+    client_for: Callable[..., PhalaClient],
 ) -> None:
     """Cancelling the task that iterates a sweep ends every worker of that sweep."""
     seen = Seen(wanted=1)
@@ -365,7 +370,9 @@ async def test_cancelling_the_consumer_leaves_no_worker(
         assert (len(workers), still_running) == (4, set())
 
 
-async def test_client_close_closes_the_connection_pool(slow_sim: PhalaSimulator) -> None:
+async def test_client_close_closes_the_connection_pool(
+    slow_sim: PhalaSimulator, client_for: Callable[..., PhalaClient]
+) -> None:
     """After a sweep stopped early, closing the client closes its connector."""
     client = client_for(slow_sim, concurrency=4)
     async with asyncio.timeout(10):
@@ -383,7 +390,9 @@ async def test_client_close_closes_the_connection_pool(slow_sim: PhalaSimulator)
     assert sweep_workers() == []
 
 
-async def test_closing_the_client_ends_a_running_sweep(slow_sim: PhalaSimulator) -> None:
+async def test_closing_the_client_ends_a_running_sweep(
+    slow_sim: PhalaSimulator, client_for: Callable[..., PhalaClient]
+) -> None:
     """Closing the client while a sweep is consumed ends it with ClientClosedError."""
     seen = Seen(wanted=2)
     client = client_for(slow_sim, concurrency=4)

@@ -39,7 +39,6 @@ from phala_async import (
 )
 from phala_async.testing import Fault, PhalaSimulator
 
-FAST_RETRY: dict[str, Any] = {"backoff_initial": 0.001, "backoff_max": 0.01}
 REQUEST_ID = re.compile(r"req_[0-9a-f]{16}")
 TWO_MIB = 2 * 1024 * 1024
 
@@ -61,11 +60,6 @@ async def inline_server(routes: dict[str, Handler]) -> AsyncIterator[str]:
         await runner.cleanup()
 
 
-def inline_client(base_url: str, **overrides: Any) -> PhalaClient:
-    """A client for an inline server, with fast retries."""
-    return PhalaClient(api_key="phak_inline", base_url=base_url, **{**FAST_RETRY, **overrides})
-
-
 def request_times(simulator: PhalaSimulator, key: str | int) -> list[float]:
     """When the simulator answered each request for path segment ``key``, oldest first."""
     return [record.time for record in simulator.request_log if record.cvm_key == str(key)]
@@ -83,12 +77,6 @@ async def delay_sim() -> AsyncIterator[PhalaSimulator]:
     """A simulator whose injected delays last 0.5 s, past a 0.25 s client timeout."""
     async with PhalaSimulator(cvms=10, fault_delay=0.5) as sim:
         yield sim
-
-
-def client_for(sim: PhalaSimulator, **overrides: Any) -> PhalaClient:
-    """A client with fast retries against ``sim``."""
-    options = {"api_key": sim.api_key, "base_url": sim.base_url, "timeout": 5.0, **FAST_RETRY}
-    return PhalaClient(**{**options, **overrides})
 
 
 # -- fetching one CVM --------------------------------------------------------------------------
@@ -154,7 +142,9 @@ async def test_headers_the_server_sees(
     assert absent not in record.header_names
 
 
-async def test_get_cvm_calls_share_the_concurrency_limit() -> None:
+async def test_get_cvm_calls_share_the_concurrency_limit(
+    client_for: Callable[..., PhalaClient],
+) -> None:
     """Concurrent ``get_cvm`` calls never have more than ``concurrency`` requests in flight."""
     async with PhalaSimulator(cvms=30, latency=0.02) as slow:
         async with asyncio.timeout(10), client_for(slow, concurrency=4) as client:
@@ -258,7 +248,9 @@ async def test_retryable_fault_is_recovered_on_the_second_attempt(
     assert (simulator.requests["9"], result.attempts) == (2, 2)
 
 
-async def test_delay_past_the_timeout_is_recovered(delay_sim: PhalaSimulator) -> None:
+async def test_delay_past_the_timeout_is_recovered(
+    delay_sim: PhalaSimulator, client_for: Callable[..., PhalaClient]
+) -> None:
     """An attempt that runs past ``timeout`` is abandoned and the retry succeeds."""
     delay_sim.script(4, Fault.DELAY, Fault.OK)
     async with asyncio.timeout(10), client_for(delay_sim, timeout=0.25) as client:
@@ -267,7 +259,9 @@ async def test_delay_past_the_timeout_is_recovered(delay_sim: PhalaSimulator) ->
     assert (delay_sim.requests["4"], result.attempts) == (2, 2)
 
 
-async def test_delay_past_the_timeout_raises_timeout_error(delay_sim: PhalaSimulator) -> None:
+async def test_delay_past_the_timeout_raises_timeout_error(
+    delay_sim: PhalaSimulator, client_for: Callable[..., PhalaClient]
+) -> None:
     """Without retries, an attempt that runs past ``timeout`` raises APITimeoutError."""
     delay_sim.script(4, Fault.DELAY)
     async with client_for(delay_sim, timeout=0.25, max_attempts=1) as client:
@@ -278,7 +272,9 @@ async def test_delay_past_the_timeout_raises_timeout_error(delay_sim: PhalaSimul
     assert isinstance(caught.value, APIConnectionError)
 
 
-async def test_timeout_bounds_each_attempt_not_the_whole_call(delay_sim: PhalaSimulator) -> None:
+async def test_timeout_bounds_each_attempt_not_the_whole_call(
+    delay_sim: PhalaSimulator, client_for: Callable[..., PhalaClient]
+) -> None:
     """Two slow attempts take longer than ``timeout`` in total, yet the third succeeds."""
     delay_sim.script(4, Fault.DELAY, Fault.DELAY, Fault.OK)
     loop = asyncio.get_running_loop()
@@ -365,7 +361,9 @@ async def test_exhausted_resets_send_exactly_max_attempts_requests(
 # -- Retry-After -------------------------------------------------------------------------------
 
 
-async def test_retry_after_seconds_is_honoured(retry_after_sim: PhalaSimulator) -> None:
+async def test_retry_after_seconds_is_honoured(
+    retry_after_sim: PhalaSimulator, client_for: Callable[..., PhalaClient]
+) -> None:
     """A 429 with ``Retry-After: 1`` is retried no sooner than about a second later."""
     retry_after_sim.script(6, Fault.RATE_LIMIT, Fault.OK)
     async with asyncio.timeout(10), client_for(retry_after_sim) as client:
@@ -375,7 +373,7 @@ async def test_retry_after_seconds_is_honoured(retry_after_sim: PhalaSimulator) 
     assert 0.9 <= second - first < 3.0
 
 
-async def test_retry_after_http_date_is_honoured() -> None:
+async def test_retry_after_http_date_is_honoured(client_for: Callable[..., PhalaClient]) -> None:
     """A 429 whose ``Retry-After`` is an HTTP-date is retried only once that moment is near."""
     when = format_datetime(datetime.now(UTC) + timedelta(seconds=2), usegmt=True)
     async with PhalaSimulator(cvms=10, retry_after=when) as sim:
@@ -388,7 +386,9 @@ async def test_retry_after_http_date_is_honoured() -> None:
     assert 0.5 <= second - first < 3.0
 
 
-async def test_retry_after_over_the_cap_raises_at_once(retry_after_sim: PhalaSimulator) -> None:
+async def test_retry_after_over_the_cap_raises_at_once(
+    retry_after_sim: PhalaSimulator, client_for: Callable[..., PhalaClient]
+) -> None:
     """A server asking for longer than ``retry_after_cap`` gets a RateLimitError, not a wait."""
     retry_after_sim.script(6, Fault.RATE_LIMIT, Fault.OK)
     loop = asyncio.get_running_loop()
@@ -403,7 +403,9 @@ async def test_retry_after_over_the_cap_raises_at_once(retry_after_sim: PhalaSim
     assert elapsed < 0.5
 
 
-async def test_rate_limit_pauses_every_worker(retry_after_sim: PhalaSimulator) -> None:
+async def test_rate_limit_pauses_every_worker(
+    retry_after_sim: PhalaSimulator, client_for: Callable[..., PhalaClient]
+) -> None:
     """After one 429 with ``Retry-After: 1``, no new request of a running sweep reaches the
     server until about a second later."""
     retry_after_sim.script(60, Fault.RATE_LIMIT, Fault.OK)
@@ -422,6 +424,7 @@ async def test_rate_limit_pauses_every_worker(retry_after_sim: PhalaSimulator) -
 
 async def test_rate_limit_pause_holds_requests_queued_for_a_slot(
     retry_after_sim: PhalaSimulator,
+    client_for: Callable[..., PhalaClient],
 ) -> None:
     """A request already waiting for a connection slot when a 429 arrives also waits out the
     pause, so nothing reaches the server until about a second later."""
@@ -473,7 +476,9 @@ async def test_invalid_id_sends_nothing(
 
 
 @pytest.mark.parametrize("status", [301, 302, 307, 308])
-async def test_redirect_is_an_error_not_followed(status: int) -> None:
+async def test_redirect_is_an_error_not_followed(
+    status: int, client_for: Callable[..., PhalaClient]
+) -> None:
     """A 3xx raises APIStatusError and the Location is never requested."""
     hits = {"detail": 0, "elsewhere": 0}
 
@@ -487,7 +492,7 @@ async def test_redirect_is_an_error_not_followed(status: int) -> None:
         return web.json_response({"detail": "should never be reached"})
 
     routes = {"/api/v1/cvms/{cvm_id}": redirect, "/elsewhere": elsewhere}
-    async with inline_server(routes) as base_url, inline_client(base_url) as client:
+    async with inline_server(routes) as base_url, client_for(base_url) as client:
         with pytest.raises(APIStatusError) as caught:
             async with asyncio.timeout(10):
                 await client.get_cvm(5)
@@ -527,11 +532,13 @@ async def _oversized_gzip(request: web.Request) -> web.StreamResponse:
         pytest.param(_oversized_gzip, id="gzip-expands"),
     ],
 )
-async def test_oversized_body_is_refused(handler: Handler) -> None:
+async def test_oversized_body_is_refused(
+    handler: Handler, client_for: Callable[..., PhalaClient]
+) -> None:
     """A body over the 1 MiB default cap raises ResponseTooLargeError for that id."""
     async with (
         inline_server({"/api/v1/cvms/{cvm_id}": handler}) as base_url,
-        inline_client(base_url) as client,
+        client_for(base_url) as client,
     ):
         with pytest.raises(ResponseTooLargeError) as caught:
             async with asyncio.timeout(10):
@@ -554,7 +561,7 @@ async def test_body_over_a_small_cap_is_refused(
 
 @pytest.mark.parametrize("content_type", ["text/html", "text/plain", "application/octet-stream"])
 async def test_wrong_content_type_on_success_is_decode_error(
-    simulator: PhalaSimulator, content_type: str
+    simulator: PhalaSimulator, content_type: str, client_for: Callable[..., PhalaClient]
 ) -> None:
     """A 200 that is not JSON by its Content-Type raises DecodeError, even if the body is."""
     document = json.dumps(simulator.cvm(1)).encode()
@@ -564,7 +571,7 @@ async def test_wrong_content_type_on_success_is_decode_error(
 
     async with (
         inline_server({"/api/v1/cvms/{cvm_id}": handler}) as base_url,
-        inline_client(base_url) as client,
+        client_for(base_url) as client,
     ):
         with pytest.raises(DecodeError) as caught:
             async with asyncio.timeout(10):
@@ -573,7 +580,9 @@ async def test_wrong_content_type_on_success_is_decode_error(
     assert content_type in str(caught.value)
 
 
-async def test_error_body_that_is_not_utf8_still_raises_the_status_error() -> None:
+async def test_error_body_that_is_not_utf8_still_raises_the_status_error(
+    client_for: Callable[..., PhalaClient],
+) -> None:
     """A 502 whose JSON body holds invalid UTF-8 raises InternalServerError, not a raw error."""
 
     async def handler(request: web.Request) -> web.StreamResponse:
@@ -583,7 +592,7 @@ async def test_error_body_that_is_not_utf8_still_raises_the_status_error() -> No
 
     async with (
         inline_server({"/api/v1/cvms/{cvm_id}": handler}) as base_url,
-        inline_client(base_url, max_attempts=1) as client,
+        client_for(base_url, max_attempts=1) as client,
     ):
         with pytest.raises(PhalaError) as caught:
             async with asyncio.timeout(10):

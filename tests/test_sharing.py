@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable
 
 import pytest
+from conftest import ClientFactory
 
 from phala_async import ConfigurationError, NotFoundError, PhalaClient
 from phala_async._sharing import TTLCache
@@ -19,13 +20,9 @@ async def slow_sim() -> PhalaSimulator:
         yield sim
 
 
-def client_for(sim: PhalaSimulator, **options: object) -> PhalaClient:
-    """A client against ``sim`` with fast retries."""
-    settings: dict[str, object] = {"backoff_initial": 0.001, "backoff_max": 0.01, **options}
-    return PhalaClient(api_key=sim.api_key, base_url=sim.base_url, **settings)  # type: ignore[arg-type]
-
-
-async def test_500_concurrent_calls_over_5_ids_send_5_requests(slow_sim: PhalaSimulator) -> None:
+async def test_500_concurrent_calls_over_5_ids_send_5_requests(
+    slow_sim: PhalaSimulator, client_for: ClientFactory
+) -> None:
     """Five hundred overlapping ``get_cvm`` calls for five CVMs send one request per CVM."""
     async with client_for(slow_sim, concurrency=16) as client:
         cvms = await asyncio.gather(*(client.get_cvm(n % 5 + 1) for n in range(500)))
@@ -36,7 +33,9 @@ async def test_500_concurrent_calls_over_5_ids_send_5_requests(slow_sim: PhalaSi
     assert stats.requests == 5
 
 
-async def test_ids_that_normalise_alike_share_one_request(slow_sim: PhalaSimulator) -> None:
+async def test_ids_that_normalise_alike_share_one_request(
+    slow_sim: PhalaSimulator, client_for: ClientFactory
+) -> None:
     """The integer id and its string form share one request."""
     async with client_for(slow_sim) as client:
         first, second = await asyncio.gather(client.get_cvm(3), client.get_cvm("3"))
@@ -44,7 +43,9 @@ async def test_ids_that_normalise_alike_share_one_request(slow_sim: PhalaSimulat
     assert slow_sim.total_requests == 1
 
 
-async def test_each_caller_gets_the_error_with_its_own_id(slow_sim: PhalaSimulator) -> None:
+async def test_each_caller_gets_the_error_with_its_own_id(
+    slow_sim: PhalaSimulator, client_for: ClientFactory
+) -> None:
     """Two overlapping calls for a missing CVM each get a NotFoundError naming their own id."""
     async with client_for(slow_sim) as client:
         outcomes = await asyncio.gather(
@@ -58,7 +59,7 @@ async def test_each_caller_gets_the_error_with_its_own_id(slow_sim: PhalaSimulat
 
 
 async def test_cancelling_one_caller_leaves_the_request_to_the_others(
-    slow_sim: PhalaSimulator,
+    slow_sim: PhalaSimulator, client_for: ClientFactory
 ) -> None:
     """One of three callers cancelled mid-request: the other two still get the CVM, from the
     same single request."""
@@ -74,7 +75,7 @@ async def test_cancelling_one_caller_leaves_the_request_to_the_others(
 
 
 async def test_when_every_caller_leaves_the_request_is_cancelled(
-    slow_sim: PhalaSimulator,
+    slow_sim: PhalaSimulator, client_for: ClientFactory
 ) -> None:
     """With both callers cancelled, the shared request is cancelled too: nothing is left."""
     async with client_for(slow_sim) as client:
@@ -91,7 +92,7 @@ async def test_when_every_caller_leaves_the_request_is_cancelled(
 
 
 async def test_a_sweep_and_a_call_for_the_same_cvm_share_a_request(
-    slow_sim: PhalaSimulator,
+    slow_sim: PhalaSimulator, client_for: ClientFactory
 ) -> None:
     """A ``get_cvm`` for a CVM a sweep is fetching joins the sweep's request."""
     async with client_for(slow_sim) as client:
@@ -105,7 +106,7 @@ async def test_a_sweep_and_a_call_for_the_same_cvm_share_a_request(
 
 
 async def test_a_call_that_joined_a_retrying_sweep_gets_its_answer(
-    simulator: PhalaSimulator,
+    simulator: PhalaSimulator, client_for: ClientFactory
 ) -> None:
     """A call joining a sweep's fetch that is waiting to retry gets the retried answer."""
     simulator.script(8, Fault.HTTP_503, Fault.OK)
@@ -119,7 +120,9 @@ async def test_a_call_that_joined_a_retrying_sweep_gets_its_answer(
     assert simulator.requests["8"] == 2
 
 
-async def test_cache_answers_repeated_calls_without_a_request(simulator: PhalaSimulator) -> None:
+async def test_cache_answers_repeated_calls_without_a_request(
+    simulator: PhalaSimulator, client_for: ClientFactory
+) -> None:
     """With ``cache_ttl``, a second call for a CVM is answered from the cache."""
     async with client_for(simulator, cache_ttl=60.0) as client:
         first = await client.get_cvm(1)
@@ -130,7 +133,7 @@ async def test_cache_answers_repeated_calls_without_a_request(simulator: PhalaSi
     assert stats.cache_hits == 49
 
 
-async def test_fresh_skips_the_cache(simulator: PhalaSimulator) -> None:
+async def test_fresh_skips_the_cache(simulator: PhalaSimulator, client_for: ClientFactory) -> None:
     """``fresh=True`` sends a request even when the cache holds the CVM."""
     async with client_for(simulator, cache_ttl=60.0) as client:
         await client.get_cvm(1)
@@ -138,7 +141,9 @@ async def test_fresh_skips_the_cache(simulator: PhalaSimulator) -> None:
     assert simulator.total_requests == 2
 
 
-async def test_errors_are_never_cached(simulator: PhalaSimulator) -> None:
+async def test_errors_are_never_cached(
+    simulator: PhalaSimulator, client_for: ClientFactory
+) -> None:
     """A failed call is not cached: the next call asks the server again."""
     async with client_for(simulator, cache_ttl=60.0) as client:
         for _ in range(2):
@@ -147,7 +152,9 @@ async def test_errors_are_never_cached(simulator: PhalaSimulator) -> None:
     assert simulator.total_requests == 2
 
 
-async def test_without_cache_ttl_every_call_sends_a_request(simulator: PhalaSimulator) -> None:
+async def test_without_cache_ttl_every_call_sends_a_request(
+    simulator: PhalaSimulator, client_for: ClientFactory
+) -> None:
     """The cache is off by default: two calls in turn send two requests."""
     async with client_for(simulator) as client:
         await client.get_cvm(1)
@@ -155,7 +162,9 @@ async def test_without_cache_ttl_every_call_sends_a_request(simulator: PhalaSimu
     assert simulator.total_requests == 2
 
 
-async def test_sweeps_fill_the_cache_but_do_not_read_it(simulator: PhalaSimulator) -> None:
+async def test_sweeps_fill_the_cache_but_do_not_read_it(
+    simulator: PhalaSimulator, client_for: ClientFactory
+) -> None:
     """A sweep stores what it fetched for ``get_cvm``, yet itself always asks the server."""
     async with client_for(simulator, cache_ttl=60.0) as client:
         await client.get_cvms([1, 2])

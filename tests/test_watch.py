@@ -10,6 +10,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from conftest import ClientFactory
 
 from phala_async import (
     ConfigurationError,
@@ -25,20 +26,15 @@ from phala_async.testing import Fault, PhalaSimulator
 INTERVAL = 0.05  # seconds between rounds: the tests drive changes between two rounds
 
 
-def client_for(sim: PhalaSimulator) -> PhalaClient:
-    """A client against ``sim`` with fast retries."""
-    return PhalaClient(
-        api_key=sim.api_key, base_url=sim.base_url, backoff_initial=0.001, backoff_max=0.01
-    )
-
-
 async def take(events: AsyncIterator[CvmEvent], count: int) -> list[CvmEvent]:
     """The next ``count`` events, within five seconds."""
     async with asyncio.timeout(5):
         return [await anext(events) for _ in range(count)]
 
 
-async def test_initial_emits_every_listed_cvm_as_added_across_app_instances() -> None:
+async def test_initial_emits_every_listed_cvm_as_added_across_app_instances(
+    client_for: ClientFactory,
+) -> None:
     """``initial=True`` over a workspace whose apps have three instances each emits one
     ``added`` per CVM, each naming that CVM alone."""
     async with (
@@ -53,7 +49,9 @@ async def test_initial_emits_every_listed_cvm_as_added_across_app_instances() ->
     assert len({event.after.app_id for event in added if event.after}) == 3
 
 
-async def test_a_changed_field_is_reported_with_old_and_new_values() -> None:
+async def test_a_changed_field_is_reported_with_old_and_new_values(
+    client_for: ClientFactory,
+) -> None:
     """A status and a nested field changed between rounds come as one ``changed`` event."""
     async with PhalaSimulator(cvms=3) as sim, client_for(sim) as client:
         old = sim.cvm(2)
@@ -74,7 +72,9 @@ async def test_a_changed_field_is_reported_with_old_and_new_values() -> None:
     assert event.after.status == "stopped"
 
 
-async def test_added_and_removed_cvms_of_the_workspace_are_reported() -> None:
+async def test_added_and_removed_cvms_of_the_workspace_are_reported(
+    client_for: ClientFactory,
+) -> None:
     """A CVM added to the workspace comes as ``added``, one removed as ``removed``, with apps of
     several instances, where another instance of the same app stays."""
     async with (
@@ -94,7 +94,7 @@ async def test_added_and_removed_cvms_of_the_workspace_are_reported() -> None:
     assert by_kind["removed"].before.id == 2
 
 
-async def test_a_given_id_that_starts_answering_404_is_removed() -> None:
+async def test_a_given_id_that_starts_answering_404_is_removed(client_for: ClientFactory) -> None:
     """Watching given ids, a CVM that disappears comes as ``removed``, once."""
     async with (
         PhalaSimulator(cvms=3) as sim,
@@ -111,7 +111,9 @@ async def test_a_given_id_that_starts_answering_404_is_removed() -> None:
     ]
 
 
-async def test_a_transient_failure_is_an_error_event_not_a_removal() -> None:
+async def test_a_transient_failure_is_an_error_event_not_a_removal(
+    client_for: ClientFactory,
+) -> None:
     """A 503 that outlasts the retries is an ``error`` event; the CVM is not removed, and the
     next round compares against what was seen before."""
     async with (
@@ -133,7 +135,7 @@ async def test_a_transient_failure_is_an_error_event_not_a_removal() -> None:
     assert list(changed.changes) == ["vcpu"]
 
 
-async def test_fields_limit_what_counts_as_a_change() -> None:
+async def test_fields_limit_what_counts_as_a_change(client_for: ClientFactory) -> None:
     """With ``fields=["status"]``, a changed vcpu is not reported but a changed status is."""
     async with (
         PhalaSimulator(cvms=2) as sim,
@@ -148,7 +150,7 @@ async def test_fields_limit_what_counts_as_a_change() -> None:
     assert list(event.changes) == ["status"]
 
 
-async def test_rounds_go_through_the_client_and_never_overlap() -> None:
+async def test_rounds_go_through_the_client_and_never_overlap(client_for: ClientFactory) -> None:
     """Each round is a sweep of the client: the server sees one request per id per round, and
     the rounds come at least an interval apart."""
     async with PhalaSimulator(cvms=3) as sim, client_for(sim) as client:
@@ -171,7 +173,7 @@ def test_unknown_fields_are_refused() -> None:
         client.watch_cvms([1], fields=["statuss"])
 
 
-async def test_wait_for_status_returns_once_the_status_matches() -> None:
+async def test_wait_for_status_returns_once_the_status_matches(client_for: ClientFactory) -> None:
     """``wait_for_status`` polls until the CVM reaches the status, and returns it."""
     async with PhalaSimulator(cvms=2) as sim, client_for(sim) as client:
         sim.update_cvm(1, status="starting")
@@ -183,7 +185,7 @@ async def test_wait_for_status_returns_once_the_status_matches() -> None:
     assert 2 <= polls <= 10
 
 
-async def test_wait_for_status_times_out_naming_the_last_status() -> None:
+async def test_wait_for_status_times_out_naming_the_last_status(client_for: ClientFactory) -> None:
     """A CVM that never gets there raises StatusTimeoutError with its id and last status."""
     async with PhalaSimulator(cvms=2) as sim, client_for(sim) as client:
         sim.update_cvm(1, status="starting")
@@ -197,7 +199,7 @@ async def test_wait_for_status_times_out_naming_the_last_status() -> None:
     assert isinstance(error, TimeoutError)
 
 
-async def test_wait_for_status_raises_at_once_on_404() -> None:
+async def test_wait_for_status_raises_at_once_on_404(client_for: ClientFactory) -> None:
     """A CVM that does not exist raises NotFoundError at the first poll."""
     async with PhalaSimulator(cvms=2) as sim, client_for(sim) as client:
         with pytest.raises(NotFoundError):
@@ -239,7 +241,7 @@ def test_flatten_keeps_lists_whole() -> None:
     assert flatten(cvm)["public_urls"] == [{"app": "https://a", "instance": "https://i"}]
 
 
-async def test_max_rounds_ends_the_watch_after_that_many_rounds() -> None:
+async def test_max_rounds_ends_the_watch_after_that_many_rounds(client_for: ClientFactory) -> None:
     """With ``max_rounds = 3`` the iteration ends after the third round, each id fetched three
     times, without waiting for a fourth."""
     async with PhalaSimulator(cvms=2) as sim, client_for(sim) as client:

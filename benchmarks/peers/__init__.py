@@ -1,8 +1,9 @@
 """The clients the benchmark compares, each written as its users would write it.
 
 Every module has ``async def sweep(base_url, api_key, ids, concurrency, seen)``: it fetches every
-id in ``ids`` (a ``range``), marks ``seen[id] += 1`` for each body it got and decoded, and returns
-the number of errors by kind. ``benchmarks.run_client`` runs one of them in its own process.
+id in ``ids`` (strings read from a file, or a ``range`` of ints), marks ``seen[id] += 1`` for each
+body it got and decoded (``id`` from the body), and returns the number of errors by kind.
+``benchmarks.run_client`` runs one of them in its own process.
 """
 
 from __future__ import annotations

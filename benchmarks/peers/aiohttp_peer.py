@@ -8,12 +8,13 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
+from collections.abc import Sequence
 
 import aiohttp
 
 
 async def sweep(
-    base_url: str, api_key: str, ids: range, concurrency: int, seen: bytearray
+    base_url: str, api_key: str, ids: Sequence[str] | range, concurrency: int, seen: bytearray
 ) -> Counter[str]:
     errors: Counter[str] = Counter()
     semaphore = asyncio.Semaphore(concurrency)
@@ -22,7 +23,7 @@ async def sweep(
 
     async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
 
-        async def fetch(cvm_id: int) -> None:
+        async def fetch(cvm_id: str | int) -> None:
             async with semaphore:
                 try:
                     async with session.get(f"{base_url}/cvms/{cvm_id}") as response:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
+from collections.abc import Sequence
 
 import httpx
 
 
 async def sweep(
-    base_url: str, api_key: str, ids: range, concurrency: int, seen: bytearray
+    base_url: str, api_key: str, ids: Sequence[str] | range, concurrency: int, seen: bytearray
 ) -> Counter[str]:
     errors: Counter[str] = Counter()
     semaphore = asyncio.Semaphore(concurrency)
@@ -19,7 +20,7 @@ async def sweep(
 
     async with httpx.AsyncClient(base_url=base_url, headers=headers, limits=limits) as client:
 
-        async def fetch(cvm_id: int) -> None:
+        async def fetch(cvm_id: str | int) -> None:
             async with semaphore:
                 try:
                     response = await client.get(f"/cvms/{cvm_id}")

@@ -7,12 +7,13 @@ path, as the CPU difference between this and the default client.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 
 from benchmarks.peers import phala_async_peer
 
 
 async def sweep(
-    base_url: str, api_key: str, ids: range, concurrency: int, seen: bytearray
+    base_url: str, api_key: str, ids: Sequence[str] | range, concurrency: int, seen: bytearray
 ) -> Counter[str]:
     return await phala_async_peer.sweep(
         base_url,

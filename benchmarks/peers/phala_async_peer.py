@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 from phala_async import PhalaClient
@@ -11,7 +12,7 @@ from phala_async import PhalaClient
 async def sweep(
     base_url: str,
     api_key: str,
-    ids: range,
+    ids: Sequence[str] | range,
     concurrency: int,
     seen: bytearray,
     **options: Any,

@@ -9,20 +9,21 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Sequence
 
 from phala_cloud import AsyncPhalaCloud, PhalaCloudError
 from pydantic import ValidationError
 
 
 async def sweep(
-    base_url: str, api_key: str, ids: range, concurrency: int, seen: bytearray
+    base_url: str, api_key: str, ids: Sequence[str] | range, concurrency: int, seen: bytearray
 ) -> Counter[str]:
     errors: Counter[str] = Counter()
     semaphore = asyncio.Semaphore(concurrency)
 
     async with AsyncPhalaCloud(api_key=api_key, base_url=base_url, version="2026-01-21") as client:
 
-        async def fetch(cvm_id: int) -> None:
+        async def fetch(cvm_id: str | int) -> None:
             async with semaphore:
                 try:
                     cvm = await client.get_cvm_info({"id": str(cvm_id)})

@@ -96,6 +96,7 @@ async def _workers_after(grace: float) -> list[str]:
     return [task.get_name() for task in left]
 
 
+@pytest.mark.slow
 async def test_cancelling_sweeps_at_random_points_leaves_nothing_running(
     slow_simulator: PhalaSimulator,
 ) -> None:

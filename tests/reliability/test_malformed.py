@@ -260,7 +260,7 @@ def _check(error: BaseException | None, kind: str) -> None:
 
 
 def test_the_table_has_at_least_fifteen_kinds() -> None:
-    """The issue asks for fifteen kinds of malformed answer at least."""
+    """The suite covers fifteen kinds of malformed answer at least."""
     print(f"\nmalformed: {len(MALFORMED)} kinds")
     assert len(MALFORMED) >= 15
 

@@ -19,13 +19,14 @@ from phala_async.testing import DEFAULT_FAULTS
 FAULT_RATE = 0.2
 FAULT_DELAY = 0.5  # seconds a delayed answer waits: past the client's timeout, cheap to wait out
 CLIENT_TIMEOUT = 0.2
-# The budget for the default soak (20,000 ids in about 90 s on 2 cores), scaled with the
+# The budget for the default soak (20,000 ids in about 90 s on 2 cores), scaled with the
 # ids, 30 s at least: a sweep slower than this has stalled, and the test says how far it got.
 SECONDS_PER_ID = 90.0 / 20_000
 MIN_BOUND = 30.0
 FAULT_KINDS = {str(fault) for fault in DEFAULT_FAULTS}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "adaptive", [pytest.param(True, id="adaptive-default"), pytest.param(False, id="adaptive-off")]
 )
