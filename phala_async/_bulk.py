@@ -324,6 +324,7 @@ class CvmStream(AsyncIterator[SweepResult]):
         self._unregister()
 
     async def _work(self) -> None:
+        queue = self._queue
         try:
             while not self._finished:
                 # Room for every id now being fetched to be parked, so the bound holds.
@@ -352,7 +353,12 @@ class CvmStream(AsyncIterator[SweepResult]):
                     self._fetching -= 1
                 if isinstance(fetched, tuple):
                     cvm, attempts = fetched
-                    await self._put(CvmOk(cvm_id=cvm_id, cvm=cvm, attempts=attempts))
+                    result = CvmOk(cvm_id=cvm_id, cvm=cvm, attempts=attempts)
+                    # _put() written out: this runs once per id.
+                    if queue.full():
+                        await queue.put(result)
+                    else:
+                        queue.put_nowait(result)
                 else:
                     self._park(cvm_id, fetched)
         except Exception as exc:  # noqa: BLE001 - handed to the consumer, never swallowed

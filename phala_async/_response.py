@@ -87,6 +87,8 @@ def check_json(headers: Mapping[str, str], cvm_id: str | int | None) -> None:
         DecodeError: naming the content type that came instead.
     """
     content_type = headers.get("Content-Type", "")
+    if content_type == "application/json" or content_type.startswith("application/json;"):
+        return  # the API's own answer, checked without splitting it
     media = content_type.partition(";")[0].strip().lower()
     if media != "application/json" and not media.endswith("+json"):
         raise DecodeError(

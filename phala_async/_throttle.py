@@ -55,26 +55,32 @@ class Outcome(enum.Enum):
     UNKNOWN = "unknown"  #: nothing was learned (cancelled before or while sending)
 
 
+# The members as module constants: a class attribute read costs about 0.1 us on CPython 3.11,
+# and the request path reads several per request.
+_OK, _THROTTLED, _OVERLOADED = Outcome.OK, Outcome.THROTTLED, Outcome.OVERLOADED
+_FAILED, _DOOMED, _UNKNOWN = Outcome.FAILED, Outcome.DOOMED, Outcome.UNKNOWN
+
+
 def classify(error: BaseException | None) -> Outcome:
     """The :class:`Outcome` an attempt's exception (None for a success) means; pure."""
     if error is None:
-        return Outcome.OK
+        return _OK
     if not isinstance(error, PhalaError):
-        return Outcome.UNKNOWN
+        return _UNKNOWN
     if ends_every_call(error):
-        return Outcome.DOOMED
+        return _DOOMED
     if isinstance(error, APIStatusError):
         status = error.status_code
         if status == 429 or (status == 503 and error.retry_after is not None):
-            return Outcome.THROTTLED
+            return _THROTTLED
         if status >= 500 and status in RETRYABLE_STATUSES:
-            return Outcome.OVERLOADED
-        return Outcome.FAILED if status in RETRYABLE_STATUSES else Outcome.OK
+            return _OVERLOADED
+        return _FAILED if status in RETRYABLE_STATUSES else _OK
     if isinstance(error, APIConnectionError):
-        return Outcome.FAILED
+        return _FAILED
     if isinstance(error, ResponseError):
-        return Outcome.OK  # a 2xx body that cannot be used: the server itself is healthy
-    return Outcome.UNKNOWN  # the client closed before the request went out
+        return _OK  # a 2xx body that cannot be used: the server itself is healthy
+    return _UNKNOWN  # the client closed before the request went out
 
 
 class Limit(Protocol):
@@ -170,7 +176,7 @@ class PauseGate:
         retry_after = slot.retry_after
         if (
             retry_after is not None
-            and slot.outcome is Outcome.THROTTLED
+            and slot.outcome is _THROTTLED
             and retry_after <= self.pause_for_cap
         ):
             self.pause_for(retry_after)
@@ -300,7 +306,7 @@ class FirstContact:
     def notify_task_finished(self, slot: Slot) -> None:
         if self._open:
             return
-        if slot.outcome in (Outcome.DOOMED, Outcome.UNKNOWN, Outcome.FAILED):
+        if slot.outcome in (_DOOMED, _UNKNOWN, _FAILED):
             # Refused, cancelled, or no answer at all: nothing is proven yet.
             self._hand_on()
             return
@@ -541,11 +547,11 @@ class AdaptiveRate:
 
     def notify_task_finished(self, slot: Slot) -> None:
         outcome = slot.outcome
-        if outcome is Outcome.OK:
+        if outcome is _OK:
             self._record(self._successes)
-        elif outcome is Outcome.THROTTLED:
+        elif outcome is _THROTTLED:
             self.on_throttle(slot.epoch, asked_to_wait=bool(slot.retry_after))
-        elif outcome is Outcome.OVERLOADED:
+        elif outcome is _OVERLOADED:
             self.on_overload(slot.epoch)
 
 
@@ -614,7 +620,7 @@ class Slot:
         self._limits = governor.limits
         self._entered = 0
         self.epoch = 0
-        self.outcome = Outcome.UNKNOWN
+        self.outcome = _UNKNOWN
         self.retry_after: float | None = None
 
     async def __aenter__(self) -> Slot:
@@ -649,7 +655,7 @@ class Slot:
         governor = self._governor
         governor.active -= 1
         if exc is None:
-            self.outcome = Outcome.OK
+            self.outcome = _OK
             if governor.budget is not None:
                 governor.budget.record(True)
         else:
@@ -761,17 +767,17 @@ class Governor:
     def on_failed(self, slot: Slot, error: BaseException) -> None:
         """Learn from a request that ended with ``error`` (called by :class:`Slot`)."""
         outcome = slot.outcome
-        if outcome is Outcome.UNKNOWN:
+        if outcome is _UNKNOWN:
             return
         if isinstance(error, APIStatusError) and error.status_code == 429:
             self._counts["rate_limited"] += 1
-        if outcome is Outcome.THROTTLED:
+        if outcome is _THROTTLED:
             self._counts["throttled"] += 1
             return  # pacing answers throttles; they say nothing of the API's health
-        if outcome is Outcome.OVERLOADED:
+        if outcome is _OVERLOADED:
             self._counts["overloaded"] += 1
         if self.budget is not None:
-            self.budget.record(outcome is Outcome.OK)
+            self.budget.record(outcome is _OK)
 
     def snapshot(self) -> ClientStats:
         """The counters as of now, as a value that does not change afterwards."""

@@ -185,24 +185,24 @@ def _storm(pacer: AdaptiveRate, clock: FakeClock, seconds: float, *, every: int)
 
 def test_a_storm_of_5xx_lowers_the_rate_to_what_was_being_sent() -> None:
     """When half of 200 answers a second are 5xx, the pacer lowers the rate once in the first
-    second, to 90% of the 200 a second it was sending."""
+    second, to 70% of the 200 a second it was sending."""
     clock = FakeClock()
     pacer = AdaptiveRate(clock=clock)
     rates = _storm(pacer, clock, 1.0, every=2)
     assert pacer.decreases == 1
-    assert rates == [pytest.approx(0.9 * 200, rel=0.05)]
+    assert rates == [pytest.approx(0.7 * 200, rel=0.05)]
     assert pacer.paced is True
 
 
 def test_a_storm_of_5xx_lowers_the_rate_at_most_once_a_window() -> None:
-    """Three seconds of a 50% storm lower the rate three times, once a second, each time to 90%
+    """Three seconds of a 50% storm lower the rate three times, once a second, each time to 70%
     of the rate in force, not once per failed answer."""
     clock = FakeClock()
     pacer = AdaptiveRate(clock=clock)
     rates = _storm(pacer, clock, 3.0, every=2)
     assert pacer.decreases == 3
     for before, after in itertools.pairwise(rates):
-        assert after == pytest.approx(0.9 * before * 1.02, rel=0.02)  # it grew 2% in the second
+        assert after == pytest.approx(0.7 * before * 1.02, rel=0.02)  # it grew 2% in the second
 
 
 def test_a_few_5xx_do_not_pace() -> None:
