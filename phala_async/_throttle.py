@@ -706,15 +706,16 @@ class Governor:
         self.in_flight = MaxInFlight(concurrency)
         self.gate = PauseGate(pause_for_cap=retry_after_cap)
         self.first_contact = FirstContact(on_open=self._drop_first_contact)
-        # Order matters: pacing and the cap before taking a place, the pause last, so that
-        # nothing is sent during a pause however long the waits before it were; the first
-        # contact after that, so the probe is a request that really goes out.
-        limits: list[Limit] = []
+        # Order matters. The first contact comes first: the requests it holds back have taken
+        # no send time from the pacer or the cap, so they do not burst past either when it
+        # opens. Pacing and the cap come before taking a place, and the pause last, so that
+        # nothing is sent during a pause however long the waits before it were.
+        limits: list[Limit] = [self.first_contact]
         if self.pacer is not None:
             limits.append(self.pacer)
         if rate_limit is not None:
             limits.append(HardCap(rate_limit))
-        limits += [self.in_flight, self.gate, self.first_contact]
+        limits += [self.in_flight, self.gate]
         self.limits: tuple[Limit, ...] = tuple(limits)
         self.started_hooks: tuple[Limit, ...] = (self.pacer,) if self.pacer is not None else ()
         # The window spans a few rounds of requests in flight, so that one stall (a long GC
