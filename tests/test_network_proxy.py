@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 from _proxy import ForwardProxy, clean_network_environment, forward_proxy  # noqa: F401
+from conftest import ClientFactory
 
 from phala_async import (
     APIConnectionError,
@@ -25,7 +26,6 @@ from phala_async.testing import PhalaSimulator
 
 pytestmark = pytest.mark.usefixtures("clean_network_environment")
 
-FAST: dict[str, Any] = {"timeout": 10.0, "backoff_initial": 0.001, "backoff_max": 0.01}
 PROXY_USER = "sweeper"
 PROXY_PASSWORD = "pr0xy-pa55word-never-shown"
 
@@ -52,10 +52,11 @@ async def sim() -> Any:
         yield started
 
 
-def client_for(sim: PhalaSimulator, **overrides: Any) -> PhalaClient:
-    """A client that trusts ``sim``'s CA (keyword arguments override)."""
-    options = {"api_key": sim.api_key, "base_url": sim.base_url, "ca_file": sim.ca_file}
-    return PhalaClient(**{**options, **FAST, **overrides})
+@pytest.fixture
+def trusting(client_for: ClientFactory) -> ClientFactory:
+    """Build clients that trust a simulator's CA (keyword arguments override)."""
+    # A longer timeout than the suite's: every request goes through the proxy's process too.
+    return lambda sim, **overrides: client_for(sim, ca_file=sim.ca_file, timeout=10.0, **overrides)
 
 
 async def sweep(client: PhalaClient, ids: range) -> list[CvmResult]:
@@ -75,14 +76,15 @@ async def test_a_sweep_goes_through_the_proxy_in_a_connect_tunnel(
     sim: PhalaSimulator,
     monkeypatch: pytest.MonkeyPatch,
     chosen_by: str,
+    trusting: ClientFactory,
 ) -> None:
     """Every connection to the API is a CONNECT tunnel through the proxy, which never sees the
     API key or any request inside."""
     if chosen_by == "HTTPS_PROXY":
         monkeypatch.setenv("HTTPS_PROXY", proxy.url)
-        client = client_for(sim)
+        client = trusting(sim)
     else:
-        client = client_for(sim, proxy=proxy.url)
+        client = trusting(sim, proxy=proxy.url)
     results = await sweep(client, range(1, 51))
     seen = proxy.seen()
     assert [result.cvm.id for result in results if result.cvm] != []
@@ -103,33 +105,37 @@ async def test_no_proxy_bypasses_the_proxy(
     sim: PhalaSimulator,
     monkeypatch: pytest.MonkeyPatch,
     no_proxy: str,
+    trusting: ClientFactory,
 ) -> None:
     """A host in ``NO_PROXY`` is reached directly, whatever ``HTTPS_PROXY`` says."""
     monkeypatch.setenv("HTTPS_PROXY", proxy.url)
     monkeypatch.setenv("NO_PROXY", no_proxy)
-    results = await sweep(client_for(sim), range(1, 11))
+    results = await sweep(trusting(sim), range(1, 11))
     assert all(result.ok for result in results)
     assert proxy.seen() == []
 
 
 async def test_trust_env_false_ignores_the_proxy_variables(
-    proxy: ForwardProxy, sim: PhalaSimulator, monkeypatch: pytest.MonkeyPatch
+    proxy: ForwardProxy,
+    sim: PhalaSimulator,
+    monkeypatch: pytest.MonkeyPatch,
+    trusting: ClientFactory,
 ) -> None:
     """With ``trust_env=False`` ``HTTPS_PROXY`` is not read."""
     monkeypatch.setenv("HTTPS_PROXY", proxy.url)
-    results = await sweep(client_for(sim, trust_env=False), range(1, 11))
+    results = await sweep(trusting(sim, trust_env=False), range(1, 11))
     assert all(result.ok for result in results)
     assert proxy.seen() == []
 
 
 async def test_a_refusing_proxy_ends_a_sweep_after_one_request(
-    proxy: ForwardProxy, sim: PhalaSimulator
+    proxy: ForwardProxy, sim: PhalaSimulator, trusting: ClientFactory
 ) -> None:
     """A proxy answering CONNECT with 403 raises ``APIProxyError`` with that status after one
     request to the proxy, and nothing reaches the API."""
     proxy.refuse(403)
     with pytest.raises(APIProxyError) as caught:
-        await sweep(client_for(sim, proxy=proxy.url, concurrency=16), range(1, 51))
+        await sweep(trusting(sim, proxy=proxy.url, concurrency=16), range(1, 51))
     error = caught.value
     assert error.status_code == 403
     assert error.proxy == proxy.url
@@ -140,12 +146,12 @@ async def test_a_refusing_proxy_ends_a_sweep_after_one_request(
 
 
 async def test_proxy_credentials_go_to_the_proxy_only(
-    proxy: ForwardProxy, sim: PhalaSimulator
+    proxy: ForwardProxy, sim: PhalaSimulator, trusting: ClientFactory
 ) -> None:
     """Credentials in the proxy URL are sent to the proxy as Basic auth on CONNECT."""
     proxy.require(PROXY_USER, PROXY_PASSWORD)
     url = proxy.url.replace("http://", f"http://{PROXY_USER}:{PROXY_PASSWORD}@")
-    results = await sweep(client_for(sim, proxy=url), range(1, 11))
+    results = await sweep(trusting(sim, proxy=url), range(1, 11))
     seen = proxy.seen()
     assert all(result.ok for result in results)
     assert seen
@@ -158,13 +164,16 @@ def _request_header_names(sim: PhalaSimulator) -> set[str]:
 
 
 async def test_a_wrong_proxy_password_is_final_and_never_shown(
-    proxy: ForwardProxy, sim: PhalaSimulator, caplog: pytest.LogCaptureFixture
+    proxy: ForwardProxy,
+    sim: PhalaSimulator,
+    caplog: pytest.LogCaptureFixture,
+    trusting: ClientFactory,
 ) -> None:
     """A proxy refusing the credentials (407) raises ``APIProxyError`` at once, and the
     password is in no message, repr, log record or linked exception."""
     proxy.require(PROXY_USER, "the-right-password")
     url = proxy.url.replace("http://", f"http://{PROXY_USER}:{PROXY_PASSWORD}@")
-    client = client_for(sim, proxy=url)
+    client = trusting(sim, proxy=url)
     caplog.set_level(logging.DEBUG)
     with pytest.raises(APIProxyError) as caught:
         await sweep(client, range(1, 21))

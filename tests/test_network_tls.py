@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from _proxy import clean_network_environment  # noqa: F401 - used by pytestmark
+from conftest import ClientFactory
 
 from phala_async import (
     APITLSError,
@@ -21,15 +22,9 @@ from phala_async import (
 )
 from phala_async.testing import PhalaSimulator
 
-FAST: dict[str, Any] = {"timeout": 5.0, "backoff_initial": 0.001, "backoff_max": 0.01}
 TRUST_FIX = "pass ca_file="
 
 pytestmark = pytest.mark.usefixtures("clean_network_environment")
-
-
-def client_for(sim: PhalaSimulator, **overrides: Any) -> PhalaClient:
-    """A client against ``sim`` with fast retries (keyword arguments override)."""
-    return PhalaClient(**{"api_key": sim.api_key, "base_url": sim.base_url, **FAST, **overrides})
 
 
 async def sweep(client: PhalaClient, ids: range) -> list[CvmResult]:
@@ -38,7 +33,7 @@ async def sweep(client: PhalaClient, ids: range) -> list[CvmResult]:
         return [result async for result in stream]
 
 
-async def test_https_works_with_ca_file() -> None:
+async def test_https_works_with_ca_file(client_for: ClientFactory) -> None:
     """``ca_file=`` trusts the simulator's CA: a sweep over HTTPS gets every id."""
     async with PhalaSimulator(cvms=20, tls=True) as sim:
         assert sim.base_url.startswith("https://")
@@ -47,7 +42,7 @@ async def test_https_works_with_ca_file() -> None:
     assert [result.cvm.id for result in results if result.cvm] == list(range(1, 21))
 
 
-async def test_https_works_with_an_ssl_context() -> None:
+async def test_https_works_with_an_ssl_context(client_for: ClientFactory) -> None:
     """``ssl=`` takes an ``SSLContext`` that trusts the CA."""
     async with PhalaSimulator(cvms=3, tls=True) as sim:
         context = ssl.create_default_context(cadata=sim.ca_pem.decode())
@@ -57,7 +52,7 @@ async def test_https_works_with_an_ssl_context() -> None:
 
 
 async def test_https_works_with_ssl_cert_file_set_after_import(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, client_for: ClientFactory
 ) -> None:
     """``SSL_CERT_FILE`` set long after aiohttp was imported is honoured by a new client."""
     async with PhalaSimulator(cvms=3, tls=True) as sim:
@@ -67,7 +62,9 @@ async def test_https_works_with_ssl_cert_file_set_after_import(
     assert cvm.id == 2
 
 
-async def test_ssl_cert_dir_is_honoured(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+async def test_ssl_cert_dir_is_honoured(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, client_for: ClientFactory
+) -> None:
     """``SSL_CERT_DIR`` (a directory of CA certificates named by subject hash) is honoured."""
     openssl = shutil.which("openssl")
     if openssl is None:
@@ -95,7 +92,7 @@ async def test_ssl_cert_dir_is_honoured(monkeypatch: pytest.MonkeyPatch, tmp_pat
     ],
 )
 async def test_a_certificate_failure_is_final_and_says_why(
-    tls_cert: str, trust: bool, reason: str
+    tls_cert: str, trust: bool, reason: str, client_for: ClientFactory
 ) -> None:
     """A certificate the client cannot accept raises ``APITLSError`` after one attempt, with
     OpenSSL's reason and the fix in the message."""
@@ -121,7 +118,7 @@ async def test_a_certificate_failure_is_final_and_says_why(
         assert "SSL_CERT_FILE" in str(error)
 
 
-async def test_a_certificate_failure_ends_a_sweep_at_once() -> None:
+async def test_a_certificate_failure_ends_a_sweep_at_once(client_for: ClientFactory) -> None:
     """A 100-id sweep against an untrusted certificate makes one connection, then raises."""
     async with PhalaSimulator(cvms=100, tls=True) as sim:
         client = client_for(sim, concurrency=16)
@@ -136,7 +133,9 @@ async def test_a_certificate_failure_ends_a_sweep_at_once() -> None:
     assert stats.requests == 1
 
 
-async def test_a_refused_credential_over_https_ends_a_500_id_sweep_after_one_request() -> None:
+async def test_a_refused_credential_over_https_ends_a_500_id_sweep_after_one_request(
+    client_for: ClientFactory,
+) -> None:
     """Over HTTPS too, a wrong key sends exactly one request for a 500-id sweep."""
     async with PhalaSimulator(cvms=500, tls=True) as sim:
         client = client_for(sim, api_key="phak_wrong_key_for_this_test", ca_file=sim.ca_file)
@@ -148,11 +147,11 @@ async def test_a_refused_credential_over_https_ends_a_500_id_sweep_after_one_req
     assert caught.value.status_code == 401
 
 
-async def test_a_handshake_failure_is_final() -> None:
+async def test_a_handshake_failure_is_final(client_for: ClientFactory) -> None:
     """https to a port that speaks plain HTTP fails the handshake: final, with the reason."""
     async with PhalaSimulator(cvms=1) as sim:
         base_url = sim.base_url.replace("http://", "https://")
-        client = PhalaClient(api_key=sim.api_key, base_url=base_url, **FAST)
+        client = client_for(sim, base_url=base_url)
         async with asyncio.timeout(10), client:
             with pytest.raises(APITLSError) as caught:
                 await client.get_cvm(1)
@@ -191,7 +190,9 @@ def test_a_ca_file_that_is_not_pem_fails_at_construction(tmp_path: Path) -> None
         PhalaClient(api_key="phak_x", ca_file=bogus)
 
 
-async def test_the_os_trust_store_through_truststore_refuses_an_unknown_ca() -> None:
+async def test_the_os_trust_store_through_truststore_refuses_an_unknown_ca(
+    client_for: ClientFactory,
+) -> None:
     """An ``ssl=truststore.SSLContext(...)`` (the OS trust store) is used: a private CA the OS
     does not know fails final, with the reason."""
     truststore = pytest.importorskip("truststore")
