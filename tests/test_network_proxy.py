@@ -7,13 +7,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import aiohttp
 import pytest
 from _proxy import ForwardProxy, clean_network_environment, forward_proxy  # noqa: F401
-from conftest import ClientFactory
 
 from phala_async import (
     APIConnectionError,
@@ -53,7 +52,7 @@ async def sim() -> Any:
 
 
 @pytest.fixture
-def trusting(client_for: ClientFactory) -> ClientFactory:
+def trusting(client_for: Callable[..., PhalaClient]) -> Callable[..., PhalaClient]:
     """Build clients that trust a simulator's CA (keyword arguments override)."""
     # A longer timeout than the suite's: every request goes through the proxy's process too.
     return lambda sim, **overrides: client_for(sim, ca_file=sim.ca_file, timeout=10.0, **overrides)
@@ -76,7 +75,7 @@ async def test_a_sweep_goes_through_the_proxy_in_a_connect_tunnel(
     sim: PhalaSimulator,
     monkeypatch: pytest.MonkeyPatch,
     chosen_by: str,
-    trusting: ClientFactory,
+    trusting: Callable[..., PhalaClient],
 ) -> None:
     """Every connection to the API is a CONNECT tunnel through the proxy, which never sees the
     API key or any request inside."""
@@ -105,7 +104,7 @@ async def test_no_proxy_bypasses_the_proxy(
     sim: PhalaSimulator,
     monkeypatch: pytest.MonkeyPatch,
     no_proxy: str,
-    trusting: ClientFactory,
+    trusting: Callable[..., PhalaClient],
 ) -> None:
     """A host in ``NO_PROXY`` is reached directly, whatever ``HTTPS_PROXY`` says."""
     monkeypatch.setenv("HTTPS_PROXY", proxy.url)
@@ -119,7 +118,7 @@ async def test_trust_env_false_ignores_the_proxy_variables(
     proxy: ForwardProxy,
     sim: PhalaSimulator,
     monkeypatch: pytest.MonkeyPatch,
-    trusting: ClientFactory,
+    trusting: Callable[..., PhalaClient],
 ) -> None:
     """With ``trust_env=False`` ``HTTPS_PROXY`` is not read."""
     monkeypatch.setenv("HTTPS_PROXY", proxy.url)
@@ -129,7 +128,7 @@ async def test_trust_env_false_ignores_the_proxy_variables(
 
 
 async def test_a_refusing_proxy_ends_a_sweep_after_one_request(
-    proxy: ForwardProxy, sim: PhalaSimulator, trusting: ClientFactory
+    proxy: ForwardProxy, sim: PhalaSimulator, trusting: Callable[..., PhalaClient]
 ) -> None:
     """A proxy answering CONNECT with 403 raises ``APIProxyError`` with that status after one
     request to the proxy, and nothing reaches the API."""
@@ -146,7 +145,7 @@ async def test_a_refusing_proxy_ends_a_sweep_after_one_request(
 
 
 async def test_proxy_credentials_go_to_the_proxy_only(
-    proxy: ForwardProxy, sim: PhalaSimulator, trusting: ClientFactory
+    proxy: ForwardProxy, sim: PhalaSimulator, trusting: Callable[..., PhalaClient]
 ) -> None:
     """Credentials in the proxy URL are sent to the proxy as Basic auth on CONNECT."""
     proxy.require(PROXY_USER, PROXY_PASSWORD)
@@ -167,7 +166,7 @@ async def test_a_wrong_proxy_password_is_final_and_never_shown(
     proxy: ForwardProxy,
     sim: PhalaSimulator,
     caplog: pytest.LogCaptureFixture,
-    trusting: ClientFactory,
+    trusting: Callable[..., PhalaClient],
 ) -> None:
     """A proxy refusing the credentials (407) raises ``APIProxyError`` at once, and the
     password is in no message, repr, log record or linked exception."""

@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import shutil
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from _proxy import clean_network_environment  # noqa: F401 - used by pytestmark
-from conftest import ClientFactory
 
 from phala_async import (
     APITLSError,
@@ -33,7 +33,7 @@ async def sweep(client: PhalaClient, ids: range) -> list[CvmResult]:
         return [result async for result in stream]
 
 
-async def test_https_works_with_ca_file(client_for: ClientFactory) -> None:
+async def test_https_works_with_ca_file(client_for: Callable[..., PhalaClient]) -> None:
     """``ca_file=`` trusts the simulator's CA: a sweep over HTTPS gets every id."""
     async with PhalaSimulator(cvms=20, tls=True) as sim:
         assert sim.base_url.startswith("https://")
@@ -42,7 +42,7 @@ async def test_https_works_with_ca_file(client_for: ClientFactory) -> None:
     assert [result.cvm.id for result in results if result.cvm] == list(range(1, 21))
 
 
-async def test_https_works_with_an_ssl_context(client_for: ClientFactory) -> None:
+async def test_https_works_with_an_ssl_context(client_for: Callable[..., PhalaClient]) -> None:
     """``ssl=`` takes an ``SSLContext`` that trusts the CA."""
     async with PhalaSimulator(cvms=3, tls=True) as sim:
         context = ssl.create_default_context(cadata=sim.ca_pem.decode())
@@ -52,7 +52,7 @@ async def test_https_works_with_an_ssl_context(client_for: ClientFactory) -> Non
 
 
 async def test_https_works_with_ssl_cert_file_set_after_import(
-    monkeypatch: pytest.MonkeyPatch, client_for: ClientFactory
+    monkeypatch: pytest.MonkeyPatch, client_for: Callable[..., PhalaClient]
 ) -> None:
     """``SSL_CERT_FILE`` set long after aiohttp was imported is honoured by a new client."""
     async with PhalaSimulator(cvms=3, tls=True) as sim:
@@ -63,7 +63,7 @@ async def test_https_works_with_ssl_cert_file_set_after_import(
 
 
 async def test_ssl_cert_dir_is_honoured(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, client_for: ClientFactory
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, client_for: Callable[..., PhalaClient]
 ) -> None:
     """``SSL_CERT_DIR`` (a directory of CA certificates named by subject hash) is honoured."""
     openssl = shutil.which("openssl")
@@ -92,7 +92,7 @@ async def test_ssl_cert_dir_is_honoured(
     ],
 )
 async def test_a_certificate_failure_is_final_and_says_why(
-    tls_cert: str, trust: bool, reason: str, client_for: ClientFactory
+    tls_cert: str, trust: bool, reason: str, client_for: Callable[..., PhalaClient]
 ) -> None:
     """A certificate the client cannot accept raises ``APITLSError`` after one attempt, with
     OpenSSL's reason and the fix in the message."""
@@ -118,7 +118,9 @@ async def test_a_certificate_failure_is_final_and_says_why(
         assert "SSL_CERT_FILE" in str(error)
 
 
-async def test_a_certificate_failure_ends_a_sweep_at_once(client_for: ClientFactory) -> None:
+async def test_a_certificate_failure_ends_a_sweep_at_once(
+    client_for: Callable[..., PhalaClient],
+) -> None:
     """A 100-id sweep against an untrusted certificate makes one connection, then raises."""
     async with PhalaSimulator(cvms=100, tls=True) as sim:
         client = client_for(sim, concurrency=16)
@@ -134,7 +136,7 @@ async def test_a_certificate_failure_ends_a_sweep_at_once(client_for: ClientFact
 
 
 async def test_a_refused_credential_over_https_ends_a_500_id_sweep_after_one_request(
-    client_for: ClientFactory,
+    client_for: Callable[..., PhalaClient],
 ) -> None:
     """Over HTTPS too, a wrong key sends exactly one request for a 500-id sweep."""
     async with PhalaSimulator(cvms=500, tls=True) as sim:
@@ -147,7 +149,7 @@ async def test_a_refused_credential_over_https_ends_a_500_id_sweep_after_one_req
     assert caught.value.status_code == 401
 
 
-async def test_a_handshake_failure_is_final(client_for: ClientFactory) -> None:
+async def test_a_handshake_failure_is_final(client_for: Callable[..., PhalaClient]) -> None:
     """https to a port that speaks plain HTTP fails the handshake: final, with the reason."""
     async with PhalaSimulator(cvms=1) as sim:
         base_url = sim.base_url.replace("http://", "https://")
@@ -191,7 +193,7 @@ def test_a_ca_file_that_is_not_pem_fails_at_construction(tmp_path: Path) -> None
 
 
 async def test_the_os_trust_store_through_truststore_refuses_an_unknown_ca(
-    client_for: ClientFactory,
+    client_for: Callable[..., PhalaClient],
 ) -> None:
     """An ``ssl=truststore.SSLContext(...)`` (the OS trust store) is used: a private CA the OS
     does not know fails final, with the reason."""

@@ -6,7 +6,6 @@ import asyncio
 from collections.abc import Callable
 
 import pytest
-from conftest import ClientFactory
 
 from phala_async import ConfigurationError, NotFoundError, PhalaClient
 from phala_async._sharing import TTLCache
@@ -21,7 +20,7 @@ async def slow_sim() -> PhalaSimulator:
 
 
 async def test_500_concurrent_calls_over_5_ids_send_5_requests(
-    slow_sim: PhalaSimulator, client_for: ClientFactory
+    slow_sim: PhalaSimulator, client_for: Callable[..., PhalaClient]
 ) -> None:
     """Five hundred overlapping ``get_cvm`` calls for five CVMs send one request per CVM."""
     async with client_for(slow_sim, concurrency=16) as client:
@@ -34,7 +33,7 @@ async def test_500_concurrent_calls_over_5_ids_send_5_requests(
 
 
 async def test_ids_that_normalise_alike_share_one_request(
-    slow_sim: PhalaSimulator, client_for: ClientFactory
+    slow_sim: PhalaSimulator, client_for: Callable[..., PhalaClient]
 ) -> None:
     """The integer id and its string form share one request."""
     async with client_for(slow_sim) as client:
@@ -44,7 +43,7 @@ async def test_ids_that_normalise_alike_share_one_request(
 
 
 async def test_each_caller_gets_the_error_with_its_own_id(
-    slow_sim: PhalaSimulator, client_for: ClientFactory
+    slow_sim: PhalaSimulator, client_for: Callable[..., PhalaClient]
 ) -> None:
     """Two overlapping calls for a missing CVM each get a NotFoundError naming their own id."""
     async with client_for(slow_sim) as client:
@@ -59,7 +58,7 @@ async def test_each_caller_gets_the_error_with_its_own_id(
 
 
 async def test_cancelling_one_caller_leaves_the_request_to_the_others(
-    slow_sim: PhalaSimulator, client_for: ClientFactory
+    slow_sim: PhalaSimulator, client_for: Callable[..., PhalaClient]
 ) -> None:
     """One of three callers cancelled mid-request: the other two still get the CVM, from the
     same single request."""
@@ -75,7 +74,7 @@ async def test_cancelling_one_caller_leaves_the_request_to_the_others(
 
 
 async def test_when_every_caller_leaves_the_request_is_cancelled(
-    slow_sim: PhalaSimulator, client_for: ClientFactory
+    slow_sim: PhalaSimulator, client_for: Callable[..., PhalaClient]
 ) -> None:
     """With both callers cancelled, the shared request is cancelled too: nothing is left."""
     async with client_for(slow_sim) as client:
@@ -92,7 +91,7 @@ async def test_when_every_caller_leaves_the_request_is_cancelled(
 
 
 async def test_a_sweep_and_a_call_for_the_same_cvm_share_a_request(
-    slow_sim: PhalaSimulator, client_for: ClientFactory
+    slow_sim: PhalaSimulator, client_for: Callable[..., PhalaClient]
 ) -> None:
     """A ``get_cvm`` for a CVM a sweep is fetching joins the sweep's request."""
     async with client_for(slow_sim) as client:
@@ -106,7 +105,7 @@ async def test_a_sweep_and_a_call_for_the_same_cvm_share_a_request(
 
 
 async def test_a_call_that_joined_a_retrying_sweep_gets_its_answer(
-    simulator: PhalaSimulator, client_for: ClientFactory
+    simulator: PhalaSimulator, client_for: Callable[..., PhalaClient]
 ) -> None:
     """A call joining a sweep's fetch that is waiting to retry gets the retried answer."""
     simulator.script(8, Fault.HTTP_503, Fault.OK)
@@ -121,7 +120,7 @@ async def test_a_call_that_joined_a_retrying_sweep_gets_its_answer(
 
 
 async def test_cache_answers_repeated_calls_without_a_request(
-    simulator: PhalaSimulator, client_for: ClientFactory
+    simulator: PhalaSimulator, client_for: Callable[..., PhalaClient]
 ) -> None:
     """With ``cache_ttl``, a second call for a CVM is answered from the cache."""
     async with client_for(simulator, cache_ttl=60.0) as client:
@@ -133,7 +132,9 @@ async def test_cache_answers_repeated_calls_without_a_request(
     assert stats.cache_hits == 49
 
 
-async def test_fresh_skips_the_cache(simulator: PhalaSimulator, client_for: ClientFactory) -> None:
+async def test_fresh_skips_the_cache(
+    simulator: PhalaSimulator, client_for: Callable[..., PhalaClient]
+) -> None:
     """``fresh=True`` sends a request even when the cache holds the CVM."""
     async with client_for(simulator, cache_ttl=60.0) as client:
         await client.get_cvm(1)
@@ -142,7 +143,7 @@ async def test_fresh_skips_the_cache(simulator: PhalaSimulator, client_for: Clie
 
 
 async def test_errors_are_never_cached(
-    simulator: PhalaSimulator, client_for: ClientFactory
+    simulator: PhalaSimulator, client_for: Callable[..., PhalaClient]
 ) -> None:
     """A failed call is not cached: the next call asks the server again."""
     async with client_for(simulator, cache_ttl=60.0) as client:
@@ -153,7 +154,7 @@ async def test_errors_are_never_cached(
 
 
 async def test_without_cache_ttl_every_call_sends_a_request(
-    simulator: PhalaSimulator, client_for: ClientFactory
+    simulator: PhalaSimulator, client_for: Callable[..., PhalaClient]
 ) -> None:
     """The cache is off by default: two calls in turn send two requests."""
     async with client_for(simulator) as client:
@@ -163,7 +164,7 @@ async def test_without_cache_ttl_every_call_sends_a_request(
 
 
 async def test_sweeps_fill_the_cache_but_do_not_read_it(
-    simulator: PhalaSimulator, client_for: ClientFactory
+    simulator: PhalaSimulator, client_for: Callable[..., PhalaClient]
 ) -> None:
     """A sweep stores what it fetched for ``get_cvm``, yet itself always asks the server."""
     async with client_for(simulator, cache_ttl=60.0) as client:

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import msgspec
 import pytest
-from conftest import ClientFactory
 
 from phala_async import (
     ConfigurationError,
@@ -33,7 +32,7 @@ async def take(events: AsyncIterator[CvmEvent], count: int) -> list[CvmEvent]:
 
 
 async def test_initial_emits_every_listed_cvm_as_added_across_app_instances(
-    client_for: ClientFactory,
+    client_for: Callable[..., PhalaClient],
 ) -> None:
     """``initial=True`` over a workspace whose apps have three instances each emits one
     ``added`` per CVM, each naming that CVM alone."""
@@ -50,7 +49,7 @@ async def test_initial_emits_every_listed_cvm_as_added_across_app_instances(
 
 
 async def test_a_changed_field_is_reported_with_old_and_new_values(
-    client_for: ClientFactory,
+    client_for: Callable[..., PhalaClient],
 ) -> None:
     """A status and a nested field changed between rounds come as one ``changed`` event."""
     async with PhalaSimulator(cvms=3) as sim, client_for(sim) as client:
@@ -73,7 +72,7 @@ async def test_a_changed_field_is_reported_with_old_and_new_values(
 
 
 async def test_added_and_removed_cvms_of_the_workspace_are_reported(
-    client_for: ClientFactory,
+    client_for: Callable[..., PhalaClient],
 ) -> None:
     """A CVM added to the workspace comes as ``added``, one removed as ``removed``, with apps of
     several instances, where another instance of the same app stays."""
@@ -94,7 +93,9 @@ async def test_added_and_removed_cvms_of_the_workspace_are_reported(
     assert by_kind["removed"].before.id == 2
 
 
-async def test_a_given_id_that_starts_answering_404_is_removed(client_for: ClientFactory) -> None:
+async def test_a_given_id_that_starts_answering_404_is_removed(
+    client_for: Callable[..., PhalaClient],
+) -> None:
     """Watching given ids, a CVM that disappears comes as ``removed``, once."""
     async with (
         PhalaSimulator(cvms=3) as sim,
@@ -112,7 +113,7 @@ async def test_a_given_id_that_starts_answering_404_is_removed(client_for: Clien
 
 
 async def test_a_transient_failure_is_an_error_event_not_a_removal(
-    client_for: ClientFactory,
+    client_for: Callable[..., PhalaClient],
 ) -> None:
     """A 503 that outlasts the retries is an ``error`` event; the CVM is not removed, and the
     next round compares against what was seen before."""
@@ -135,7 +136,7 @@ async def test_a_transient_failure_is_an_error_event_not_a_removal(
     assert list(changed.changes) == ["vcpu"]
 
 
-async def test_fields_limit_what_counts_as_a_change(client_for: ClientFactory) -> None:
+async def test_fields_limit_what_counts_as_a_change(client_for: Callable[..., PhalaClient]) -> None:
     """With ``fields=["status"]``, a changed vcpu is not reported but a changed status is."""
     async with (
         PhalaSimulator(cvms=2) as sim,
@@ -150,7 +151,9 @@ async def test_fields_limit_what_counts_as_a_change(client_for: ClientFactory) -
     assert list(event.changes) == ["status"]
 
 
-async def test_rounds_go_through_the_client_and_never_overlap(client_for: ClientFactory) -> None:
+async def test_rounds_go_through_the_client_and_never_overlap(
+    client_for: Callable[..., PhalaClient],
+) -> None:
     """Each round is a sweep of the client: the server sees one request per id per round, and
     the rounds come at least an interval apart."""
     async with PhalaSimulator(cvms=3) as sim, client_for(sim) as client:
@@ -173,7 +176,9 @@ def test_unknown_fields_are_refused() -> None:
         client.watch_cvms([1], fields=["statuss"])
 
 
-async def test_wait_for_status_returns_once_the_status_matches(client_for: ClientFactory) -> None:
+async def test_wait_for_status_returns_once_the_status_matches(
+    client_for: Callable[..., PhalaClient],
+) -> None:
     """``wait_for_status`` polls until the CVM reaches the status, and returns it."""
     async with PhalaSimulator(cvms=2) as sim, client_for(sim) as client:
         sim.update_cvm(1, status="starting")
@@ -185,7 +190,9 @@ async def test_wait_for_status_returns_once_the_status_matches(client_for: Clien
     assert 2 <= polls <= 10
 
 
-async def test_wait_for_status_times_out_naming_the_last_status(client_for: ClientFactory) -> None:
+async def test_wait_for_status_times_out_naming_the_last_status(
+    client_for: Callable[..., PhalaClient],
+) -> None:
     """A CVM that never gets there raises StatusTimeoutError with its id and last status."""
     async with PhalaSimulator(cvms=2) as sim, client_for(sim) as client:
         sim.update_cvm(1, status="starting")
@@ -199,7 +206,9 @@ async def test_wait_for_status_times_out_naming_the_last_status(client_for: Clie
     assert isinstance(error, TimeoutError)
 
 
-async def test_wait_for_status_raises_at_once_on_404(client_for: ClientFactory) -> None:
+async def test_wait_for_status_raises_at_once_on_404(
+    client_for: Callable[..., PhalaClient],
+) -> None:
     """A CVM that does not exist raises NotFoundError at the first poll."""
     async with PhalaSimulator(cvms=2) as sim, client_for(sim) as client:
         with pytest.raises(NotFoundError):
@@ -241,7 +250,9 @@ def test_flatten_keeps_lists_whole() -> None:
     assert flatten(cvm)["public_urls"] == [{"app": "https://a", "instance": "https://i"}]
 
 
-async def test_max_rounds_ends_the_watch_after_that_many_rounds(client_for: ClientFactory) -> None:
+async def test_max_rounds_ends_the_watch_after_that_many_rounds(
+    client_for: Callable[..., PhalaClient],
+) -> None:
     """With ``max_rounds = 3`` the iteration ends after the third round, each id fetched three
     times, without waiting for a fourth."""
     async with PhalaSimulator(cvms=2) as sim, client_for(sim) as client:
