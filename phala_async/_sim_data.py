@@ -1,18 +1,18 @@
-"""The bodies the simulator in `phala_async.testing` serves: pure data, no I/O.
+"""The bodies the simulator in ``phala_async.testing`` serves: pure data, no I/O.
 
-CVM documents: every value derives from `(seed, cvm_id)` and the app the CVM is an instance of,
+CVM documents: every value derives from ``(seed, cvm_id)`` and the app the CVM is an instance of,
 so one simulator configuration serves the same documents on every run and every machine. Each CVM
-has two: the detail body (`CvmBasicInfo`, as served with `X-Phala-Version: 2025-10-28`) and the list
-item (`HostedCvm`, as served by `/cvms/paginated`); they share name, status, `app_id`, node and
-sizes, and the item's `hosted.id` / `hosted.instance_id` are the detail's `vm_uuid` / `instance_id`.
-`update_documents` changes both alike.
+has two: the detail body (``CvmBasicInfo``, as served with ``X-Phala-Version: 2025-10-28``) and the
+list item (``HostedCvm``, as served by ``/cvms/paginated``); they share name, status, ``app_id``,
+node and sizes, and the item's ``hosted.id`` / ``hosted.instance_id`` are the detail's ``vm_uuid`` /
+``instance_id``. ``update_documents`` changes both alike.
 
-Shapes follow the OpenAPI schemas: the detail's `project_id` is a bare hashid (`"0123abcd"`), the
-list item's carries the `prj_` prefix; `app_id` and `instance_id` are 40 lowercase hex characters
-without prefix (the path form `app_<hex>` names the same `app_id`).
+Shapes follow the OpenAPI schemas: the detail's ``project_id`` is a bare hashid (``"0123abcd"``),
+the list item's carries the ``prj_`` prefix; ``app_id`` and ``instance_id`` are 40 lowercase hex
+characters without prefix (the path form ``app_<hex>`` names the same ``app_id``).
 
-Error bodies follow the real server: `{"detail": "..."}`, FastAPI's 422 `{"detail": [...]}`, or the
-structured form `{"error_code", "message", "details", "suggestions", "links"}`.
+Error bodies follow the real server: ``{"detail": "..."}``, FastAPI's 422 ``{"detail": [...]}``, or
+the structured form ``{"error_code", "message", "details", "suggestions", "links"}``.
 """
 
 from __future__ import annotations
@@ -92,13 +92,13 @@ def _digest(purpose: str, seed: int, cvm_id: int, size: int) -> bytes:
 
 
 def cvm_identity(seed: int, cvm_id: int, app_first_id: int | None = None) -> CvmIdentity:
-    """The identifiers of CVM `cvm_id`: cheap, so they can be computed for a whole workspace.
+    """The identifiers of CVM ``cvm_id``: cheap, so they can be computed for a whole workspace.
 
     Args:
         seed: The simulator's seed.
         cvm_id: The CVM's integer id.
-        app_first_id: The id of the first instance of the CVM's app, whose `app_id` it shares;
-            None (or `cvm_id`): the CVM is its app's first instance.
+        app_first_id: The id of the first instance of the CVM's app, whose ``app_id`` it shares;
+            None (or ``cvm_id``): the CVM is its app's first instance.
     """
     app_first_id = cvm_id if app_first_id is None else app_first_id
     return CvmIdentity(
@@ -120,7 +120,7 @@ def _maybe(rng: random.Random, value: Any, null_chance: float = 0.2) -> Any:
 
 
 def cvm_documents(seed: int, identity: CvmIdentity) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The detail document (`CvmBasicInfo`) and the list item (`HostedCvm`) of one CVM."""
+    """The detail document (``CvmBasicInfo``) and the list item (``HostedCvm``) of one CVM."""
     # Fake data, not security: a seeded PRNG keeps every document reproducible.
     rng = random.Random(f"{seed}:{identity.id}")  # noqa: S311 -- reproducible fake data, not secrets
     status = rng.choices(_STATUSES, _STATUS_WEIGHTS)[0]
@@ -219,7 +219,7 @@ def cvm_documents(seed: int, identity: CvmIdentity) -> tuple[dict[str, Any], dic
 
 
 def encoded_documents(seed: int, identity: CvmIdentity) -> tuple[bytes, bytes]:
-    """`cvm_documents` encoded as compact JSON, ready to serve."""
+    """``cvm_documents`` encoded as compact JSON, ready to serve."""
     detail, item = cvm_documents(seed, identity)
     return encode(detail), encode(item)
 
@@ -252,12 +252,13 @@ _SIZES = ("vcpu", "memory", "disk_size")
 def update_documents(
     detail: dict[str, Any], item: dict[str, Any], fields: Mapping[str, Any]
 ) -> None:
-    """Set `fields` in a detail document and the same facts in its list item, in place.
+    """Set ``fields`` in a detail document and the same facts in its list item, in place.
 
     Values are stored as given, not validated. Where the item spells a fact differently, it follows
-    the detail: `teepod` is the item's `node`, `project_id` gets the `prj_` prefix, a null
-    `public_urls` is an empty list, `dapp_dashboard_url` is also `hosted.app_url`, `base_image`'s
-    version is `hosted.image_version`; sizes are mirrored in the detail's `machine_info`.
+    the detail: ``teepod`` is the item's ``node``, ``project_id`` gets the ``prj_`` prefix, a null
+    ``public_urls`` is an empty list, ``dapp_dashboard_url`` is also ``hosted.app_url``,
+    ``base_image``'s version is ``hosted.image_version``; sizes are mirrored in the detail's
+    ``machine_info``.
     """
     detail.update(fields)
     hosted = item["hosted"]
@@ -287,7 +288,7 @@ def update_documents(
 
 
 def encode(document: object) -> bytes:
-    """Compact JSON bytes of `document`."""
+    """Compact JSON bytes of ``document``."""
     return json.dumps(document, separators=(",", ":")).encode()
 
 
@@ -331,7 +332,7 @@ _ID_FORMS = re.compile(
 
 
 def is_cvm_name(text: str) -> bool:
-    """Whether `text` is a CVM name: an RFC 1123 label that no other identifier form claims."""
+    """Whether ``text`` is a CVM name: an RFC 1123 label that no other identifier form claims."""
     form = _ID_FORMS.fullmatch(text)
     return form is not None and form["name"] is not None
 
@@ -353,7 +354,7 @@ _QUERY_INT = re.compile(r"[+-]?[0-9]{1,18}")
 
 
 def page_request(query: Mapping[str, str]) -> tuple[int, int] | bytes:
-    """`(page, page_size)` from a list query, or the 422 body FastAPI would answer."""
+    """``(page, page_size)`` from a list query, or the 422 body FastAPI would answer."""
     errors: list[dict[str, Any]] = []
     page = _query_int(query, "page", 1, None, errors)
     page_size = _query_int(query, "page_size", PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX, errors)
@@ -383,7 +384,7 @@ def _query_int(
 
 
 def page_body(items: list[bytes], total: int, page: int, page_size: int) -> bytes:
-    """A `PaginatedHostedCvms` body around already encoded items."""
+    """A ``PaginatedHostedCvms`` body around already encoded items."""
     pages = -(-total // page_size)  # ceiling division; 0 when the workspace is empty
     tail = b'],"total":%d,"page":%d,"page_size":%d,"pages":%d}' % (total, page, page_size, pages)
     return b'{"items":[' + b",".join(items) + tail

@@ -1,5 +1,5 @@
-"""How the simulator in `phala_async.testing` fails: fault kinds, their answers, the rate limit
-and stale connections. `Fault` and `DEFAULT_FAULTS` are public through `phala_async.testing`.
+"""How the simulator in ``phala_async.testing`` fails: fault kinds, their answers, the rate limit
+and stale connections. ``Fault`` and ``DEFAULT_FAULTS`` are public through ``phala_async.testing``.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ _FAULT_BODIES: dict[Fault, tuple[int, bytes, str]] = {
 
 
 def as_fault(kind: Fault | str | int) -> Fault:
-    """`kind` as a Fault; ValueError listing the kinds if it is none."""
+    """``kind`` as a Fault; ValueError listing the kinds if it is none."""
     try:
         return Fault(str(kind))
     except ValueError:
@@ -75,7 +75,7 @@ def as_fault(kind: Fault | str | int) -> Fault:
 
 
 def format_retry_after(value: float | str) -> str:
-    """The `Retry-After` header for seconds or an HTTP-date; ValueError if negative."""
+    """The ``Retry-After`` header for seconds or an HTTP-date; ValueError if negative."""
     if isinstance(value, str):
         return value  # an HTTP-date, sent as given
     if not math.isfinite(value) or value < 0:
@@ -84,7 +84,7 @@ def format_retry_after(value: float | str) -> str:
 
 
 def respond(status: int, body: bytes, content_type: str = _JSON, **headers: str) -> web.Response:
-    """An answer with a fresh `X-Request-ID`, as every answer of the API has."""
+    """An answer with a fresh ``X-Request-ID``, as every answer of the API has."""
     headers["X-Request-ID"] = f"req_{secrets.token_hex(8)}"
     return web.Response(status=status, body=body, content_type=content_type, headers=headers)
 
@@ -92,7 +92,7 @@ def respond(status: int, body: bytes, content_type: str = _JSON, **headers: str)
 class Aborted(web.Response):
     """Returned after the transport was aborted: aiohttp's write fails quietly as a disconnect.
 
-    `recorded_status` is what the counters and the log record: `"reset"` or `"dropped"`.
+    ``recorded_status`` is what the counters and the log record: ``"reset"`` or ``"dropped"``.
     """
 
     def __init__(self, recorded_status: str) -> None:
@@ -105,7 +105,8 @@ async def fault_answer(
 ) -> web.StreamResponse:
     """The answer for an injected fault other than DELAY and OK.
 
-    `status` and `body` are the normal answer; `retry_after` is the header of a `RATE_LIMIT`.
+    ``status`` and ``body`` are the normal answer; ``retry_after`` is the header of a
+    ``RATE_LIMIT``.
     """
     if fault in _FAULT_BODIES:
         return respond(*_FAULT_BODIES[fault])
@@ -131,7 +132,7 @@ async def fault_answer(
 
 
 class FixedWindow:
-    """A budget of `limit` requests per fixed one-second window of the loop's clock."""
+    """A budget of ``limit`` requests per fixed one-second window of the loop's clock."""
 
     def __init__(self, limit: float) -> None:
         self._limit = limit
@@ -149,7 +150,7 @@ class FixedWindow:
 
 
 class StaleConnections:
-    """Requests answered per connection, to drop a connection's request past `limit`."""
+    """Requests answered per connection, to drop a connection's request past ``limit``."""
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
@@ -159,7 +160,7 @@ class StaleConnections:
         )
 
     def drop_if_stale(self, request: web.Request) -> bool:
-        """Abort the connection if it answered `limit` requests, else count this one on it.
+        """Abort the connection if it answered ``limit`` requests, else count this one on it.
 
         Returns whether the connection was aborted.
         """

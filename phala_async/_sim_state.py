@@ -1,15 +1,15 @@
-"""The CVMs a `phala_async.testing.PhalaSimulator` serves, and how a path segment finds one.
+"""The CVMs a ``phala_async.testing.PhalaSimulator`` serves, and how a path segment finds one.
 
-Pure state, no I/O: the server in `testing.py` asks `lookup` and `page` for answers, and the
-simulator's `add_cvms`, `remove_cvm` and `update_cvm` change it between requests.
+Pure state, no I/O: the server in ``testing.py`` asks ``lookup`` and ``page`` for answers, and the
+simulator's ``add_cvms``, ``remove_cvm`` and ``update_cvm`` change it between requests.
 
 Ids follow one auto-increment sequence, as the API's database gives them: the workspace's CVMs are
-`1..cvms`, the CVMs of another workspace (answered 403) `cvms+1..cvms+forbidden`, and CVMs added
+``1..cvms``, the CVMs of another workspace (answered 403) ``cvms+1..cvms+forbidden``, and CVMs added
 later take the ids after the highest ever given, so no id is reused, not even after a removal.
 
-Apps: CVMs are created in batches (the workspace, the other workspace, each `add`); within a batch
-every `instances_per_app` consecutive CVMs are the instances of one app and share its `app_id`
-(the last app of a batch may have fewer). `app_<hex>` and the bare hex name the app's first
+Apps: CVMs are created in batches (the workspace, the other workspace, each ``add``); within a batch
+every ``instances_per_app`` consecutive CVMs are the instances of one app and share its ``app_id``
+(the last app of a batch may have fewer). ``app_<hex>`` and the bare hex name the app's first
 instance still present, the lowest id. The API reference does not say which instance an app id
 names; a lookup by app id that takes the first match, the oldest row, is the most plausible.
 Every other form (integer id, name, VM UUID, instance id) names one CVM alone.
@@ -61,10 +61,10 @@ class Workspace:
         return list(self._forbidden)
 
     def document(self, cvm_id: int) -> dict[str, Any]:
-        """A fresh copy of the detail document of workspace CVM `cvm_id`.
+        """A fresh copy of the detail document of workspace CVM ``cvm_id``.
 
         Raises:
-            KeyError: `cvm_id` is not a workspace CVM.
+            KeyError: ``cvm_id`` is not a workspace CVM.
         """
         body = self._details.get(cvm_id)
         if body is None:
@@ -75,7 +75,7 @@ class Workspace:
     # -- answers -----------------------------------------------------------------------------
 
     def lookup(self, segment: str) -> tuple[int, bytes]:
-        """The status and body of `GET /cvms/{segment}`."""
+        """The status and body of ``GET /cvms/{segment}``."""
         cvm_id = self._index.get(segment)  # the exact forms, one dict hit on the fast path
         if cvm_id is None:
             key = data.canonical_key(segment)
@@ -90,7 +90,7 @@ class Workspace:
         return 200, body
 
     def page(self, page: int, page_size: int) -> bytes:
-        """The body of `GET /cvms/paginated` for a validated `page` and `page_size`."""
+        """The body of ``GET /cvms/paginated`` for a validated ``page`` and ``page_size``."""
         start = (page - 1) * page_size
         items = [self._items[cvm_id] for cvm_id in self._order[start : start + page_size]]
         return data.page_body(items, len(self._order), page, page_size)
@@ -98,16 +98,16 @@ class Workspace:
     # -- changes -----------------------------------------------------------------------------
 
     def add(self, count: int) -> list[int]:
-        """Create `count` workspace CVMs after the highest id ever given; return their ids."""
+        """Create ``count`` workspace CVMs after the highest id ever given; return their ids."""
         return self._create(count, in_workspace=True)
 
     def remove(self, cvm_id: int) -> None:
-        """Delete workspace CVM `cvm_id`: no form of it is found any more.
+        """Delete workspace CVM ``cvm_id``: no form of it is found any more.
 
         Its app's keys move to the app's next instance, if one is left.
 
         Raises:
-            KeyError: `cvm_id` is not a workspace CVM.
+            KeyError: ``cvm_id`` is not a workspace CVM.
         """
         self.document(cvm_id)  # raises KeyError for any other id
         identity = self._identities.pop(cvm_id)
@@ -128,11 +128,11 @@ class Workspace:
         return None if identity is None else identity.app_id
 
     def update(self, cvm_id: int, fields: Mapping[str, Any]) -> None:
-        """Change fields of workspace CVM `cvm_id`, in its detail document and its list item.
+        """Change fields of workspace CVM ``cvm_id``, in its detail document and its list item.
 
         Raises:
-            KeyError: `cvm_id` is not a workspace CVM.
-            ValueError: A field is unknown or an identifier, or `name` is not a free CVM name.
+            KeyError: ``cvm_id`` is not a workspace CVM.
+            ValueError: A field is unknown or an identifier, or ``name`` is not a free CVM name.
             TypeError: A value cannot be encoded as JSON; nothing was changed.
         """
         detail = self.document(cvm_id)

@@ -1,8 +1,8 @@
-"""Certificates for `phala_async.testing.PhalaSimulator(tls=True)`: a throwaway CA and the server
+"""Certificates for ``phala_async.testing.PhalaSimulator(tls=True)``: a throwaway CA and the server
 certificate it presents, good or deliberately bad.
 
 Imported only when a simulator is asked for TLS, so trustme (and cryptography, which trustme
-depends on) are needed only then: `pip install 'phala-async[testing]'`.
+depends on) are needed only then: ``pip install 'phala-async[testing]'``.
 """
 
 from __future__ import annotations
@@ -31,11 +31,12 @@ OTHER_HOST = "other.example"  # the only name of a "wrong_host" certificate
 
 
 class ServerCertificates:
-    """A fresh CA, and the certificate of kind `kind` that the server presents.
+    """A fresh CA, and the certificate of kind ``kind`` that the server presents.
 
     Args:
-        kind: `"valid"` (signed by the CA for `LOCAL_NAMES`), `"wrong_host"` (signed by the CA for
-            `OTHER_HOST` only) or `"self_signed"` (for `LOCAL_NAMES`, signed by its own key).
+        kind: ``"valid"`` (signed by the CA for ``LOCAL_NAMES``), ``"wrong_host"`` (signed by the CA
+            for ``OTHER_HOST`` only) or ``"self_signed"`` (for ``LOCAL_NAMES``, signed by its own
+            key).
     """
 
     def __init__(self, kind: str) -> None:
@@ -44,7 +45,7 @@ class ServerCertificates:
         self.ca_pem = self._ca.cert_pem.bytes()
 
     def server_context(self, directory: Path) -> tuple[Path, ssl.SSLContext]:
-        """Write the CA bundle into `directory`; return its path and the server's SSL context."""
+        """Write the CA bundle into ``directory``; return its path and the server's SSL context."""
         ca_file = directory / "ca.pem"
         ca_file.write_bytes(self.ca_pem)
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -59,7 +60,7 @@ class ServerCertificates:
 
 
 def _self_signed_pem(names: tuple[str, ...]) -> bytes:
-    """A private key and a certificate for `names` that the key signs itself, as PEM."""
+    """A private key and a certificate for ``names`` that the key signs itself, as PEM."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
     alternatives: list[x509.GeneralName] = []

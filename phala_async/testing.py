@@ -1,36 +1,38 @@
 """A local simulator of the Phala Cloud API, for tests and benchmarks.
 
-`PhalaSimulator` is a real `aiohttp.web` server on 127.0.0.1 that serves the two endpoints this
+``PhalaSimulator`` is a real ``aiohttp.web`` server on 127.0.0.1 that serves the two endpoints this
 package uses, as the API reference describes them:
 
-- `GET /api/v1/cvms/{cvm_id}`: the `CvmBasicInfo` document of one CVM, looked up by integer id,
-  name, `app_<40 hex>`, bare 40-hex app or instance id, or VM UUID (dashed or not);
-- `GET /api/v1/cvms/paginated?page=&page_size=`: `HostedCvm` items over the workspace, in id order;
-  each item's `hosted.id` and `hosted.instance_id` are its CVM's VM UUID and instance id.
+- ``GET /api/v1/cvms/{cvm_id}``: the ``CvmBasicInfo`` document of one CVM, looked up by integer id,
+  name, ``app_<40 hex>``, bare 40-hex app or instance id, or VM UUID (dashed or not);
+- ``GET /api/v1/cvms/paginated?page=&page_size=``: ``HostedCvm`` items over the workspace, in id
+  order; each item's ``hosted.id`` and ``hosted.instance_id`` are its CVM's VM UUID and instance id.
 
-Both require `X-API-Key: <api_key>` or `Authorization: Bearer <token>` (401 otherwise), and every
-answer carries a unique `X-Request-ID`. Errors use the real server's bodies: 403 for CVMs of
-another workspace, 404 `ERR-03-001`, 422 FastAPI validation details, 429 `ERR-05-002` with
-`Retry-After`. The same shape is served whatever `X-Phala-Version` is sent (the `2025-10-28` one).
+Both require ``X-API-Key: <api_key>`` or ``Authorization: Bearer <token>`` (401 otherwise), and
+every answer carries a unique ``X-Request-ID``. Errors use the real server's bodies: 403 for CVMs of
+another workspace, 404 ``ERR-03-001``, 422 FastAPI validation details, 429 ``ERR-05-002`` with
+``Retry-After``. The same shape is served whatever ``X-Phala-Version`` is sent (the ``2025-10-28``
+one).
 
-An app may run as several CVMs (`instances_per_app`): they share the `app_id`, so `app_<hex>` names
-only the app's first instance, while the integer id, name, VM UUID and instance id name one CVM.
-The workspace can change while the server runs, as a real one does between two sweeps:
-`add_cvms`, `remove_cvm` and `update_cvm` change the detail documents and the listing together
-(`total` and `pages` included); a removed CVM answers 404 `ERR-03-001` in every identifier form.
+An app may run as several CVMs (``instances_per_app``): they share the ``app_id``, so ``app_<hex>``
+names only the app's first instance, while the integer id, name, VM UUID and instance id name one
+CVM. The workspace can change while the server runs, as a real one does between two sweeps:
+``add_cvms``, ``remove_cvm`` and ``update_cvm`` change the detail documents and the listing together
+(``total`` and ``pages`` included); a removed CVM answers 404 ``ERR-03-001`` in every identifier
+form.
 
-With `tls=True` it serves HTTPS with a certificate of its own throwaway CA (trustme, from the
-`testing` extra); clients trust it through `ca_file` or `ca_pem`, and `tls_cert` serves a
+With ``tls=True`` it serves HTTPS with a certificate of its own throwaway CA (trustme, from the
+``testing`` extra); clients trust it through ``ca_file`` or ``ca_pem``, and ``tls_cert`` serves a
 certificate for the wrong host or a self-signed one instead.
 
-Failures can be injected on the detail endpoint at random (`fault_rate`, `faults`), by a request
-budget (`rate_limit`), or in a fixed order per path segment (`script`). Connections can go stale
-as behind a load balancer (`drop_after`: the request after that many on one keep-alive connection
-is dropped unanswered). Counters (`requests`, `total_requests`, `status_counts`, `connections`)
-and a log of `RequestRecord`s show what the server saw.
+Failures can be injected on the detail endpoint at random (``fault_rate``, ``faults``), by a request
+budget (``rate_limit``), or in a fixed order per path segment (``script``). Connections can go stale
+as behind a load balancer (``drop_after``: the request after that many on one keep-alive connection
+is dropped unanswered). Counters (``requests``, ``total_requests``, ``status_counts``,
+``connections``) and a log of ``RequestRecord``s show what the server saw.
 
-Public names: `PhalaSimulator`, `Fault` (the injectable failures), `DEFAULT_FAULTS` (those
-`fault_rate` draws from by default) and `RequestRecord` (one entry of `request_log`). Example:
+Public names: ``PhalaSimulator``, ``Fault`` (the injectable failures), ``DEFAULT_FAULTS`` (those
+``fault_rate`` draws from by default) and ``RequestRecord`` (one entry of ``request_log``). Example:
 
     import ssl
 
@@ -95,16 +97,16 @@ class RequestRecord:
     """One request as the simulator saw it; credentials are never stored.
 
     Attributes:
-        time: `loop.time()` when the handler finished.
+        time: ``loop.time()`` when the handler finished.
         path: The request path, without the query string.
-        cvm_key: The segment after `/cvms/` (`"paginated"` for the list), None for other paths.
-        status: The status answered, `"reset"` for a connection aborted by `Fault.RESET`,
-            `"dropped"` for one closed by `drop_after`, or `"unanswered"` if the handler was
+        cvm_key: The segment after ``/cvms/`` (``"paginated"`` for the list), None for other paths.
+        status: The status answered, ``"reset"`` for a connection aborted by ``Fault.RESET``,
+            ``"dropped"`` for one closed by ``drop_after``, or ``"unanswered"`` if the handler was
             cancelled (at shutdown).
         header_names: Lower-cased names of the request headers.
         authenticated: Whether a valid credential was sent.
-        phala_version: The `X-Phala-Version` header, if any.
-        user_agent: The `User-Agent` header, if any.
+        phala_version: The ``X-Phala-Version`` header, if any.
+        user_agent: The ``User-Agent`` header, if any.
     """
 
     time: float
@@ -127,48 +129,48 @@ def _is_whole(value: object, *, minimum: int) -> bool:
 class PhalaSimulator:
     """A local Phala Cloud API server with deterministic CVMs and injectable failures.
 
-    Workspace CVMs have ids `1..cvms`; ids `cvms+1..cvms+forbidden` exist in another workspace
-    (403); CVMs added later (`add_cvms`) take the ids after the highest ever given, so they never
-    collide with those. CVM documents derive from `(seed, id)` and are encoded when the CVM is
-    made or changed (`update_cvm`), not per request. `X-Phala-Version` is recorded but does not
+    Workspace CVMs have ids ``1..cvms``; ids ``cvms+1..cvms+forbidden`` exist in another workspace
+    (403); CVMs added later (``add_cvms``) take the ids after the highest ever given, so they never
+    collide with those. CVM documents derive from ``(seed, id)`` and are encoded when the CVM is
+    made or changed (``update_cvm``), not per request. ``X-Phala-Version`` is recorded but does not
     change the shape.
 
     A detail request is processed in this order: counted, dropped if its connection is stale
-    (`drop_after`), authenticated (401), a scripted answer for its segment (which replaces the rate
-    limit and random fault), the rate limit (429), a random fault with probability `fault_rate`,
-    `latency`, then the lookup (422/404/403/200). The list endpoint only counts, drops stale
-    connections, authenticates and applies `script("paginated", ...)`.
+    (``drop_after``), authenticated (401), a scripted answer for its segment (which replaces the
+    rate limit and random fault), the rate limit (429), a random fault with probability
+    ``fault_rate``, ``latency``, then the lookup (422/404/403/200). The list endpoint only counts,
+    drops stale connections, authenticates and applies ``script("paginated", ...)``.
 
     Args:
         cvms: Number of CVMs in the workspace.
-        api_key: The accepted `X-API-Key` value.
-        token: The accepted `Authorization: Bearer` token.
+        api_key: The accepted ``X-API-Key`` value.
+        token: The accepted ``Authorization: Bearer`` token.
         forbidden: Number of extra CVMs that belong to another workspace.
-        instances_per_app: CVMs that are instances of one app and share its `app_id`: with 3,
+        instances_per_app: CVMs that are instances of one app and share its ``app_id``: with 3,
             CVMs 1-3 are one app, 4-6 the next (forbidden and added CVMs form apps of their
-            own). Each instance keeps its own id, name, VM UUID and instance id; `app_<hex>`
+            own). Each instance keeps its own id, name, VM UUID and instance id; ``app_<hex>``
             names the app's first instance still in the workspace (its lowest id), as a lookup
             by app id that takes the oldest match does.
         fault_rate: Fraction (0-1) of detail requests answered with a random fault.
         faults: The kinds random faults are drawn from, uniformly.
-        fault_delay: Seconds a `Fault.DELAY` waits before answering.
-        retry_after: `Retry-After` of an injected 429: seconds (fractions are sent as given, for
+        fault_delay: Seconds a ``Fault.DELAY`` waits before answering.
+        retry_after: ``Retry-After`` of an injected 429: seconds (fractions are sent as given, for
             fast tests) or an HTTP-date string.
         rate_limit: Answered detail requests allowed per fixed one-second window; None: no limit.
-        rate_limit_retry_after: `Retry-After` seconds of a rate-limit 429.
+        rate_limit_retry_after: ``Retry-After`` seconds of a rate-limit 429.
         latency: Seconds added before every answer that passes the rate limit.
         drop_after: Requests one connection may have answered: the next request on it is not
             answered, its connection is aborted before any byte, as a load balancer closes an
-            idle keep-alive connection (counted and logged with status `"dropped"`). None: never.
+            idle keep-alive connection (counted and logged with status ``"dropped"``). None: never.
         seed: Seed of the CVM data and of the random faults.
         host: Interface to listen on.
         port: Port to listen on; 0 picks a free one.
-        tls: Serve HTTPS with certificates of a fresh CA from trustme (`pip install
-            'phala-async[testing]'`); a client trusts it through `ca_file` or `ca_pem`.
-        tls_cert: The certificate the server presents: `"valid"` (signed by the CA for
-            127.0.0.1, localhost and ::1), `"wrong_host"` (signed by the CA for `other.example`
-            only) or `"self_signed"` (for the local names, signed by itself). An unknown CA needs
-            no option: serve `"valid"` and do not trust `ca_file`.
+        tls: Serve HTTPS with certificates of a fresh CA from trustme (``pip install
+            'phala-async[testing]'``); a client trusts it through ``ca_file`` or ``ca_pem``.
+        tls_cert: The certificate the server presents: ``"valid"`` (signed by the CA for
+            127.0.0.1, localhost and ::1), ``"wrong_host"`` (signed by the CA for ``other.example``
+            only) or ``"self_signed"`` (for the local names, signed by itself). An unknown CA needs
+            no option: serve ``"valid"`` and do not trust ``ca_file``.
 
     Raises:
         ValueError: A value is out of range; the message says what to pass.
@@ -270,7 +272,7 @@ class PhalaSimulator:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> str:
-        """Start listening and return `base_url`.
+        """Start listening and return ``base_url``.
 
         Raises:
             RuntimeError: The simulator is already running.
@@ -332,7 +334,8 @@ class PhalaSimulator:
 
     @property
     def base_url(self) -> str:
-        """`http://<host>:<port>/api/v1` (`https://` with `tls`); RuntimeError before `start()`."""
+        """``http://<host>:<port>/api/v1`` (``https://`` with ``tls``); RuntimeError before
+        ``start()``."""
         if self._bound_port is None:
             raise RuntimeError("the simulator is not running: call start() or use `async with`")
         scheme = "http" if self._certificates is None else "https"
@@ -341,9 +344,9 @@ class PhalaSimulator:
 
     @property
     def ca_file(self) -> str:
-        """Path of the PEM bundle of the CA to trust, in a directory removed by `close()`.
+        """Path of the PEM bundle of the CA to trust, in a directory removed by ``close()``.
 
-        For example `ssl.create_default_context(cafile=sim.ca_file)`.
+        For example ``ssl.create_default_context(cafile=sim.ca_file)``.
 
         Raises:
             RuntimeError: The simulator serves plain HTTP, or is not running.
@@ -355,7 +358,7 @@ class PhalaSimulator:
 
     @property
     def ca_pem(self) -> bytes:
-        """The PEM certificate of the CA to trust (the content of `ca_file`), running or not.
+        """The PEM certificate of the CA to trust (the content of ``ca_file``), running or not.
 
         Raises:
             RuntimeError: The simulator serves plain HTTP.
@@ -369,7 +372,7 @@ class PhalaSimulator:
 
     @property
     def api_key(self) -> str:
-        """The accepted `X-API-Key` value."""
+        """The accepted ``X-API-Key`` value."""
         return self._api_key
 
     @property
@@ -379,12 +382,12 @@ class PhalaSimulator:
 
     @property
     def retry_after(self) -> float | str:
-        """The `Retry-After` value of an injected `Fault.RATE_LIMIT`."""
+        """The ``Retry-After`` value of an injected ``Fault.RATE_LIMIT``."""
         return self._retry_after
 
     @property
     def cvm_ids(self) -> list[int]:
-        """Ids of the workspace CVMs, in order; they follow `add_cvms` and `remove_cvm`."""
+        """Ids of the workspace CVMs, in order; they follow ``add_cvms`` and ``remove_cvm``."""
         return self._workspace.cvm_ids
 
     @property
@@ -393,60 +396,61 @@ class PhalaSimulator:
         return self._workspace.forbidden_ids
 
     def cvm(self, cvm_id: int) -> dict[str, Any]:
-        """A fresh copy of the JSON document served now for workspace CVM `cvm_id`.
+        """A fresh copy of the JSON document served now for workspace CVM ``cvm_id``.
 
         Raises:
-            KeyError: `cvm_id` is not in `cvm_ids`.
+            KeyError: ``cvm_id`` is not in ``cvm_ids``.
         """
         return self._workspace.document(cvm_id)
 
     def add_cvms(self, count: int) -> list[int]:
-        """Add `count` CVMs to the workspace and return their ids, in order.
+        """Add ``count`` CVMs to the workspace and return their ids, in order.
 
         They take the ids after the highest ever given (forbidden and removed CVMs included), and
         their documents derive from the seed and the id, like the first ones. With several
-        `instances_per_app`, this call's CVMs form new apps of their own.
+        ``instances_per_app``, this call's CVMs form new apps of their own.
 
         Raises:
-            ValueError: `count` is not an int >= 0.
+            ValueError: ``count`` is not an int >= 0.
         """
         if not _is_whole(count, minimum=0):
             raise ValueError(f"count must be an int >= 0 (CVMs to add), not {count!r}")
         return self._workspace.add(count)
 
     def remove_cvm(self, cvm_id: int) -> None:
-        """Remove a workspace CVM: every identifier form of it then answers 404 `ERR-03-001`.
+        """Remove a workspace CVM: every identifier form of it then answers 404 ``ERR-03-001``.
 
-        It leaves the listing (its `total` and `pages` follow) and `cvm_ids`; its id is never given
-        again. The app id of an app with other instances left names the next one instead.
+        It leaves the listing (its ``total`` and ``pages`` follow) and ``cvm_ids``; its id is never
+        given again. The app id of an app with other instances left names the next one instead.
 
         Raises:
-            KeyError: `cvm_id` is not in `cvm_ids`.
+            KeyError: ``cvm_id`` is not in ``cvm_ids``.
         """
         self._workspace.remove(cvm_id)
 
     def update_cvm(self, cvm_id: int, **fields: Any) -> None:
         """Change fields of a workspace CVM in its detail document and in its listing entry.
 
-        Fields are named as in the detail document (`status`, `name`, `vcpu`, `memory`,
-        `disk_size`, `teepod={...}`, ...); the listing entry changes alike (`teepod` is its
-        `node`, `name` and `status` also its `hosted` ones). Values are served as given, so a test
-        can also serve a malformed document. A new `name` finds the CVM; the old one no longer does.
-        Example: `sim.update_cvm(3, status="stopped", teepod={"id": 9, "name": "prod9"})`.
+        Fields are named as in the detail document (``status``, ``name``, ``vcpu``, ``memory``,
+        ``disk_size``, ``teepod={...}``, ...); the listing entry changes alike (``teepod`` is its
+        ``node``, ``name`` and ``status`` also its ``hosted`` ones). Values are served as given, so
+        a test can also serve a malformed document. A new ``name`` finds the CVM; the old one no
+        longer does.
+        Example: ``sim.update_cvm(3, status="stopped", teepod={"id": 9, "name": "prod9"})``.
 
         Raises:
-            KeyError: `cvm_id` is not in `cvm_ids`.
-            ValueError: An unknown field or an identifier (`id`, `app_id`, `vm_uuid`,
-                `instance_id`), or a `name` that is not a free CVM name; nothing was changed.
+            KeyError: ``cvm_id`` is not in ``cvm_ids``.
+            ValueError: An unknown field or an identifier (``id``, ``app_id``, ``vm_uuid``,
+                ``instance_id``), or a ``name`` that is not a free CVM name; nothing was changed.
             TypeError: A value that JSON cannot encode; nothing was changed.
         """
         self._workspace.update(cvm_id, fields)
 
     def script(self, key: str | int, *kinds: Fault | str) -> None:
-        """Queue answers for the next requests whose path segment is `str(key)`.
+        """Queue answers for the next requests whose path segment is ``str(key)``.
 
         Scripted answers are used in order, one per request, before the rate limit and random
-        faults; `Fault.OK` is a normal answer. Use the key `"paginated"` for the list endpoint.
+        faults; ``Fault.OK`` is a normal answer. Use the key ``"paginated"`` for the list endpoint.
         Calling again appends to the queue.
 
         Raises:
@@ -461,7 +465,7 @@ class PhalaSimulator:
 
     @property
     def requests(self) -> collections.Counter[str]:
-        """Requests per raw path segment under `/cvms/` (a copy; the list counts as "paginated").
+        """Requests per raw path segment under ``/cvms/`` (a copy; the list counts as "paginated").
 
         Every request is counted, including faults and authentication failures.
         """
@@ -474,7 +478,7 @@ class PhalaSimulator:
 
     @property
     def status_counts(self) -> collections.Counter[int | str]:
-        """Answers given by status code (a copy); `"reset"` counts aborted connections."""
+        """Answers given by status code (a copy); ``"reset"`` counts aborted connections."""
         return collections.Counter(self._status_counts)
 
     @property
@@ -484,7 +488,7 @@ class PhalaSimulator:
 
     @property
     def max_in_flight(self) -> int:
-        """The most detail requests handled at once since start or `reset_counters()`."""
+        """The most detail requests handled at once since start or ``reset_counters()``."""
         return self._max_in_flight
 
     @property
@@ -494,7 +498,7 @@ class PhalaSimulator:
 
     @property
     def connections(self) -> int:
-        """TCP connections accepted (failed TLS handshakes included) until `reset_counters()`."""
+        """TCP connections accepted (failed TLS handshakes included) until ``reset_counters()``."""
         return self._connections
 
     def reset_counters(self) -> None:
