@@ -182,6 +182,7 @@ class PhalaClient:
             concurrency=concurrency,
             ssl=resolve_tls(ssl, ca_file),
             trace_configs=check_trace_configs(trace_configs),
+            https=self._base_url.startswith("https:"),
         )
         self._policy = RetryPolicy(
             max_attempts=max_attempts,

@@ -158,23 +158,53 @@ class Exchange:
         try:
             # Paths are built from validated segments and integers, so need no quoting.
             url = URL(self._base_url + path, encoded=True)
-            # Our own timer rather than aiohttp's: aiohttp's can turn a cancellation that lands
-            # as the timer fires into a TimeoutError (aio-libs/aiohttp#5979), which would be
-            # retried instead of stopping the sweep.
-            with _AttemptTimer(self._timeout_seconds):
-                try:
-                    return await self._send(session, url, cvm_id, has_defaults)
-                except (OSError, aiohttp.ServerDisconnectedError) as exc:
-                    if not has_defaults or self._on_reconnect is None or not _stale(exc):
-                        raise
-            # The request met a connection the server had closed while idle, so it never
-            # really happened: it is sent again at once, on a new connection, with a timeout of
-            # its own. aiohttp's own silent resend is off on our session so that each request
-            # is counted: this one counts as a request and as a reconnect.
-            self._on_reconnect()
-            POOLED.set(WANT_NEW)
-            with _AttemptTimer(self._timeout_seconds):
-                return await self._send(session, url, cvm_id, has_defaults)
+            for resend in (False, True):
+                if resend:
+                    # The request met a connection the server had closed while idle, so it
+                    # never really happened: it is sent again at once, on a new connection,
+                    # with a timeout of its own. aiohttp's own silent resend is off on our
+                    # session so that each request is counted: this one counts as a request
+                    # and as a reconnect.
+                    assert self._on_reconnect is not None  # noqa: S101 - checked below
+                    self._on_reconnect()
+                    POOLED.set(WANT_NEW)
+                # Our own timer rather than aiohttp's: aiohttp's can turn a cancellation that
+                # lands as the timer fires into a TimeoutError (aio-libs/aiohttp#5979), which
+                # would be retried instead of stopping the sweep.
+                with _AttemptTimer(self._timeout_seconds):
+                    try:
+                        # Written out rather than in a helper: this runs once per request.
+                        if not has_defaults:
+                            request = session.get(
+                                url,
+                                headers=self._headers,
+                                allow_redirects=False,
+                                timeout=self._timeout,
+                            )
+                        elif self._via is None:
+                            request = session.get(url, allow_redirects=False)
+                        else:
+                            request = session.get(url, allow_redirects=False, **self._via)
+                        async with request as response:
+                            length = response.content_length
+                            if (
+                                length is not None
+                                and length <= self._max_bytes
+                                and "Content-Encoding" not in response.headers
+                            ):
+                                body = await response.read()
+                            else:
+                                body = await self._read_capped(response, cvm_id)
+                            return Answer(response.status, response.headers, body)
+                    except (OSError, aiohttp.ServerDisconnectedError) as exc:
+                        if (
+                            resend
+                            or not has_defaults
+                            or self._on_reconnect is None
+                            or not _stale(exc)
+                        ):
+                            raise
+            raise AssertionError("unreachable: the resend returns or raises")  # pragma: no cover
         except PhalaError:
             raise
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
@@ -183,34 +213,6 @@ class Exchange:
             # cause chosen as safe to show, never to them.
             error, cause = self._translate(exc, cvm_id)
         raise error from cause
-
-    async def _send(
-        self,
-        session: aiohttp.ClientSession,
-        url: URL,
-        cvm_id: str | int | None,
-        has_defaults: bool,
-    ) -> Answer:
-        if has_defaults:
-            if self._via is None:
-                request = session.get(url, allow_redirects=False)
-            else:
-                request = session.get(url, allow_redirects=False, **self._via)
-        else:
-            request = session.get(
-                url, headers=self._headers, allow_redirects=False, timeout=self._timeout
-            )
-        async with request as response:
-            length = response.content_length
-            if (
-                length is not None
-                and length <= self._max_bytes
-                and "Content-Encoding" not in response.headers
-            ):
-                body = await response.read()
-            else:
-                body = await self._read_capped(response, cvm_id)
-            return Answer(response.status, response.headers, body)
 
     def _translate(
         self, exc: BaseException, cvm_id: str | int | None

@@ -44,23 +44,26 @@ class SessionOptions:
         ssl: the context that verifies the API, from ``ssl=`` or ``ca_file=``; None for the
             default trust (see :func:`tls_context`).
         trace_configs: aiohttp ``TraceConfig`` objects the session reports to.
+        https: whether the API is reached over https; a trust store is loaded only then.
     """
 
     concurrency: int
     ssl: ssl.SSLContext | None = None
     trace_configs: tuple[aiohttp.TraceConfig, ...] = ()
+    https: bool = True
 
 
 def tls_context(
     options: SessionOptions, environ: Mapping[str, str] = os.environ
 ) -> ssl.SSLContext | bool:
-    """The ``ssl`` argument of the connector: the caller's context; else, when
+    """The ``ssl`` argument of the connector: the caller's context; else, for an https API when
     ``SSL_CERT_FILE`` or ``SSL_CERT_DIR`` is set, a default context made now (OpenSSL reads
     them as it loads the default store); else True, aiohttp's default context, made at import.
     """
     if options.ssl is not None:
         return options.ssl
-    if any(environ.get(name) for name in CERT_ENV):
+    # Loading a store takes tens of milliseconds: not for a plain-http API (the simulator).
+    if options.https and any(environ.get(name) for name in CERT_ENV):
         # aiohttp's default context was made when it was imported, perhaps before the variable
         # was set; a new one reads it now. Loading the store takes some milliseconds, once.
         context = ssl.create_default_context()

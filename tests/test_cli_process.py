@@ -139,3 +139,20 @@ def test_a_closed_stdout_ends_quietly_with_status_0() -> None:
     assert all(json.loads(line)["ok"] for line in first_two)
     assert process.returncode == 0, err
     assert err == ""
+
+
+def test_all_over_apps_of_three_instances_gives_one_record_per_cvm(tmp_path: Path) -> None:
+    """`sweep --all` in a subprocess, over a workspace whose apps run three instances each,
+    writes one ok record per CVM and fetches each once."""
+    output = tmp_path / "all.jsonl"
+    with simulator_thread(cvms=12, instances_per_app=3) as simulator:
+        done = run_module(
+            "--api-key", simulator.api_key, "--base-url", simulator.base_url,
+            "sweep", "--all", "-o", str(output),
+        )  # fmt: skip
+        records = jsonl(output.read_text())
+        fetched = [fetches(simulator, str(record["cvm_id"])) for record in records]
+    assert done.returncode == 0, done.stderr
+    assert sorted(record["cvm"]["id"] for record in records) == list(range(1, 13))  # type: ignore[index]
+    assert len({record["cvm"]["app_id"] for record in records}) == 4  # type: ignore[index]
+    assert fetched == [1] * 12

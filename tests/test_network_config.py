@@ -86,6 +86,12 @@ def test_tls_context_is_made_anew_when_ssl_cert_file_is_set() -> None:
     assert made.check_hostname
 
 
+def test_no_trust_store_is_loaded_for_a_plain_http_api() -> None:
+    """For an http API (the simulator), ``SSL_CERT_FILE`` loads no store: nothing is verified."""
+    options = SessionOptions(concurrency=1, https=False)
+    assert tls_context(options, environ={"SSL_CERT_FILE": "/x.pem"}) is True
+
+
 def test_the_callers_context_wins() -> None:
     """A context given as ``ssl=`` (or made from ``ca_file=``) is used as it is."""
     context = ssl.create_default_context()
