@@ -42,8 +42,9 @@ test: lint typecheck unit compat
 
 # While iterating: the suite without the tests marked slow (soaks, long sweeps, the wheel and the
 # benchmark harness). Not a substitute for `make test`.
+# Both cores; the slow tests (soaks, timed sweeps, the wheel) are left to `make test`.
 quick: venv
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow" -n auto
 
 clean:
 	rm -rf $(VENV) $(VENV313) .mypy_cache .pytest_cache .ruff_cache build dist

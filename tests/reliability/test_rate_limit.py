@@ -94,6 +94,8 @@ async def test_adaptive_sweep_keeps_under_an_unpublished_limit(
     assert figures.client_requests == figures.server_requests
 
 
+# Slow: it reads the server's clock, so it must run alone (make test), not beside another worker.
+@pytest.mark.slow
 async def test_hard_cap_keeps_the_server_observed_rate_under_it() -> None:
     """``rate_limit=50`` lets the server see at most its burst of 50 plus 50 per second."""
     async with (
