@@ -362,9 +362,7 @@ class CvmStream(AsyncIterator[SweepResult]):
                 else:
                     self._park(cvm_id, fetched)
         except Exception as exc:  # noqa: BLE001 - handed to the consumer, never swallowed
-            if self._failure is None:
-                self._failure = exc
-            self._ids_exhausted = True
+            self._stop_on(exc)
         await self._one_less()
 
     def _park(self, cvm_id: str | int, retries: Retries) -> None:
@@ -387,10 +385,15 @@ class CvmStream(AsyncIterator[SweepResult]):
             else:
                 await self._put(CvmOk(cvm_id=cvm_id, cvm=cvm, attempts=attempts))
         except Exception as exc:  # noqa: BLE001 - handed to the consumer, never swallowed
-            if self._failure is None:
-                self._failure = exc
-            self._ids_exhausted = True
+            self._stop_on(exc)
         await self._one_less()
+
+    def _stop_on(self, failure: Exception) -> None:
+        """Read no more ids: ``failure`` (the id source's, say) is raised to the consumer after
+        the results already fetched."""
+        if self._failure is None:
+            self._failure = failure
+        self._ids_exhausted = True
 
     async def _fail(self, cvm_id: str | int, error: PhalaError) -> None:
         # A closed client, a refused credential or a failing TLS set-up would fail every id.

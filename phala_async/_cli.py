@@ -229,6 +229,15 @@ def _output_options(
         )
 
 
+def _id_options(parser: argparse.ArgumentParser, verb: str, *, all_help: str) -> None:
+    """The ids a command works on: arguments, ``--ids-file`` or ``--all``."""
+    parser.add_argument("ids", nargs="*", metavar="ID", help=f"ids to {verb} (any form get takes)")
+    parser.add_argument(
+        "--ids-file", metavar="FILE", help="read ids from FILE, one per line ('-' for stdin)"
+    )
+    parser.add_argument("--all", action="store_true", help=all_help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``phala-async``."""
     parser = _Parser(
@@ -282,11 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
         everything,
         notes=_SWEEP_NOTES,
     )
-    sweep.add_argument("ids", nargs="*", metavar="ID", help="ids to fetch (any form get takes)")
-    sweep.add_argument(
-        "--ids-file", metavar="FILE", help="read ids from FILE, one per line ('-' for stdin)"
-    )
-    sweep.add_argument("--all", action="store_true", help="fetch every CVM of the workspace")
+    _id_options(sweep, "fetch", all_help="fetch every CVM of the workspace")
     _output_options(sweep, default_to="stdout", resume=True)
     diff = command(
         "diff",
@@ -321,13 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
         everything,
         notes=_WATCH_NOTES,
     )
-    watch.add_argument("ids", nargs="*", metavar="ID", help="ids to watch (any form get takes)")
-    watch.add_argument(
-        "--ids-file", metavar="FILE", help="read ids from FILE, one per line ('-' for stdin)"
-    )
-    watch.add_argument(
-        "--all", action="store_true", help="watch every CVM of the workspace, new ones included"
-    )
+    _id_options(watch, "watch", all_help="watch every CVM of the workspace, new ones included")
     watch.add_argument(
         "--interval",
         metavar="S",

@@ -3,6 +3,7 @@ to compare two), and the ``--output`` file, replaced only once a sweep has finis
 
 from __future__ import annotations
 
+import argparse
 import csv
 import itertools
 import os
@@ -15,8 +16,7 @@ import msgspec
 
 from ._cli_common import PROG, UsageError
 from ._cli_output import CSV_COLUMNS
-from ._errors import InvalidCvmIdError
-from ._ids import normalize_cvm_id
+from ._ids import id_key
 
 __all__ = [
     "CSV_HEADER",
@@ -25,6 +25,7 @@ __all__ = [
     "Resumed",
     "StoredRecord",
     "distinct_ids",
+    "given_ids",
     "id_key",
     "newest_records",
     "parse_ids",
@@ -37,15 +38,6 @@ CSV_HEADER = ",".join(CSV_COLUMNS)
 _OK_COLUMN = CSV_COLUMNS.index("ok")
 
 
-def id_key(cvm_id: str) -> str:
-    """What makes two ids the same CVM: the normalised id (``app_<hex>`` and the bare hex are one);
-    an invalid id is its own key, never equal to a valid one."""
-    try:
-        return normalize_cvm_id(cvm_id)
-    except InvalidCvmIdError:
-        return "\0" + cvm_id
-
-
 def distinct_ids(given: Iterable[str]) -> list[str]:
     """The ids to sweep, in order, each once: two forms of one id (``app_<hex>`` and the bare hex)
     count once; an invalid id is kept, to be reported as a failed record."""
@@ -53,6 +45,26 @@ def distinct_ids(given: Iterable[str]) -> list[str]:
     for raw in given:
         distinct.setdefault(id_key(raw), raw)
     return list(distinct.values())
+
+
+def given_ids(args: argparse.Namespace, verb: str, does: str) -> list[str] | None:
+    """The ids a command was given (arguments and ``--ids-file``), each once; None for ``--all``.
+
+    Args:
+        args: the parsed command line, with ``ids``, ``ids_file`` and ``all``.
+        verb: what the command does to them, for the messages (``sweep``, ``watch``).
+        does: the same verb after ``--all`` (``sweeps``, ``watches``).
+
+    Raises:
+        UsageError: both ids and ``--all``, or neither; an ids file that cannot be read.
+    """
+    if args.all and (args.ids or args.ids_file):
+        raise UsageError(f"--all {does} the whole workspace: give it no ids and no --ids-file")
+    if args.all:
+        return None
+    if not (args.ids or args.ids_file):
+        raise UsageError(f"nothing to {verb}: give ids, --ids-file FILE ('-' for stdin), or --all")
+    return distinct_ids(args.ids + (read_ids_file(args.ids_file) if args.ids_file else []))
 
 
 def parse_ids(text: str) -> list[str]:

@@ -23,7 +23,7 @@ from ._cli_common import (
     refused_message,
     run_command,
 )
-from ._cli_files import OutputFile, Resumed, distinct_ids, id_key, read_ids_file, resume_from
+from ._cli_files import OutputFile, Resumed, given_ids, id_key, resume_from
 from ._cli_output import RecordWriter, Redactor, print_error, record_writer
 from ._cli_progress import ProgressLine, Tally, format_summary, refusal
 from ._client import ClientStats, PhalaClient
@@ -70,17 +70,12 @@ class SweepReport:
 
 def sweep_command(args: argparse.Namespace, redact: Redactor) -> int:
     """Run ``phala-async sweep`` and return its exit status."""
-    if args.all and (args.ids or args.ids_file):
-        raise UsageError("--all sweeps the whole workspace: give it no ids and no --ids-file")
-    if not (args.all or args.ids or args.ids_file):
-        raise UsageError("nothing to sweep: give ids, --ids-file FILE ('-' for stdin), or --all")
+    ids = given_ids(args, "sweep", "sweeps")
     to_file = args.output not in (None, "-")
     if args.resume and not to_file:
         raise UsageError("--resume continues the sweep written to -o FILE: give that FILE")
     if args.resume and args.format == "table":
         raise UsageError("--resume reads back jsonl or csv records, not a table")
-    given = args.ids + (read_ids_file(args.ids_file) if args.ids_file is not None else [])
-    ids = distinct_ids(given)
     client = make_client(args)  # a bad option fails before any file is touched
     output = OutputFile(args.output) if to_file else None
     resumed = resume_from(args.output, args.format) if output and args.resume else None
@@ -97,7 +92,7 @@ def sweep_command(args: argparse.Namespace, redact: Redactor) -> int:
     tally = Tally()
     already_ok = AlreadyOk(resumed.done if resumed is not None else frozenset(), tally)
     total: Callable[[], int | None] | None = None
-    if args.all:
+    if ids is None:  # --all
         listing = client.list_cvms()
         source: Iterable[str] | AsyncIterator[str] = workspace_ids(listing, skip=already_ok)
         total = lambda: listing.total  # noqa: E731 - read as pages arrive

@@ -26,7 +26,7 @@ from ._cli_common import (
     refused_message,
     run_command,
 )
-from ._cli_files import distinct_ids, read_ids_file
+from ._cli_files import given_ids
 from ._cli_output import Redactor, print_error
 from ._cli_progress import Tally, refusal
 from ._cli_sweep import describe_failure
@@ -101,14 +101,8 @@ def _watched_ids(args: argparse.Namespace) -> list[str] | None:
     Raises:
         UsageError: both ids and ``--all``, neither, or an ids file without ids.
     """
-    if args.all and (args.ids or args.ids_file):
-        raise UsageError("--all watches the whole workspace: give it no ids and no --ids-file")
-    if args.all:
-        return None
-    if not (args.ids or args.ids_file):
-        raise UsageError("nothing to watch: give ids, --ids-file FILE ('-' for stdin), or --all")
-    ids = distinct_ids(args.ids + (read_ids_file(args.ids_file) if args.ids_file else []))
-    if not ids:
+    ids = given_ids(args, "watch", "watches")
+    if ids is not None and not ids:
         raise UsageError(f"no ids in {args.ids_file}: give one id a line, or use --all")
     return ids
 

@@ -7,14 +7,14 @@ import dataclasses
 import functools
 import logging
 import os
-from collections.abc import AsyncIterable, Awaitable, Iterable, Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequence
 from ssl import SSLContext
 from types import TracebackType
 from typing import Self, TypeVar
 
 import aiohttp
 
-from ._bulk import Abort, CvmStream, Fetched, SweepResult, gather_in_order
+from ._bulk import Abort, CvmStream, Fetched, Retries, SweepResult, gather_in_order
 from ._config import (
     check_positive,
     check_trace_configs,
@@ -191,6 +191,13 @@ class PhalaClient:
             retry_after_cap=retry_after_cap,
         )
         self._concurrency = concurrency
+        self._governor = Governor(
+            concurrency=concurrency,
+            adaptive=adaptive,
+            rate_limit=rate_limit,
+            retry_budget=retry_budget,
+            retry_after_cap=self._policy.retry_after_cap,
+        )
         self._exchange = Exchange(
             base_url=self._base_url,
             headers={
@@ -202,16 +209,9 @@ class PhalaClient:
             timeout=float(timeout),
             max_bytes=max_response_bytes,
             proxy=route,
-            on_reconnect=self._note_reconnect,
+            on_reconnect=self._governor.note_reconnect,
         )
         self._shared = _Shared(session)
-        self._governor = Governor(
-            concurrency=concurrency,
-            adaptive=adaptive,
-            rate_limit=rate_limit,
-            retry_budget=retry_budget,
-            retry_after_cap=self._policy.retry_after_cap,
-        )
         self._sweeps: set[Abort] = set()
         self._flights: Flights[_Fetched] = Flights()
         self._cache: TTLCache[CvmDetail] | None = (
@@ -280,7 +280,7 @@ class PhalaClient:
         shared.closed = True
         for abort in list(self._sweeps):
             await abort(ClientClosedError("the PhalaClient was closed during the sweep"))
-        for flight in list(self._flights):
+        for flight in self._flights:  # a copy: cancelling one removes it
             if flight.task is not None:
                 flight.task.cancel()
         if shared.owns_session and shared.session is not None:
@@ -328,9 +328,6 @@ class PhalaClient:
                 self._session_options, **self._exchange.session_defaults()
             )
         return shared.session
-
-    def _note_reconnect(self) -> None:
-        self._governor.note_reconnect()
 
     # -- public calls ------------------------------------------------------------------------
 
@@ -580,13 +577,29 @@ class PhalaClient:
         try:
             value = await self._attempt(path, cvm_id, decode, extra)
         except PhalaError as exc:
-            wait = self._judge(exc, 1)
-            if wait is None:
-                self._governor.note_call(exc)
-                raise
-            return await self._retries(path, cvm_id, decode, extra, exc, wait)
+            return await self._retries_after(exc, path, cvm_id, decode, extra)()
         self._governor.note_call(None)
         return value, 1
+
+    def _retries_after(
+        self,
+        error: PhalaError,
+        path: str,
+        cvm_id: str | int | None,
+        decode: Decode[_T],
+        extra: MaxInFlight | None,
+    ) -> Callable[[], Awaitable[tuple[_T, int]]]:
+        """Judge a call's failed first attempt, once: the call's remaining retries, to run now
+        (:meth:`_call`) or parked (a sweep).
+
+        Raises:
+            PhalaError: ``error`` itself, when it is final (counted as the call's outcome).
+        """
+        wait = self._judge(error, 1)
+        if wait is None:
+            self._governor.note_call(error)
+            raise error
+        return functools.partial(self._retries, path, cvm_id, decode, extra, error, wait)
 
     async def _first_attempt(
         self, cvm_id: str | int, segment: str, *, extra: MaxInFlight | None
@@ -602,18 +615,15 @@ class PhalaClient:
         flight = flights.open(segment)
         path = f"/cvms/{segment}"
         try:
-            cvm = await self._attempt(path, cvm_id, decode_cvm, extra)
-        except PhalaError as exc:
-            wait = self._judge(exc, 1)
-            if wait is None:
-                self._governor.note_call(exc)
-                flights.land(flight, error=exc)
-                raise
-            return functools.partial(self._parked, flight, path, cvm_id, extra, exc, wait)
+            try:
+                cvm = await self._attempt(path, cvm_id, decode_cvm, extra)
+            except PhalaError as exc:
+                retries = self._retries_after(exc, path, cvm_id, decode_cvm, extra)
+                return functools.partial(self._parked, flight, retries)
         except BaseException as exc:
             flights.land(flight, error=exc)
             raise
-        self._governor.ok += 1
+        self._governor.note_call(None)
         fetched = (cvm, 1)
         self._landed(flight, fetched)
         return fetched
@@ -632,17 +642,10 @@ class PhalaClient:
         retries = fetched
         return lambda: self._within_deadline(retries(), cvm_id, when)
 
-    async def _parked(
-        self,
-        flight: Flight[_Fetched],
-        path: str,
-        cvm_id: str | int,
-        extra: MaxInFlight | None,
-        first_error: PhalaError,
-        wait: float,
-    ) -> _Fetched:
+    async def _parked(self, flight: Flight[_Fetched], retries: Retries) -> _Fetched:
+        """A sweep's retries of one id, run parked; whoever joined the flight gets the answer."""
         try:
-            fetched = await self._retries(path, cvm_id, decode_cvm, extra, first_error, wait)
+            fetched = await retries()
         except BaseException as exc:
             self._flights.land(flight, error=exc)
             raise

@@ -12,7 +12,7 @@ import re
 
 from ._errors import InvalidCvmIdError
 
-__all__ = ["MAX_ID_LENGTH", "normalize_cvm_id"]
+__all__ = ["MAX_ID_LENGTH", "id_key", "normalize_cvm_id"]
 
 MAX_ID_LENGTH = 128
 
@@ -71,3 +71,12 @@ def _why_invalid(text: str) -> str:
         return f"is {len(text)} characters long; at most {MAX_ID_LENGTH} are allowed"
     bad = next(ch for ch in text if not (ch.isascii() and (ch.isalnum() or ch in "_-")))
     return f"contains {bad!r}; only letters, digits, '_' and '-' are allowed"
+
+
+def id_key(cvm_id: str | int) -> str:
+    """What makes two ids the same CVM: the normalised id (``app_<hex>`` and the bare hex are one);
+    an invalid id is its own key, never equal to a valid one."""
+    try:
+        return normalize_cvm_id(cvm_id)
+    except InvalidCvmIdError:
+        return f"\0{cvm_id}"

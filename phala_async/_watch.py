@@ -22,7 +22,6 @@ from ._errors import (
     AuthenticationError,
     ConfigurationError,
     InternalServerError,
-    InvalidCvmIdError,
     NotFoundError,
     PermissionDeniedError,
     PhalaError,
@@ -30,7 +29,7 @@ from ._errors import (
     StatusTimeoutError,
     subject,
 )
-from ._ids import normalize_cvm_id
+from ._ids import id_key
 from ._models import CvmDetail
 from ._retry import ends_every_call
 
@@ -232,7 +231,7 @@ class CvmWatch(AsyncIterator[CvmEvent]):
         seen: set[str] = set()
         async with self._sweep(ids) as stream:
             async for result in stream:
-                key = _key(result.cvm_id)
+                key = id_key(result.cvm_id)
                 seen.add(key)
                 if result.ok:
                     previous = known.get(key)
@@ -260,13 +259,6 @@ class CvmWatch(AsyncIterator[CvmEvent]):
             for key in [key for key in known if key not in seen]:
                 cvm_id, before = known.pop(key)
                 yield CvmEvent(kind="removed", cvm_id=cvm_id, before=before)
-
-
-def _key(cvm_id: str | int) -> str:
-    try:
-        return normalize_cvm_id(cvm_id)
-    except InvalidCvmIdError:
-        return f"invalid:{cvm_id!r}"
 
 
 #: Errors that a poll outlives: the next poll may succeed.
