@@ -11,7 +11,8 @@
     ├── APIConnectionError                        transport: refused, reset, unresolved, cut short
     │   ├── APITimeoutError                       an attempt ran past ``timeout``
     │   ├── APIProxyError                         the proxy refused the tunnel (its status)
-    │   └── APITLSError                           the server's certificate or TLS failed; final
+    │   ├── APITLSError                           the server's certificate or TLS failed; final
+    │   └── APIUnreachableError                   no request of a sweep ever got an answer; ends it
     ├── APIStatusError                            the server answered with a non-2xx status
     │   ├── BadRequestError                       400
     │   ├── AuthenticationError                   401
@@ -43,6 +44,7 @@ __all__ = [
     "APIStatusError",
     "APITLSError",
     "APITimeoutError",
+    "APIUnreachableError",
     "AuthenticationError",
     "BadRequestError",
     "ClientClosedError",
@@ -225,6 +227,36 @@ class APITLSError(APIConnectionError):
     """The TLS connection could not be set up (the certificate was not trusted, names another
     host, or the handshake failed). Never retried: asking again would fail the same way. The
     message carries the reason OpenSSL gave and the fix."""
+
+
+class APIUnreachableError(APIConnectionError):
+    """No request got any HTTP answer from the API, and the first ids have used their attempts
+    on connection errors or timeouts: the API is down or unreachable from here, so a sweep stops
+    at once (as on a refused credential) instead of failing every id one by one.
+
+    Raised only while the API has never answered in this client's life; an API that answered
+    before and then goes away is retried as usual.
+
+    Attributes:
+        host: the API host that could not be reached.
+        port: its port.
+        reason: the last transport error, in words.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        host: str,
+        port: int | None,
+        reason: str,
+        cvm_id: str | int | None = None,
+        attempts: int = 1,
+    ) -> None:
+        super().__init__(message, cvm_id=cvm_id, attempts=attempts)
+        self.host = host
+        self.port = port
+        self.reason = reason
 
 
 class APIStatusError(PhalaError):
