@@ -304,6 +304,7 @@ def _structured_error(code: str, message: str, details: list[Any], hint: str) ->
 UNAUTHENTICATED = encode({"detail": "Authentication required"})
 FORBIDDEN = encode({"detail": "CVM not in workspace"})
 NO_ROUTE = encode({"detail": "Not Found"})
+OVER_CAPACITY = encode({"detail": "Service Unavailable: too many requests in progress"})
 INVALID_ID = encode(
     {"detail": [_validation_error(["path", "cvm_id"], "Invalid CVM identifier", "value_error")]}
 )

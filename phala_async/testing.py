@@ -137,9 +137,10 @@ class PhalaSimulator:
 
     A detail request is processed in this order: counted, dropped if its connection is stale
     (``drop_after``), authenticated (401), a scripted answer for its segment (which replaces the
-    rate limit and random fault), the rate limit (429), a random fault with probability
-    ``fault_rate``, ``latency``, then the lookup (422/404/403/200). The list endpoint only counts,
-    drops stale connections, authenticates and applies ``script("paginated", ...)``.
+    rate limit and random fault), the capacity cap (503), the rate limit (429), a random fault
+    with probability ``fault_rate``, ``latency``, then the lookup (422/404/403/200). The list
+    endpoint only counts, drops stale connections, authenticates and applies
+    ``script("paginated", ...)``.
 
     Args:
         cvms: Number of CVMs in the workspace.
@@ -159,6 +160,9 @@ class PhalaSimulator:
         rate_limit: Answered detail requests allowed per fixed one-second window; None: no limit.
         rate_limit_retry_after: ``Retry-After`` seconds of a rate-limit 429.
         latency: Seconds added before every answer that passes the rate limit.
+        capacity: Detail requests the server works on at once (its workers); one more in flight
+            is answered 503 at once, without ``Retry-After``, as nginx ``limit_conn`` or a load
+            balancer in front of a fixed pool does. None: no cap.
         drop_after: Requests one connection may have answered: the next request on it is not
             answered, its connection is aborted before any byte, as a load balancer closes an
             idle keep-alive connection (counted and logged with status ``"dropped"``). None: never.
@@ -191,6 +195,7 @@ class PhalaSimulator:
         rate_limit: float | None = None,
         rate_limit_retry_after: int = 1,
         latency: float = 0.0,
+        capacity: int | None = None,
         drop_after: int | None = None,
         seed: int = 0,
         host: str = "127.0.0.1",
@@ -218,6 +223,10 @@ class PhalaSimulator:
                 "drop_after must be an int >= 1 (requests a connection answers before the next "
                 f"one is dropped), or None, not {drop_after!r}"
             )
+        if capacity is not None and not _is_whole(capacity, minimum=1):
+            raise ValueError(
+                f"capacity must be an int >= 1 (requests served at once), or None, not {capacity!r}"
+            )
         if rate_limit is not None and not rate_limit > 0:
             raise ValueError(f"rate_limit must be > 0 per second, or None, not {rate_limit!r}")
         if not api_key or not token:
@@ -235,6 +244,7 @@ class PhalaSimulator:
         self._fault_delay, self._latency = fault_delay, latency
         self._retry_after, self._retry_after_header = retry_after, format_retry_after(retry_after)
         self._rate_limit_per_second = rate_limit
+        self._capacity = capacity
         self._rate_limit = None if rate_limit is None else FixedWindow(rate_limit)
         self._rate_limit_retry_after = str(rate_limit_retry_after)
         self._host, self._port = host, port
@@ -588,6 +598,8 @@ class PhalaSimulator:
             if not queue:
                 del self._scripts[key]
         elif chaos:
+            if self._capacity is not None and self._in_flight > self._capacity:
+                return respond(503, data.OVER_CAPACITY)
             if self._rate_limit is not None and not self._rate_limit.admit():
                 return respond(
                     429, data.RATE_LIMITED, **{"Retry-After": self._rate_limit_retry_after}
