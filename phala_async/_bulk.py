@@ -1,12 +1,13 @@
 """Sweeps: many ids fetched by a lazily fed pool of workers, results in completion order or
 input order.
 
-A sweep knows nothing of the client: it runs over a :data:`Fetch` callable, which makes the first
-attempt for an id and either returns the CVM, raises a final error, or hands back the rest of the
-retries to run later. Those retries are *parked* in tasks of their own, so a worker never sleeps
-through a backoff: its place goes on fetching other ids, and the parked id rejoins when its wait is
-over. Parked ids are bounded (``max_parked``), so a sweep holds at most a small multiple of
-``concurrency`` ids at once whatever the input's size.
+A sweep knows nothing of the client: it runs over a :data:`Fetch` callable, the client's
+pipeline for one id, to which it lends itself (:class:`~phala_async._pipeline.Sweeping`): its
+own limit, and its way to wait for a retry. The pool has ``concurrency + max_parked`` workers,
+of which ``concurrency`` hold a *turn* to read ids. A worker whose id waits for a retry gives its
+turn back (its id is *parked*), so another worker reads on and no backoff holds a place; the
+parked id goes on when its wait is over, and its worker waits for a turn before reading again.
+So a sweep holds at most ``concurrency + max_parked`` ids at once whatever the input's size.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import msgspec
 
 from ._errors import ClientClosedError, InvalidCvmIdError, PhalaError, describe
 from ._ids import normalize_cvm_id
+from ._limits import MaxInFlight
 from ._models import CvmDetail
 from ._retry import ends_every_call
 from ._sharing import as_seen_by
@@ -39,18 +41,13 @@ __all__ = [
     "CvmResult",
     "CvmStream",
     "Fetch",
-    "Fetched",
-    "Retries",
     "SweepResult",
     "gather_in_order",
 ]
 
-#: The rest of an id's retries: run it (in a task of its own) for ``(cvm, attempts)``.
-Retries: TypeAlias = Callable[[], Awaitable[tuple[CvmDetail, int]]]
-#: What a first attempt gives: the CVM and the attempts it took, or the retries still to run.
-Fetched: TypeAlias = tuple[CvmDetail, int] | Retries
-#: Makes the first attempt for ``(cvm_id as given, normalised segment)``; raises a final error.
-Fetch: TypeAlias = Callable[[str | int, str], Awaitable[Fetched]]
+#: Fetches one id ``(cvm_id as given, normalised segment, the sweep)``: the CVM and the attempts
+#: it took, or raises its error.
+Fetch: TypeAlias = Callable[[str | int, str, "CvmStream"], Awaitable[tuple[CvmDetail, int]]]
 #: Ends a running sweep with an error (the client is closing).
 Abort: TypeAlias = Callable[[PhalaError], Awaitable[None]]
 
@@ -142,9 +139,9 @@ class CvmStream(AsyncIterator[SweepResult]):
     Without ``async with``, call :meth:`aclose` when stopping early. Cancelling the task that
     iterates also stops the sweep. Workers start on the first ``__anext__`` (or ``__aenter__``).
 
-    An error that every other id would meet too (the credential was refused, TLS failed) ends the
-    sweep at once: nothing more is sent, the results already fetched are yielded, and then the
-    iteration raises that error.
+    An error that every other id would meet too (the credential was refused, TLS failed, the API
+    never answered) ends the sweep at once: nothing more is sent, the results already fetched
+    are yielded, and then the iteration raises that error.
     """
 
     def __init__(
@@ -153,16 +150,18 @@ class CvmStream(AsyncIterator[SweepResult]):
         ids: Iterable[str | int] | AsyncIterable[str | int],
         *,
         concurrency: int,
+        limit: MaxInFlight | None = None,
         running: MutableSet[Abort] | None = None,
         max_parked: int | None = None,
     ) -> None:
         """Args:
-        fetch: makes the first attempt for one id (see :data:`Fetch`).
+        fetch: fetches one id (see :data:`Fetch`).
         ids: any iterable or async iterable of ids, read lazily.
-        concurrency: workers, each fetching one id at a time.
+        concurrency: ids fetched at once, each by a worker holding a turn.
+        limit: the sweep's own limit on requests in flight, lent to ``fetch``.
         running: where a started sweep registers how to abort it, and unregisters when it ends.
-        max_parked: ids waiting for a retry at most (default ``4 * concurrency``); at the bound,
-            workers wait for a parked id to finish before reading more ids.
+        max_parked: ids waiting for a retry at most (default ``4 * concurrency``): the pool has
+            this many workers besides the ``concurrency`` that hold a turn.
         """
         if isinstance(ids, (str, bytes)):
             raise TypeError("ids must be an iterable of ids, not a single str; wrap it in a list")
@@ -176,17 +175,17 @@ class CvmStream(AsyncIterator[SweepResult]):
         else:
             raise TypeError(f"ids must be an iterable or async iterable, not {type(ids).__name__}")
         self._concurrency = concurrency
+        self._limit = limit
         self._running_sweeps = running
         self._max_parked = max_parked if max_parked is not None else 4 * concurrency
+        self._turns = MaxInFlight(concurrency)
         self._ids_lock = asyncio.Lock()
         self._ids_exhausted = False
         self._queue: asyncio.Queue[SweepResult | _Marker] = asyncio.Queue(maxsize=concurrency)
         self._seen: set[str] = set()
         self._workers: list[asyncio.Task[None]] = []
-        self._parked: set[asyncio.Task[None]] = set()
-        self._parked_room = asyncio.Event()
-        self._busy = 0  # workers and parked ids still running
-        self._fetching = 0  # first attempts under way
+        self._parked: set[asyncio.Task[None]] = set()  # workers whose id waits for a retry
+        self._busy = 0  # workers still running
         self._most_parked = 0
         self._started = False
         self._finished = False
@@ -203,6 +202,24 @@ class CvmStream(AsyncIterator[SweepResult]):
     def most_parked(self) -> int:
         """The most ids that waited for a retry at once, so far."""
         return self._most_parked
+
+    # -- what the pipeline borrows (Sweeping) ------------------------------------------------
+
+    @property
+    def limit(self) -> MaxInFlight | None:
+        """The sweep's own limit on requests in flight, or None."""
+        return self._limit
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait for an id's retry: the worker gives its turn back for the rest of the id (while
+        fewer than ``max_parked`` ids are parked; past that, it waits holding its turn)."""
+        task = asyncio.current_task()
+        parked = self._parked
+        if task is not None and task not in parked and len(parked) < self._max_parked:
+            parked.add(task)
+            self._most_parked = max(self._most_parked, len(parked))
+            self._turns.release()
+        await asyncio.sleep(seconds)
 
     # -- the iterator ------------------------------------------------------------------------
 
@@ -270,7 +287,7 @@ class CvmStream(AsyncIterator[SweepResult]):
         self._abort_error = error
         self._ids_exhausted = True
         current = asyncio.current_task()
-        for task in (*self._workers, *self._parked):
+        for task in self._workers:
             if task is not current:
                 task.cancel()
         if not self._finished:
@@ -291,16 +308,16 @@ class CvmStream(AsyncIterator[SweepResult]):
         self._consumer = asyncio.current_task()
         if self._consumer is not None:
             self._consumer.add_done_callback(self._on_consumer_done)
-        self._busy = self._concurrency
+        workers = self._concurrency + self._max_parked
+        self._busy = workers
         self._workers = [
-            asyncio.create_task(self._work(), name=f"{WORKER_NAME} {n}")
-            for n in range(self._concurrency)
+            asyncio.create_task(self._work(), name=f"{WORKER_NAME} {n}") for n in range(workers)
         ]
 
     def _on_consumer_done(self, _task: asyncio.Task[object]) -> None:
         if not self._finished:
             self._finished = True
-            for task in (*self._workers, *self._parked):
+            for task in self._workers:
                 task.cancel()
             self._unregister()
 
@@ -312,7 +329,7 @@ class CvmStream(AsyncIterator[SweepResult]):
         if self._consumer is not None:
             self._consumer.remove_done_callback(self._on_consumer_done)
             self._consumer = None
-        tasks = [*self._workers, *self._parked]
+        tasks = self._workers
         self._workers = []
         current = asyncio.current_task()
         others = [task for task in tasks if task is not current]
@@ -320,18 +337,18 @@ class CvmStream(AsyncIterator[SweepResult]):
             task.cancel()
         if others:
             await asyncio.gather(*others, return_exceptions=True)
-        self._parked.clear()
         self._unregister()
 
     async def _work(self) -> None:
         queue = self._queue
+        turns = self._turns
+        parked = self._parked
+        me = asyncio.current_task()
         try:
+            waiter = turns.wait_task_can_start()
+            if waiter is not None:
+                await waiter
             while not self._finished:
-                # Room for every id now being fetched to be parked, so the bound holds.
-                if len(self._parked) + self._fetching >= self._max_parked:
-                    self._parked_room.clear()
-                    await self._parked_room.wait()
-                    continue
                 cvm_id = await self._next_id()
                 if isinstance(cvm_id, _Marker):
                     break
@@ -343,49 +360,28 @@ class CvmStream(AsyncIterator[SweepResult]):
                 if segment in self._seen:
                     continue
                 self._seen.add(segment)
-                self._fetching += 1
                 try:
-                    fetched = await self._fetch(cvm_id, segment)
+                    cvm, attempts = await self._fetch(cvm_id, segment, self)
                 except PhalaError as exc:
                     await self._fail(cvm_id, exc)
-                    continue
-                finally:
-                    self._fetching -= 1
-                if isinstance(fetched, tuple):
-                    cvm, attempts = fetched
+                else:
                     result = CvmOk(cvm_id=cvm_id, cvm=cvm, attempts=attempts)
                     # _put() written out: this runs once per id.
                     if queue.full():
                         await queue.put(result)
                     else:
                         queue.put_nowait(result)
-                else:
-                    self._park(cvm_id, fetched)
+                if me in parked:
+                    # The id waited for a retry and gave the turn away: wait for one again.
+                    parked.discard(me)
+                    waiter = turns.wait_task_can_start()
+                    if waiter is not None:
+                        await waiter
         except Exception as exc:  # noqa: BLE001 - handed to the consumer, never swallowed
             self._stop_on(exc)
-        await self._one_less()
-
-    def _park(self, cvm_id: str | int, retries: Retries) -> None:
-        self._busy += 1
-        task = asyncio.create_task(self._retry(cvm_id, retries), name=f"{WORKER_NAME} (retry)")
-        self._parked.add(task)
-        self._most_parked = max(self._most_parked, len(self._parked))
-        task.add_done_callback(self._unpark)
-
-    def _unpark(self, task: asyncio.Task[None]) -> None:
-        self._parked.discard(task)
-        self._parked_room.set()
-
-    async def _retry(self, cvm_id: str | int, retries: Retries) -> None:
-        try:
-            try:
-                cvm, attempts = await retries()
-            except PhalaError as exc:
-                await self._fail(cvm_id, exc)
-            else:
-                await self._put(CvmOk(cvm_id=cvm_id, cvm=cvm, attempts=attempts))
-        except Exception as exc:  # noqa: BLE001 - handed to the consumer, never swallowed
-            self._stop_on(exc)
+        if me not in parked:
+            turns.release()  # another worker may read on (or see that the ids ran out)
+        parked.discard(me)
         await self._one_less()
 
     def _stop_on(self, failure: Exception) -> None:
@@ -396,7 +392,8 @@ class CvmStream(AsyncIterator[SweepResult]):
         self._ids_exhausted = True
 
     async def _fail(self, cvm_id: str | int, error: PhalaError) -> None:
-        # A closed client, a refused credential or a failing TLS set-up would fail every id.
+        # A closed client, a refused credential, a failing TLS set-up or an API that never
+        # answered would fail every id.
         if ends_every_call(error) or isinstance(error, ClientClosedError):
             self._end_with(error)
         else:

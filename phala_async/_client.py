@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import functools
-import logging
 import os
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterable, Iterable, Sequence
 from ssl import SSLContext
 from types import TracebackType
-from typing import Self, TypeVar
+from typing import Self
 
 import aiohttp
 
-from ._bulk import Abort, CvmStream, Fetched, Retries, SweepResult, gather_in_order
+from ._bulk import Abort, CvmStream, SweepResult, gather_in_order
 from ._config import (
     check_positive,
     check_trace_configs,
@@ -23,49 +21,26 @@ from ._config import (
     resolve_proxy,
     resolve_tls,
 )
-from ._errors import (
-    APITimeoutError,
-    ClientClosedError,
-    ConfigurationError,
-    EventLoopError,
-    PhalaError,
-    subject,
-)
+from ._errors import ClientClosedError, ConfigurationError
+from ._governor import Governor
 from ._http import Exchange
 from ._ids import normalize_cvm_id
+from ._limits import MaxInFlight
 from ._listing import CvmListing
 from ._models import CvmDetail, CvmPage, decode_cvm, decode_page
-from ._response import Decode, interpret
-from ._retry import RetryPolicy, log_retry, next_wait, retrying
-from ._session import SessionOptions, open_session
-from ._sharing import Flight, Flights, Orphaned, TTLCache
-from ._throttle import ClientStats, Governor, MaxInFlight
+from ._pipeline import Pipeline, SharedSession
+from ._retry import RetryPolicy
+from ._session import SessionOptions
+from ._sharing import Flights, TTLCache
+from ._stats import ClientStats
 from ._version import __version__
 from ._watch import CvmWatch, wait_for_status
 
 __all__ = ["API_VERSION", "ClientStats", "PhalaClient"]
 
-logger = logging.getLogger("phala_async")
-
 #: The ``X-Phala-Version`` every request pins: the one whose answer is the documented shape.
 API_VERSION = "2025-10-28"
 DEFAULT_MAX_RESPONSE_BYTES = 1024 * 1024
-
-_T = TypeVar("_T")
-_Fetched = tuple[CvmDetail, int]
-
-
-class _Shared:
-    """What a client and every view of it (:meth:`PhalaClient.with_options`) share: the
-    session, the event loop, the closed flag."""
-
-    __slots__ = ("closed", "loop", "owns_session", "session")
-
-    def __init__(self, session: aiohttp.ClientSession | None) -> None:
-        self.session = session
-        self.owns_session = session is None
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.closed = False
 
 
 class PhalaClient:
@@ -97,13 +72,17 @@ class PhalaClient:
         max_response_bytes: bodies larger than this are refused unread
             (:class:`ResponseTooLargeError`).
         allow_insecure_http: allow a plain ``http://`` base URL to a host other than loopback.
-        adaptive: find an unpublished rate limit by itself: after a throttled answer (429, or
-            503 with ``Retry-After``) pace sends just under what the server let through, then
-            feel back up. ``concurrency`` stays the ceiling. On by default.
+        adaptive: find the capacity the client shares by itself: the requests in flight adapt
+            between 1 and ``concurrency`` (they grow while answers come back well and shrink
+            on overload: 503s beyond the server's capacity, timeouts, 429s), and after a
+            throttled answer (429, or 503 with ``Retry-After``) sends are paced just under what
+            the server let through. On by default; off, ``concurrency`` requests are always
+            allowed in flight and nothing is paced.
         rate_limit: a hard cap in requests per second, for accounts that know their limit.
-        retry_budget: stop retrying while most recent requests failed (of the last 100, or 4 x
-            ``concurrency`` if more), so a down API sees little more than one request per id.
-            On by default.
+        retry_budget: hold retries back while most recent requests fail (of the last 100, or 4 x
+            ``concurrency`` if more) and refuse them while none succeeds, so a down API sees
+            little more than one request per id; a held-back id waits, it is never dropped
+            while the API still answers. On by default.
         cache_ttl: seconds a successful ``get_cvm`` answer is reused (0, the default: no cache).
             Errors are never cached; ``get_cvm(..., fresh=True)`` skips the cache.
         cache_size: answers the cache keeps at most, least recently used dropped first.
@@ -178,27 +157,21 @@ class PhalaClient:
         self._credential_kind = credential.kind
         self._base_url = resolve_base_url(base_url, allow_insecure_http=allow_insecure_http)
         route = resolve_proxy(proxy, trust_env=trust_env, base_url=self._base_url)
-        self._session_options = SessionOptions(
-            concurrency=concurrency,
-            ssl=resolve_tls(ssl, ca_file),
-            trace_configs=check_trace_configs(trace_configs),
-            https=self._base_url.startswith("https:"),
-        )
-        self._policy = RetryPolicy(
+        policy = RetryPolicy(
             max_attempts=max_attempts,
             backoff_initial=backoff_initial,
             backoff_max=backoff_max,
             retry_after_cap=retry_after_cap,
         )
         self._concurrency = concurrency
-        self._governor = Governor(
+        governor = Governor(
             concurrency=concurrency,
             adaptive=adaptive,
             rate_limit=rate_limit,
             retry_budget=retry_budget,
-            retry_after_cap=self._policy.retry_after_cap,
+            retry_after_cap=policy.retry_after_cap,
         )
-        self._exchange = Exchange(
+        exchange = Exchange(
             base_url=self._base_url,
             headers={
                 credential.header: credential.value,
@@ -209,15 +182,25 @@ class PhalaClient:
             timeout=float(timeout),
             max_bytes=max_response_bytes,
             proxy=route,
-            on_reconnect=self._governor.note_reconnect,
+            on_reconnect=governor.counters.reconnect,
         )
-        self._shared = _Shared(session)
+        options = SessionOptions(
+            concurrency=concurrency,
+            ssl=resolve_tls(ssl, ca_file),
+            trace_configs=check_trace_configs(trace_configs),
+            https=self._base_url.startswith("https:"),
+        )
+        self._pipeline = Pipeline(
+            shared=SharedSession(session, options, exchange.session_defaults()),
+            exchange=exchange,
+            governor=governor,
+            policy=policy,
+            flights=Flights(),
+            cache=TTLCache(float(cache_ttl), cache_size) if cache_ttl > 0 else None,
+            decode_cvm=decode_cvm,
+        )
         self._sweeps: set[Abort] = set()
-        self._flights: Flights[_Fetched] = Flights()
-        self._cache: TTLCache[CvmDetail] | None = (
-            TTLCache(float(cache_ttl), cache_size) if cache_ttl > 0 else None
-        )
-        self._deadline: float | None = None
+        self._is_view = False
 
     def with_options(
         self,
@@ -231,7 +214,9 @@ class PhalaClient:
 
             cvm = await client.with_options(deadline=5.0).get_cvm(cvm_id)
 
-        Closing a view closes the client it came from.
+        A view never closes the client it came from: :meth:`aclose` on a view does nothing,
+        and ``async with`` a view raises :class:`TypeError`, so that one handler cannot close
+        the client every other handler shares.
 
         Args:
             timeout: seconds one attempt may take.
@@ -243,22 +228,32 @@ class PhalaClient:
         Raises:
             ConfigurationError: a value is out of range.
         """
-        view = object.__new__(PhalaClient)
-        view.__dict__.update(self.__dict__)
+        pipeline = self._pipeline
+        changes: dict[str, object] = {}
         if timeout is not None:
             check_positive("timeout", timeout)
-            view._exchange = self._exchange.with_timeout(float(timeout))
+            changes["exchange"] = pipeline.exchange.with_timeout(float(timeout))
         if max_attempts is not None:
-            view._policy = dataclasses.replace(self._policy, max_attempts=max_attempts)
+            changes["policy"] = dataclasses.replace(pipeline.policy, max_attempts=max_attempts)
         if deadline is not None:
             check_positive("deadline", deadline)
-            view._deadline = float(deadline)
+            changes["deadline"] = float(deadline)
+        view = object.__new__(PhalaClient)
+        view.__dict__.update(self.__dict__)
+        view._pipeline = dataclasses.replace(pipeline, **changes)  # type: ignore[arg-type]
+        view._is_view = True
         return view
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        self._open_session()
+        if self._is_view:
+            raise TypeError(
+                "a view from with_options() is not a context manager: it shares the client's "
+                "session, and closing it would close the client for every other caller; use "
+                "the view without 'async with' and close the client itself when done"
+            )
+        self._pipeline.shared.open()
         return self
 
     async def __aexit__(
@@ -272,15 +267,16 @@ class PhalaClient:
     async def aclose(self) -> None:
         """Stop every sweep still running on this client, then close its own session.
 
-        A sweep stopped this way ends with :class:`ClientClosedError`. Safe to call twice.
+        A sweep stopped this way ends with :class:`ClientClosedError`. Safe to call twice. On a
+        view (:meth:`with_options`) it does nothing: only the client itself closes.
         """
-        shared = self._shared
-        if shared.closed:
+        shared = self._pipeline.shared
+        if shared.closed or self._is_view:
             return
         shared.closed = True
         for abort in list(self._sweeps):
             await abort(ClientClosedError("the PhalaClient was closed during the sweep"))
-        for flight in self._flights:  # a copy: cancelling one removes it
+        for flight in self._pipeline.flights:  # a copy: cancelling one removes it
             if flight.task is not None:
                 flight.task.cancel()
         if shared.owns_session and shared.session is not None:
@@ -289,45 +285,18 @@ class PhalaClient:
     @property
     def closed(self) -> bool:
         """Whether :meth:`aclose` has been called."""
-        return self._shared.closed
+        return self._pipeline.shared.closed
 
     @property
     def _session(self) -> aiohttp.ClientSession | None:
-        return self._shared.session
+        return self._pipeline.shared.session
 
     def __repr__(self) -> str:
         return (
             f"<PhalaClient base_url={self._base_url!r} credential={self._credential_kind} "
-            f"concurrency={self._concurrency} max_attempts={self._policy.max_attempts}"
-            f"{' closed' if self._shared.closed else ''}>"
+            f"concurrency={self._concurrency} max_attempts={self._pipeline.policy.max_attempts}"
+            f"{' closed' if self.closed else ''}>"
         )
-
-    def _open_session(self) -> aiohttp.ClientSession:
-        """The session for this call, made on first use, in the loop that first used the client.
-
-        Raises:
-            ClientClosedError: the client is closed.
-            EventLoopError: called from another event loop than the first one.
-        """
-        shared = self._shared
-        if shared.closed:
-            raise ClientClosedError()
-        loop = asyncio.get_running_loop()
-        if shared.loop is None:
-            shared.loop = loop
-        elif loop is not shared.loop:
-            raise EventLoopError(
-                "this PhalaClient belongs to the event loop that first used it, and this call "
-                "runs in another one (a second asyncio.run()?); make one PhalaClient per event "
-                "loop, for example inside the coroutine that asyncio.run() runs"
-            )
-        if shared.session is None:
-            # Our own session carries the headers and timeout as defaults, which saves aiohttp
-            # merging them into every request; an injected session gets them per request.
-            shared.session = open_session(
-                self._session_options, **self._exchange.session_defaults()
-            )
-        return shared.session
 
     # -- public calls ------------------------------------------------------------------------
 
@@ -344,7 +313,7 @@ class PhalaClient:
     @property
     def stats(self) -> ClientStats:
         """A snapshot of the client's counters as of now; read it again to see what changed."""
-        return self._governor.snapshot()
+        return self._pipeline.governor.snapshot()
 
     async def get_cvm(self, cvm_id: str | int, *, fresh: bool = False) -> CvmDetail:
         """Fetch the details of one CVM, retrying transient failures.
@@ -367,36 +336,9 @@ class PhalaClient:
             EventLoopError: the client was first used in another event loop.
         """
         segment = normalize_cvm_id(cvm_id)
-        cache = self._cache
-        if cache is not None and not fresh and (cached := cache.get(segment)) is not None:
-            self._governor.note("cache_hits")
-            return cached
-        if self._deadline is None:
-            return await self._shared_call(segment, cvm_id)
-        return await self._within_deadline(self._shared_call(segment, cvm_id), cvm_id)
-
-    async def _shared_call(self, segment: str, cvm_id: str | int) -> CvmDetail:
-        """``get_cvm`` once the cache had nothing: join the request in flight, or start one."""
-        self._open_session()  # raise at once when closed or in the wrong loop
-        flights = self._flights
-        while True:
-            flight = flights.get(segment)
-            if flight is None:
-                flight = flights.start(segment, functools.partial(self._fetch, segment, cvm_id))
-            else:
-                self._governor.note("coalesced")
-            try:
-                cvm, _ = await flights.wait(flight, cvm_id)
-            except Orphaned:
-                continue  # the sweep running it was closed: ask again
-            return cvm
-
-    async def _fetch(self, segment: str, cvm_id: str | int) -> _Fetched:
-        """One CVM, retried, stored in the cache when it came."""
-        fetched = await self._call(f"/cvms/{segment}", cvm_id, decode_cvm, None)
-        if self._cache is not None:
-            self._cache.put(segment, fetched[0])
-        return fetched
+        self._pipeline.shared.open()  # raise at once when closed or in the wrong loop
+        cvm, _ = await self._pipeline.cvm(segment, cvm_id, fresh=fresh)
+        return cvm
 
     def stream_cvms(
         self,
@@ -411,8 +353,9 @@ class PhalaClient:
         ``ids`` is read lazily, so a generator of millions is fine; an id given twice (in any
         form that normalises the same) is fetched once. Stop early with ``aclose()`` or by
         leaving ``async with``; every request of the sweep is then cancelled. A refused
-        credential or a TLS failure ends the sweep at once: the stream raises it after the
-        results already fetched. Sweeps do not read the cache (they fill it).
+        credential, a TLS failure or an API that never answered (:class:`APIUnreachableError`)
+        ends the sweep at once: the stream raises it after the results already fetched. Sweeps
+        do not read the cache (they fill it).
 
         Args:
             ids: any iterable or async iterable of ids.
@@ -422,10 +365,15 @@ class PhalaClient:
         sweep_concurrency = self._sweep_concurrency(concurrency)
         # A sweep narrower than the client gets a limit of its own, so that its retries too
         # stay within its concurrency.
-        extra = MaxInFlight(sweep_concurrency) if sweep_concurrency < self._concurrency else None
-        first = self._first_attempt if self._deadline is None else self._first_attempt_by_deadline
-        fetch = functools.partial(first, extra=extra)
-        return CvmStream(fetch, ids, concurrency=sweep_concurrency, running=self._sweeps)
+        limit = MaxInFlight(sweep_concurrency) if sweep_concurrency < self._concurrency else None
+        pipeline = self._pipeline
+        return CvmStream(
+            lambda cvm_id, segment, sweep: pipeline.cvm(segment, cvm_id, sweep=sweep),
+            ids,
+            concurrency=sweep_concurrency,
+            limit=limit,
+            running=self._sweeps,
+        )
 
     async def get_cvms(
         self,
@@ -436,8 +384,8 @@ class PhalaClient:
         """Fetch many CVMs and return one result per given id, in the given order.
 
         Duplicates are fetched once and share that result. Never raises for one id's failure;
-        each failed result's ``error`` says what went wrong. A refused credential or a TLS
-        failure stops sending: the ids not fetched carry that error.
+        each failed result's ``error`` says what went wrong. A refused credential, a TLS
+        failure or an unreachable API stops sending: the ids not fetched carry that error.
         """
         sweep_concurrency = self._sweep_concurrency(concurrency)
         return await gather_in_order(
@@ -546,11 +494,11 @@ class PhalaClient:
             or not 1 <= page_size <= 100
         ):
             raise ConfigurationError(f"page_size must be an int from 1 to 100, not {page_size!r}")
+        pipeline = self._pipeline
 
         async def fetch_page(page_number: int) -> CvmPage:
             path = f"/cvms/paginated?page={page_number}&page_size={page_size}"
-            page, _ = await self._call(path, None, decode_page, None)
-            return page
+            return await pipeline.page(path, decode_page)
 
         return CvmListing(fetch_page)
 
@@ -564,192 +512,3 @@ class PhalaClient:
                 f"({self._concurrency}); raise PhalaClient(concurrency=...) instead"
             )
         return concurrency
-
-    # -- one call, with retries --------------------------------------------------------------
-
-    async def _call(
-        self, path: str, cvm_id: str | int | None, decode: Decode[_T], extra: MaxInFlight | None
-    ) -> tuple[_T, int]:
-        """GET ``path`` (already safe), decode the answer, and retry transient failures.
-
-        Returns the value and the attempts it took.
-        """
-        try:
-            value = await self._attempt(path, cvm_id, decode, extra)
-        except PhalaError as exc:
-            return await self._retries_after(exc, path, cvm_id, decode, extra)()
-        self._governor.note_call(None)
-        return value, 1
-
-    def _retries_after(
-        self,
-        error: PhalaError,
-        path: str,
-        cvm_id: str | int | None,
-        decode: Decode[_T],
-        extra: MaxInFlight | None,
-    ) -> Callable[[], Awaitable[tuple[_T, int]]]:
-        """Judge a call's failed first attempt, once: the call's remaining retries, to run now
-        (:meth:`_call`) or parked (a sweep).
-
-        Raises:
-            PhalaError: ``error`` itself, when it is final (counted as the call's outcome).
-        """
-        wait = self._judge(error, 1)
-        if wait is None:
-            self._governor.note_call(error)
-            raise error
-        return functools.partial(self._retries, path, cvm_id, decode, extra, error, wait)
-
-    async def _first_attempt(
-        self, cvm_id: str | int, segment: str, *, extra: MaxInFlight | None
-    ) -> Fetched:
-        """A sweep's fetch: the first attempt here, and any retries handed back to be parked, so
-        that the sweep's worker goes on with other ids while they wait. A request already in
-        flight for the same CVM is joined instead (parked too)."""
-        flights = self._flights
-        joined = flights.get(segment)
-        if joined is not None:
-            self._governor.note("coalesced")
-            return functools.partial(self._join, joined, segment, cvm_id, extra)
-        flight = flights.open(segment)
-        path = f"/cvms/{segment}"
-        try:
-            try:
-                cvm = await self._attempt(path, cvm_id, decode_cvm, extra)
-            except PhalaError as exc:
-                retries = self._retries_after(exc, path, cvm_id, decode_cvm, extra)
-                return functools.partial(self._parked, flight, retries)
-        except BaseException as exc:
-            flights.land(flight, error=exc)
-            raise
-        self._governor.note_call(None)
-        fetched = (cvm, 1)
-        self._landed(flight, fetched)
-        return fetched
-
-    async def _first_attempt_by_deadline(
-        self, cvm_id: str | int, segment: str, *, extra: MaxInFlight | None
-    ) -> Fetched:
-        """:meth:`_first_attempt` for a view with a deadline: it bounds the id's first attempt
-        and its parked retries together."""
-        when = asyncio.get_running_loop().time() + (self._deadline or 0.0)
-        fetched = await self._within_deadline(
-            self._first_attempt(cvm_id, segment, extra=extra), cvm_id, when
-        )
-        if isinstance(fetched, tuple):
-            return fetched
-        retries = fetched
-        return lambda: self._within_deadline(retries(), cvm_id, when)
-
-    async def _parked(self, flight: Flight[_Fetched], retries: Retries) -> _Fetched:
-        """A sweep's retries of one id, run parked; whoever joined the flight gets the answer."""
-        try:
-            fetched = await retries()
-        except BaseException as exc:
-            self._flights.land(flight, error=exc)
-            raise
-        self._landed(flight, fetched)
-        return fetched
-
-    def _landed(self, flight: Flight[_Fetched], fetched: _Fetched) -> None:
-        if self._cache is not None:
-            self._cache.put(flight.key, fetched[0])
-        self._flights.land(flight, fetched)
-
-    async def _join(
-        self, flight: Flight[_Fetched], segment: str, cvm_id: str | int, extra: MaxInFlight | None
-    ) -> _Fetched:
-        """A sweep's id whose CVM was already being fetched: that answer, or its own request
-        if the one in flight went away."""
-        try:
-            return await self._flights.wait(flight, cvm_id)
-        except Orphaned:
-            return await self._call(f"/cvms/{segment}", cvm_id, decode_cvm, extra)
-
-    async def _within_deadline(
-        self, call: Awaitable[_T], cvm_id: str | int | None, when: float | None = None
-    ) -> _T:
-        """Run ``call`` until the view's deadline (from now, or the loop time ``when``).
-
-        Raises:
-            APITimeoutError: the deadline passed first.
-        """
-        deadline = self._deadline
-        assert deadline is not None  # noqa: S101 - only called on views with a deadline
-        if when is None:
-            when = asyncio.get_running_loop().time() + deadline
-        try:
-            async with asyncio.timeout_at(when):
-                return await call
-        except TimeoutError as exc:
-            raise APITimeoutError(
-                f"{subject(cvm_id)}: no answer within the {deadline:g}s deadline (waits for a "
-                f"slot, pauses and retries included)",
-                cvm_id=cvm_id,
-            ) from exc
-
-    def _judge(self, error: PhalaError, attempt: int) -> float | None:
-        """Seconds to wait before retrying after attempt ``attempt`` failed, or None to give up."""
-        governor = self._governor
-        return next_wait(
-            error,
-            attempt,
-            self._policy,
-            may_retry=governor.may_retry,
-            on_denied=governor.note_retry_denied,
-        )
-
-    async def _retries(
-        self,
-        path: str,
-        cvm_id: str | int | None,
-        decode: Decode[_T],
-        extra: MaxInFlight | None,
-        first_error: PhalaError,
-        wait: float,
-    ) -> tuple[_T, int]:
-        """Wait out the first failure's ``wait``, then retry under :func:`retrying` until a value,
-        a final error, or the last attempt. The first attempt was judged by the caller, once."""
-        governor = self._governor
-        log_retry(first_error, 1, self._policy, wait)
-        await asyncio.sleep(wait)
-        attempt = 1
-        try:
-            async for attempt_manager in retrying(
-                self._policy,
-                attempts_made=1,
-                may_retry=governor.may_retry,
-                on_denied=governor.note_retry_denied,
-            ):
-                with attempt_manager:
-                    attempt = attempt_manager.retry_state.attempt_number + 1
-                    governor.note_retry()
-                    value = await self._attempt(path, cvm_id, decode, extra)
-        except PhalaError as exc:
-            exc.attempts = attempt
-            governor.note_call(exc)
-            raise
-        governor.note_call(None)
-        return value, attempt
-
-    # -- one attempt -------------------------------------------------------------------------
-
-    async def _attempt(
-        self, path: str, cvm_id: str | int | None, decode: Decode[_T], extra: MaxInFlight | None
-    ) -> _T:
-        """Send one request when the governor allows it, and judge its answer."""
-        shared = self._shared
-        session = shared.session
-        if session is None or shared.closed or shared.loop is not asyncio.get_running_loop():
-            session = self._open_session()
-        async with self._governor.slot(extra):
-            # The pause may have outlasted the client.
-            if shared.closed:
-                raise ClientClosedError(cvm_id=cvm_id)
-            if logger.isEnabledFor(logging.DEBUG):
-                logger.debug("GET %s (%s)", path, subject(cvm_id))
-            answer = await self._exchange.get(session, path, cvm_id, shared.owns_session)
-            return interpret(
-                answer.status, answer.headers, answer.body, cvm_id=cvm_id, decode=decode
-            )

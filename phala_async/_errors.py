@@ -191,7 +191,15 @@ class StatusTimeoutError(PhalaError, TimeoutError):
 
 class APIConnectionError(PhalaError):
     """The request did not get a complete answer: refused, reset, a name that did not resolve,
-    or a body cut short. The message names the host and port and says why."""
+    or a body cut short. The message names the host and port and says why.
+
+    Attributes:
+        no_answer: nothing came back at all: the connection could not be made, or the attempt
+            timed out before any answer (as opposed to a connection closed mid-answer or an
+            answer that was not HTTP).
+    """
+
+    no_answer: bool = False
 
 
 class APITimeoutError(APIConnectionError):

@@ -114,6 +114,11 @@ class Exchange:
             if proxy.authorization is not None:
                 self._via["proxy_headers"] = {"Proxy-Authorization": proxy.authorization}
 
+    @property
+    def where(self) -> str:
+        """The API's ``host:port``, for messages."""
+        return self._where
+
     def with_timeout(self, timeout: float) -> Exchange:
         """The same exchange (proxy and reconnect callback included) with another per-attempt
         timeout."""
@@ -220,10 +225,12 @@ class Exchange:
         """The error a failed exchange means, and the exception safe to chain to it."""
         who, where, route = subject(cvm_id), self._where, self._route
         if isinstance(exc, TimeoutError):
-            return APITimeoutError(
+            timeout = APITimeoutError(
                 f"{who}: no complete answer from {where}{route} within {self._timeout_seconds}s",
                 cvm_id=cvm_id,
-            ), exc
+            )
+            timeout.no_answer = True
+            return timeout, exc
         if isinstance(exc, aiohttp.ClientConnectorCertificateError):
             cert_error = exc.certificate_error
             return _certificate_error(who, where, cert_error, cvm_id), cert_error
@@ -235,10 +242,10 @@ class Exchange:
         if isinstance(exc, aiohttp.ClientHttpProxyError):
             return self._proxy_refused(exc, cvm_id), None
         if isinstance(exc, aiohttp.ClientProxyConnectionError):
-            return APIConnectionError(
+            return _no_answer(
                 f"{who}: cannot connect to the proxy {host_and_port(exc.host, exc.port)} "
                 f"on the way to {where}: {_why(exc.os_error)}",
-                cvm_id=cvm_id,
+                cvm_id,
             ), exc.os_error
         if isinstance(exc, aiohttp.ClientConnectorError):
             # Its connection key holds a proxy's credentials: chain the OS error alone.
@@ -247,7 +254,7 @@ class Exchange:
                 message = f"{who}: cannot connect to {where}: name not resolved ({_why(os_error)})"
             else:
                 message = f"{who}: cannot connect to {where}{route}: {_why(os_error)}"
-            return APIConnectionError(message, cvm_id=cvm_id), os_error
+            return _no_answer(message, cvm_id), os_error
         if isinstance(exc, aiohttp.ClientPayloadError):
             if isinstance(exc.__cause__, ContentEncodingError):
                 return DecodeError(
@@ -326,6 +333,13 @@ class Exchange:
             cvm_id=cvm_id,
             limit=limit,
         )
+
+
+def _no_answer(message: str, cvm_id: str | int | None) -> APIConnectionError:
+    """A connection that could not be made: nothing came back at all."""
+    error = APIConnectionError(message, cvm_id=cvm_id)
+    error.no_answer = True
+    return error
 
 
 def host_and_port(url_or_host: URL | str | None, port: int | None = None) -> str:

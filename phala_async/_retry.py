@@ -1,16 +1,17 @@
-"""The retry policy: which failures are retried, how long to wait, and when to give up.
+"""The retry policy: which failures are retried, what an attempt's ending means, how long to
+wait, and when to give up.
 
 The decisions are plain functions or frozen values, tested without a server. :func:`retrying`
-is the one place tenacity is wired: it is built only after a first attempt has failed, so a
-request that succeeds at once never pays for the retry machinery.
+is the one place tenacity is wired.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -22,20 +23,26 @@ from ._errors import (
     APIConnectionError,
     APIProxyError,
     APIStatusError,
+    APITimeoutError,
     APITLSError,
+    APIUnreachableError,
     AuthenticationError,
     ConfigurationError,
     PhalaError,
+    ResponseError,
     subject,
 )
 
 __all__ = [
     "RETRYABLE_STATUSES",
+    "Outcome",
     "RetryPolicy",
+    "answered",
     "backoff_delay",
+    "classify",
     "ends_every_call",
+    "give_up",
     "is_retryable",
-    "next_wait",
     "parse_retry_after",
     "retrying",
 ]
@@ -94,16 +101,19 @@ def is_retryable(error: BaseException) -> bool:
     Anything else, cancellation included, is final."""
     if isinstance(error, (APIStatusError, APIProxyError)):
         return error.status_code in RETRYABLE_STATUSES
-    return isinstance(error, APIConnectionError) and not isinstance(error, APITLSError)
+    return isinstance(error, APIConnectionError) and not isinstance(
+        error, (APITLSError, APIUnreachableError)
+    )
 
 
 def ends_every_call(error: BaseException) -> bool:
     """Whether every other request would fail the same way: the credential was refused (401),
-    the TLS connection cannot be trusted, or the proxy refused the tunnel. A sweep ends at once
-    on such an error; the API's 403 does not (it is about one CVM, of another workspace)."""
+    the TLS connection cannot be trusted, the proxy refused the tunnel, or the API never
+    answered at all (:class:`APIUnreachableError`). A sweep ends at once on such an error; the
+    API's 403 does not (it is about one CVM, of another workspace)."""
     if isinstance(error, APIProxyError):
         return not is_retryable(error)
-    return isinstance(error, (AuthenticationError, APITLSError))
+    return isinstance(error, (AuthenticationError, APITLSError, APIUnreachableError))
 
 
 def retry_after_too_long(error: PhalaError, policy: RetryPolicy) -> bool:
@@ -139,63 +149,77 @@ def wait_before_retry(
     return backoff_delay(attempt, policy, rng)
 
 
-def next_wait(
-    error: PhalaError,
-    attempt: int,
-    policy: RetryPolicy,
-    *,
-    may_retry: Callable[[], bool],
-    on_denied: Callable[[], None],
-) -> float | None:
-    """Judge a failed attempt once: the seconds to wait before the next, or None to give up.
+class Outcome(enum.Enum):
+    """What one attempt's ending says about the server, for the limits that learn from it."""
 
-    Gives up on a final error, after ``policy.max_attempts``, when the server asks for a longer
-    wait than ``retry_after_cap``, or when ``may_retry()`` (the retry budget) says no; only that
-    last refusal calls ``on_denied``, since only then is a retry really skipped.
+    OK = "ok"  #: a usable answer, or a final one about the request itself (404, 403, a bad body)
+    THROTTLED = "throttled"  #: 429, or 503 with Retry-After: pacing answers it
+    OVERLOADED = "overloaded"  #: another 5xx, retryable: the server is failing or overloaded
+    TIMEOUT = "timeout"  #: no answer within the attempt's timeout
+    FAILED = "failed"  #: no complete answer (refused, reset, cut short)
+    DOOMED = "doomed"  #: every request would fail the same way (a refused credential, TLS)
+    UNKNOWN = "unknown"  #: nothing was learned (cancelled before or while sending)
 
-    Args:
-        error: what attempt number ``attempt`` (1-based) raised.
-        attempt: the number of the attempt that failed.
-        policy: the retry policy.
-        may_retry: whether the retry budget allows a retry now (no side effects).
-        on_denied: counts a retry skipped for the budget.
-    """
-    if (
+
+def classify(error: BaseException | None) -> Outcome:
+    """The :class:`Outcome` an attempt's exception (None for a success) means; pure."""
+    if error is None:
+        return Outcome.OK
+    if not isinstance(error, PhalaError):
+        return Outcome.UNKNOWN
+    if ends_every_call(error):
+        return Outcome.DOOMED
+    if isinstance(error, APIStatusError):
+        status = error.status_code
+        if status == 429 or (status == 503 and error.retry_after is not None):
+            return Outcome.THROTTLED
+        if status >= 500 and status in RETRYABLE_STATUSES:
+            return Outcome.OVERLOADED
+        return Outcome.FAILED if status in RETRYABLE_STATUSES else Outcome.OK
+    if isinstance(error, APITimeoutError):
+        return Outcome.TIMEOUT
+    if isinstance(error, APIConnectionError):
+        return Outcome.FAILED
+    if isinstance(error, ResponseError):
+        return Outcome.OK  # a 2xx body that cannot be used: the server itself is healthy
+    return Outcome.UNKNOWN  # the client closed before the request went out
+
+
+def answered(error: BaseException | None) -> bool:
+    """Whether an attempt that ended with ``error`` (None: a success) got any answer: all but a
+    connection that could not be made and an attempt that timed out with nothing back."""
+    return not (isinstance(error, APIConnectionError) and error.no_answer)
+
+
+def give_up(error: PhalaError, attempt: int, policy: RetryPolicy) -> bool:
+    """Whether attempt number ``attempt`` (1-based), which raised ``error``, is the last one:
+    a final error, ``max_attempts`` reached, or a ``Retry-After`` longer than the policy
+    honours. Pure; the retry budget is asked separately, since its answer changes over time."""
+    return (
         not is_retryable(error)
         or attempt >= policy.max_attempts
         or retry_after_too_long(error, policy)
-    ):
-        return None
-    if not may_retry():
-        on_denied()
-        return None
-    return wait_before_retry(error, attempt, policy)
+    )
 
 
 def retrying(
     policy: RetryPolicy,
     *,
-    attempts_made: int,
-    may_retry: Callable[[], bool],
-    on_denied: Callable[[], None],
+    stop: Callable[[PhalaError, int], bool],
+    sleep: Callable[[float], Awaitable[None]],
 ) -> AsyncRetrying:
-    """The tenacity loop for the attempts after the first ``attempts_made`` (which the caller ran
-    and judged with :func:`next_wait`, and whose wait it has already slept).
+    """The tenacity loop that runs every attempt of one call.
 
-    Every later failure is judged once, by :func:`next_wait` as tenacity's stop condition;
-    tenacity waits as :func:`wait_before_retry` says and logs each retry at INFO. The last error
-    is raised as it is (``reraise``).
+    ``stop(error, attempt)`` judges each failure once (the policy, then the retry budget);
+    tenacity waits as :func:`wait_before_retry` says, through ``sleep`` (a sweep's gives its
+    worker's turn back while it waits), and logs each retry at INFO. The last error is raised as
+    it is (``reraise``).
     """
 
     def attempt_of(state: RetryCallState) -> tuple[PhalaError, int]:
         error = state.outcome.exception() if state.outcome else None
         assert isinstance(error, PhalaError)  # noqa: S101 - only PhalaError is retried
-        return error, state.attempt_number + attempts_made
-
-    def stop(state: RetryCallState) -> bool:
-        error, attempt = attempt_of(state)
-        decision = next_wait(error, attempt, policy, may_retry=may_retry, on_denied=on_denied)
-        return decision is None
+        return error, state.attempt_number
 
     def wait(state: RetryCallState) -> float:
         return wait_before_retry(*attempt_of(state), policy)
@@ -207,9 +231,10 @@ def retrying(
 
     return AsyncRetrying(
         retry=retry_if_exception_type(PhalaError),
-        stop=_Stop(stop),
+        stop=_Stop(lambda state: stop(*attempt_of(state))),
         wait=wait,
         before_sleep=log,
+        sleep=sleep,
         reraise=True,
     )
 

@@ -24,6 +24,10 @@ WORKER_PREFIX = "phala_async sweep worker"
 SWEEP_FAULTS = [fault for fault in DEFAULT_FAULTS if fault is not Fault.DELAY]
 
 
+#: The workers of a sweep at concurrency 4: four that read ids, sixteen for ids waiting to retry.
+POOL_OF_4 = 4 + 4 * 4
+
+
 def sweep_workers() -> list[asyncio.Task[Any]]:
     """The sweep worker tasks still running in this loop."""
     return [
@@ -295,7 +299,7 @@ async def test_aclose_mid_sweep_leaves_no_worker(
         await anext(stream)
         running = len(sweep_workers())
         await stream.aclose()
-        assert (running, sweep_workers()) == (4, [])
+        assert (running, sweep_workers()) == (POOL_OF_4, [])
 
 
 async def test_break_out_of_async_with_leaves_no_worker(
@@ -308,7 +312,7 @@ async def test_break_out_of_async_with_leaves_no_worker(
             async for _ in results:
                 running = len(sweep_workers())
                 break
-        assert (running, sweep_workers()) == (4, [])
+        assert (running, sweep_workers()) == (POOL_OF_4, [])
 
 
 class Seen:
@@ -367,7 +371,7 @@ async def test_cancelling_the_consumer_leaves_no_worker(
         # A short grace for cleanup the cancellation started; a leaked worker never ends.
         _, still_running = await asyncio.wait(workers, timeout=1.0)
         assert task.cancelled()
-        assert (len(workers), still_running) == (4, set())
+        assert (len(workers), still_running) == (POOL_OF_4, set())
 
 
 async def test_client_close_closes_the_connection_pool(

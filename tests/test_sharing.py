@@ -84,7 +84,7 @@ async def test_when_every_caller_leaves_the_request_is_cancelled(
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.sleep(0)
-        assert len(client._flights) == 0
+        assert len(client._pipeline.flights) == 0
         assert client.stats.in_flight == 0
         assert [cvm.id for cvm in [await client.get_cvm(5)]] == [5]
     assert slow_sim.total_requests == 2

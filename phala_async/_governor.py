@@ -1,0 +1,323 @@
+"""The governor: one object per client that holds every limit, the retry budget and the
+counters, and tells each what an answer taught.
+
+The request path reads::
+
+    async with governor.slot() as slot:
+        answer = await send()          # an exception leaving the block is the outcome
+
+and a retry asks :meth:`Governor.admit_retry` first. The limits, in the order a request passes
+them: the first contact, the rate pacer, the hard cap, the adaptive window, the pause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from collections import deque
+from collections.abc import Awaitable
+from types import TracebackType
+
+from ._errors import APIStatusError
+from ._limits import (
+    Clock,
+    FirstContact,
+    HardCap,
+    Limit,
+    MaxInFlight,
+    PauseGate,
+    RatePacer,
+    Ticket,
+    Window,
+)
+from ._retry import Outcome, answered, classify
+from ._stats import ClientStats, Counters
+
+__all__ = ["Governor", "RetryBudget", "Slot", "Verdict"]
+
+_OK, _THROTTLED, _OVERLOADED = Outcome.OK, Outcome.THROTTLED, Outcome.OVERLOADED
+_TIMEOUT, _UNKNOWN = Outcome.TIMEOUT, Outcome.UNKNOWN
+
+
+class Verdict(enum.Enum):
+    """What the retry budget says of a retry now."""
+
+    ALLOW = "allow"  #: send it
+    DEFER = "defer"  #: wait: most recent requests failed, but some succeed
+    DENY = "deny"  #: give up: the API answers nothing but failures, or never answered at all
+
+
+class RetryBudget:
+    """Holds retries back while most recent requests fail, so a struggling API is not hammered,
+    and refuses them while none succeeds, so a dead one sees little more than one request per id.
+
+    Keeps the outcomes of the last ``window`` requests (throttles are not counted: pacing answers
+    those). Once at least ``min_samples`` are known: none succeeded, DENY; fewer than
+    ``min_success_ratio`` succeeded, DEFER (a retry waits for the ratio to recover, or for one of
+    the ``trickle`` retries a second let through so that the ratio can move at all); else ALLOW.
+    While the API has never given any HTTP answer, ``unreachable_after`` transport failures are
+    enough to DENY. Deferring never drops an id; only its own attempts, its deadline or a DENY
+    end it.
+    """
+
+    __slots__ = (
+        "_clock",
+        "_failures",
+        "_min_samples",
+        "_min_success_ratio",
+        "_next_trickle",
+        "_outcomes",
+        "_successes",
+        "_trickle",
+        "_unreachable_after",
+        "answered",
+    )
+
+    def __init__(
+        self,
+        *,
+        window: int = 100,
+        min_samples: int = 20,
+        min_success_ratio: float = 0.5,
+        trickle: float = 10.0,
+        unreachable_after: int = 8,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self._outcomes: deque[bool] = deque(maxlen=window)
+        self._successes = 0
+        self._failures = 0  # in all, while the API has never answered
+        self._min_samples = min_samples
+        self._min_success_ratio = min_success_ratio
+        self._trickle = trickle
+        self._unreachable_after = unreachable_after
+        self._next_trickle = 0.0
+        self._clock = clock
+        #: Whether any request ever got an HTTP answer from the API.
+        self.answered = False
+
+    def record(self, success: bool, *, answered: bool = True) -> None:
+        """Record one request's outcome (a server failure or transport error is ``False``;
+        ``answered`` says whether the API gave an HTTP answer at all)."""
+        if answered:
+            self.answered = True
+        elif not self.answered:
+            self._failures += 1
+        outcomes = self._outcomes
+        if len(outcomes) == outcomes.maxlen and outcomes[0]:
+            self._successes -= 1
+        outcomes.append(success)
+        if success:
+            self._successes += 1
+
+    @property
+    def success_ratio(self) -> float:
+        """Share of the recorded outcomes that succeeded (1.0 when none is recorded)."""
+        return self._successes / len(self._outcomes) if self._outcomes else 1.0
+
+    def verdict(self) -> Verdict:
+        """What a retry may do now. Pure: asking twice changes nothing."""
+        if not self.answered and self._failures >= self._unreachable_after:
+            return Verdict.DENY
+        if len(self._outcomes) < self._min_samples:
+            return Verdict.ALLOW
+        if self._successes == 0:
+            return Verdict.DENY
+        if self.success_ratio < self._min_success_ratio:
+            return Verdict.DEFER
+        return Verdict.ALLOW
+
+    def trickle_wait(self) -> float:
+        """Seconds until the next deferred retry may go; takes that turn when it is 0."""
+        now = self._clock()
+        if now >= self._next_trickle:
+            self._next_trickle = now + 1.0 / self._trickle
+            return 0.0
+        return self._next_trickle - now
+
+
+class Slot(Ticket):
+    """One request's place: entered before it is sent, left with its outcome."""
+
+    __slots__ = ("_entered", "_governor", "_limits", "_sweep_limit")
+
+    def __init__(self, governor: Governor, sweep_limit: MaxInFlight | None) -> None:
+        super().__init__()
+        self._governor = governor
+        self._sweep_limit = sweep_limit
+        # The limits as they were on entry: the first contact leaves them once it is open.
+        self._limits = governor.limits
+        self._entered = 0
+
+    async def __aenter__(self) -> Slot:
+        # Written out rather than a loop over hooks: this runs once per request.
+        sweep_limit = self._sweep_limit
+        if sweep_limit is not None:
+            waiter = sweep_limit.wait_task_can_start()
+            if waiter is not None:
+                await waiter
+        try:
+            for limit in self._limits:
+                waiter = limit.wait_task_can_start()
+                if waiter is not None:
+                    await waiter
+                self._entered += 1
+        except BaseException:
+            self._leave()
+            raise
+        governor = self._governor
+        for limit in governor.started_hooks:
+            limit.notify_task_started(self)
+        governor.counters.request()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._governor.learn(self, exc)
+        self._leave()
+
+    def _leave(self) -> None:
+        limits = self._limits
+        for index in range(self._entered - 1, -1, -1):
+            limits[index].notify_task_finished(self)
+        self._entered = 0
+        sweep_limit = self._sweep_limit
+        if sweep_limit is not None:
+            sweep_limit.release()
+            self._sweep_limit = None
+
+
+class Governor:
+    """Every limit of one client, the retry budget and the counters.
+
+    Args:
+        concurrency: requests in flight at most (the adaptive window's ceiling).
+        adaptive: adapt the window and pace sends after throttles; off, the window stays at
+            ``concurrency`` and nothing is paced.
+        rate_limit: a hard cap in requests per second, or None.
+        retry_budget: hold back and refuse retries while recent requests fail
+            (:class:`RetryBudget`).
+        retry_after_cap: the longest ``Retry-After`` that pauses the client.
+        first_contact_bound: seconds the first request may hold the others back at most.
+
+    Attributes:
+        limits: the limits a request passes, in order.
+        started_hooks: the limits that want to know when a request goes out.
+        counters: the client's counters.
+    """
+
+    def __init__(
+        self,
+        *,
+        concurrency: int,
+        adaptive: bool = True,
+        rate_limit: float | None = None,
+        retry_budget: bool = True,
+        retry_after_cap: float = 60.0,
+        first_contact_bound: float = 1.0,
+    ) -> None:
+        self.counters = Counters()
+        self.pacer = RatePacer() if adaptive else None
+        self.window = Window(concurrency, initial=4 if adaptive else concurrency)
+        if not adaptive:
+            self.window.decrease = 1.0
+        self.gate = PauseGate(pause_for_cap=retry_after_cap)
+        self.first_contact = FirstContact(
+            on_open=self._drop_first_contact, bound=first_contact_bound
+        )
+        # Order matters. The first contact comes first: the requests it holds back have taken
+        # no send time from the pacer or the cap, so they do not burst past either when it
+        # opens. Pacing and the cap come before taking a place, and the pause last, so that
+        # nothing is sent during a pause however long the waits before it were.
+        limits: list[Limit] = [self.first_contact]
+        if self.pacer is not None:
+            limits.append(self.pacer)
+        if rate_limit is not None:
+            limits.append(HardCap(rate_limit))
+        limits += [self.window, self.gate]
+        self.limits: tuple[Limit, ...] = tuple(limits)
+        self.started_hooks: tuple[Limit, ...] = (
+            (self.pacer, self.window) if self.pacer is not None else (self.window,)
+        )
+        # The window spans a few rounds of requests in flight, so that one stall (a long GC
+        # pause, a network blip) does not look like a down API.
+        self.budget = RetryBudget(window=max(100, 4 * concurrency)) if retry_budget else None
+        self._answered = False
+
+    @property
+    def answered(self) -> bool:
+        """Whether any request of this client ever got an HTTP answer from the API."""
+        return self._answered
+
+    def _drop_first_contact(self) -> None:
+        # Once open it never closes: later requests need not pass it at all.
+        self.limits = tuple(limit for limit in self.limits if limit is not self.first_contact)
+
+    def slot(self, sweep_limit: MaxInFlight | None = None) -> Slot:
+        """A place for one request, under every limit (and a sweep's own limit)."""
+        return Slot(self, sweep_limit)
+
+    def learn(self, slot: Slot, error: BaseException | None) -> None:
+        """Judge how a request ended, once, and count it (called as its slot is left)."""
+        outcome = slot.outcome = classify(error)
+        status: int | None = None
+        if isinstance(error, APIStatusError):
+            status = error.status_code
+            if outcome is _THROTTLED:
+                slot.retry_after = error.retry_after
+        elif error is None:
+            status = 200
+        self.counters.answer(
+            status=status,
+            throttled=outcome is _THROTTLED,
+            overloaded=outcome is _OVERLOADED,
+            timeout=outcome is _TIMEOUT,
+        )
+        if outcome is _UNKNOWN or outcome is _THROTTLED:
+            return  # pacing answers throttles; they say nothing of the API's health
+        got_answer = answered(error)
+        if got_answer:
+            self._answered = True
+        if self.budget is not None:
+            self.budget.record(outcome is _OK, answered=got_answer)
+
+    def admit_retry(self) -> Awaitable[bool] | None:
+        """None when a retry may be sent now; else an awaitable that tells, once the budget
+        decides, whether it may (True) or must give up (False)."""
+        budget = self.budget
+        if budget is None or budget.verdict() is Verdict.ALLOW:
+            return None
+        return self._wait_for_budget(budget)
+
+    async def _wait_for_budget(self, budget: RetryBudget) -> bool:
+        deferred = False
+        while True:
+            verdict = budget.verdict()
+            if verdict is Verdict.ALLOW:
+                return True
+            if verdict is Verdict.DENY:
+                self.counters.retry_denied()
+                return False
+            if not deferred:
+                deferred = True
+                self.counters.retry_deferred()
+            wait = budget.trickle_wait()
+            if wait == 0.0:
+                return True
+            # Woken again when a trickle turn is due; the ratio may have recovered by then.
+            await asyncio.sleep(wait)
+
+    def denies_retries(self) -> bool:
+        """Whether the budget refuses retries outright now (pure)."""
+        return self.budget is not None and self.budget.verdict() is Verdict.DENY
+
+    def snapshot(self) -> ClientStats:
+        """The counters as of now."""
+        return self.counters.snapshot(
+            window=self.window.limit,
+            send_rate=self.pacer.rate if self.pacer is not None else None,
+        )
