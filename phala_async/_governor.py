@@ -79,7 +79,7 @@ class RetryBudget:
         *,
         window: int = 100,
         min_samples: int = 20,
-        min_success_ratio: float = 0.5,
+        min_success_ratio: float = 0.3,
         trickle: float = 10.0,
         unreachable_after: int = 8,
         clock: Clock = time.monotonic,

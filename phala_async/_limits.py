@@ -163,11 +163,13 @@ class Window:
     429) for a request sent since the last decrease shrinks it by ``decrease``.
 
     A 5xx or a timeout counts as overload only where it depends on the load: when requests sent
-    with this many in flight fail clearly more often (``margin``) than those sent with half as
-    many. A server at its capacity fails exactly the requests beyond it, while a server failing
-    at random (half its backends down) fails as many at every level, and shrinking would only
-    slow the client down. Failure shares are kept per level, decayed, so they follow a server
-    that changes. A 429 always counts: the server says it.
+    with this many in flight fail clearly more often (by ``margin``) than requests sent with
+    fewer (from half as many up). A server at its capacity fails exactly the requests beyond it,
+    while a server failing at random (half its backends down) fails as many at every level, and
+    shrinking would only slow the client down. The shares are decayed, so they follow a server
+    that changes, and a level with few answers yet leans on the levels below it, so one unlucky
+    answer does not count.
+    A 429 always counts: the server says it.
 
     Uncoordinated clients sharing one server converge to fair shares, as AIMD does.
     """
@@ -188,6 +190,8 @@ class Window:
 
     #: How much of a level's past each new answer at that level keeps.
     DECAY = 0.98
+    #: Answers at the share of the levels below that a level's own answers are weighed with.
+    PRIOR = 2.0
 
     def __init__(
         self, ceiling: int, *, initial: int = 4, decrease: float = 0.7, margin: float = 0.25
@@ -232,7 +236,7 @@ class Window:
         if outcome is _OK:
             self._sent[level] = self._sent[level] * self.DECAY + 1.0
             self._failures[level] *= self.DECAY
-            if level >= int(self._limit):  # the window was full: it may grow
+            if self._active >= int(self._limit):  # the window is full: it may grow
                 step = 1.0 if self._limit < self._threshold else 1.0 / self._limit
                 self._limit = min(float(self.ceiling), self._limit + step)
         elif outcome is _OVERLOADED or outcome is _TIMEOUT:
@@ -245,14 +249,14 @@ class Window:
         self._release()
 
     def _load_related(self, level: int) -> bool:
-        """Whether requests sent at ``level`` fail clearly more than at half that level."""
+        """Whether requests sent at ``level`` fail clearly more than those sent with fewer."""
+        if level <= 1:
+            return False  # a request sent alone: no load to blame
         low = max(1, level // 2)
-        if low >= level:
-            return True  # one in flight failed: nothing lighter to compare with
-        sent = sum(self._sent[1 : low + 1])
-        share_low = sum(self._failures[1 : low + 1]) / sent if sent else 0.0
-        share_here = self._failures[level] / self._sent[level]
-        return share_here > share_low + self.margin
+        sent = sum(self._sent[low:level])
+        below = sum(self._failures[low:level]) / sent if sent else 0.0
+        here = (self._failures[level] + self.PRIOR * below) / (self._sent[level] + self.PRIOR)
+        return here > below + self.margin
 
     def _shrink(self) -> None:
         self._limit = self._threshold = max(1.0, self._limit * self.decrease)
