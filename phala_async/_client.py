@@ -39,7 +39,8 @@ from ._response import Decode, interpret
 from ._retry import RetryPolicy, log_retry, next_wait, retrying
 from ._session import SessionOptions, open_session
 from ._sharing import Flight, Flights, Orphaned, TTLCache
-from ._throttle import ClientStats, Governor, MaxInFlight
+from ._stats import ClientStats, cancelled_by_caller, deadline_scope
+from ._throttle import Governor, MaxInFlight
 from ._version import __version__
 from ._watch import CvmWatch, wait_for_status
 
@@ -218,6 +219,8 @@ class PhalaClient:
             TTLCache(float(cache_ttl), cache_size) if cache_ttl > 0 else None
         )
         self._deadline: float | None = None
+        #: Whether this is a view from :meth:`with_options`, which never closes the client.
+        self._is_view = False
 
     def with_options(
         self,
@@ -231,7 +234,9 @@ class PhalaClient:
 
             cvm = await client.with_options(deadline=5.0).get_cvm(cvm_id)
 
-        Closing a view closes the client it came from.
+        A view never closes the client it came from: ``async with view:`` and
+        ``view.aclose()`` do nothing, so a handler may use one as it likes while other tasks
+        share the client; close the client itself when the application stops.
 
         Args:
             timeout: seconds one attempt may take.
@@ -245,6 +250,7 @@ class PhalaClient:
         """
         view = object.__new__(PhalaClient)
         view.__dict__.update(self.__dict__)
+        view._is_view = True
         if timeout is not None:
             check_positive("timeout", timeout)
             view._exchange = self._exchange.with_timeout(float(timeout))
@@ -273,9 +279,10 @@ class PhalaClient:
         """Stop every sweep still running on this client, then close its own session.
 
         A sweep stopped this way ends with :class:`ClientClosedError`. Safe to call twice.
+        On a view (:meth:`with_options`) it does nothing: the client it came from stays open.
         """
         shared = self._shared
-        if shared.closed:
+        if shared.closed or self._is_view:
             return
         shared.closed = True
         for abort in list(self._sweeps):
@@ -578,6 +585,9 @@ class PhalaClient:
             value = await self._attempt(path, cvm_id, decode, extra)
         except PhalaError as exc:
             return await self._retries_after(exc, path, cvm_id, decode, extra)()
+        except asyncio.CancelledError:
+            self._note_cancelled()
+            raise
         self._governor.note_call(None)
         return value, 1
 
@@ -620,6 +630,9 @@ class PhalaClient:
             except PhalaError as exc:
                 retries = self._retries_after(exc, path, cvm_id, decode_cvm, extra)
                 return functools.partial(self._parked, flight, retries)
+            except asyncio.CancelledError:
+                self._note_cancelled()
+                raise
         except BaseException as exc:
             flights.land(flight, error=exc)
             raise
@@ -680,14 +693,17 @@ class PhalaClient:
         if when is None:
             when = asyncio.get_running_loop().time() + deadline
         try:
-            async with asyncio.timeout_at(when):
-                return await call
+            async with asyncio.timeout_at(when) as scope:
+                with deadline_scope(scope):
+                    return await call
         except TimeoutError as exc:
-            raise APITimeoutError(
+            error = APITimeoutError(
                 f"{subject(cvm_id)}: no answer within the {deadline:g}s deadline (waits for a "
                 f"slot, pauses and retries included)",
                 cvm_id=cvm_id,
-            ) from exc
+            )
+            self._governor.note_call(error)  # the call ends here; its requests were cancelled
+            raise error from exc
 
     def _judge(self, error: PhalaError, attempt: int) -> float | None:
         """Seconds to wait before retrying after attempt ``attempt`` failed, or None to give up."""
@@ -713,9 +729,9 @@ class PhalaClient:
         a final error, or the last attempt. The first attempt was judged by the caller, once."""
         governor = self._governor
         log_retry(first_error, 1, self._policy, wait)
-        await asyncio.sleep(wait)
         attempt = 1
         try:
+            await asyncio.sleep(wait)
             async for attempt_manager in retrying(
                 self._policy,
                 attempts_made=1,
@@ -730,8 +746,17 @@ class PhalaClient:
             exc.attempts = attempt
             governor.note_call(exc)
             raise
+        except asyncio.CancelledError:
+            self._note_cancelled()
+            raise
         governor.note_call(None)
         return value, attempt
+
+    def _note_cancelled(self) -> None:
+        """Count a call whose requests were cancelled, unless its deadline did it (counted
+        there, as the call's ``APITimeoutError``)."""
+        if cancelled_by_caller():
+            self._governor.note("cancelled")
 
     # -- one attempt -------------------------------------------------------------------------
 

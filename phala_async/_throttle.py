@@ -20,7 +20,6 @@ import enum
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Protocol
 
@@ -28,10 +27,10 @@ from aiolimiter import AsyncLimiter
 
 from ._errors import APIConnectionError, APIStatusError, PhalaError, ResponseError
 from ._retry import RETRYABLE_STATUSES, ends_every_call
+from ._stats import ClientStats
 
 __all__ = [
     "AdaptiveRate",
-    "ClientStats",
     "FirstContact",
     "Governor",
     "MaxInFlight",
@@ -94,43 +93,6 @@ class Limit(Protocol):
 
     def notify_task_finished(self, slot: Slot) -> None:
         """The request ended; ``slot.outcome`` says how (UNKNOWN if it was never sent)."""
-
-
-@dataclass(frozen=True)
-class ClientStats:
-    """A snapshot of a client's counters, taken when :attr:`PhalaClient.stats` was read.
-
-    Snapshots do not change: read ``stats`` again and compare the two to see what happened between.
-
-    Attributes:
-        requests: HTTP requests sent, retries and reconnects included.
-        retries: requests that were retries of an earlier failed one.
-        reconnects: requests sent again at once because a pooled connection had gone stale.
-        rate_limited: answers with status 429.
-        throttled: answers that slowed the client down (429, or 503 with ``Retry-After``).
-        overloaded: other retryable 5xx answers.
-        retries_denied: retries not sent because most recent requests were failing.
-        ok: calls (one per id or page) that returned a value.
-        failed: calls that raised, by exception class name.
-        coalesced: calls that shared a request already in flight for the same id.
-        cache_hits: calls answered from the cache without a request.
-        in_flight: requests on the wire when the snapshot was taken.
-        send_rate: the adaptive send rate in requests per second, None while unpaced.
-    """
-
-    requests: int = 0
-    retries: int = 0
-    reconnects: int = 0
-    rate_limited: int = 0
-    throttled: int = 0
-    overloaded: int = 0
-    retries_denied: int = 0
-    ok: int = 0
-    failed: Counter[str] = field(default_factory=Counter)
-    coalesced: int = 0
-    cache_hits: int = 0
-    in_flight: int = 0
-    send_rate: float | None = None
 
 
 class PauseGate:
@@ -792,7 +754,8 @@ class Governor:
             overloaded=counts["overloaded"],
             retries_denied=counts["retries_denied"],
             ok=self.ok,
-            failed=Counter(self._failed),
+            failed=dict(self._failed),
+            cancelled=counts["cancelled"],
             coalesced=counts["coalesced"],
             cache_hits=counts["cache_hits"],
             in_flight=self.active,
