@@ -42,7 +42,7 @@ from ._sharing import Flight, Flights, Orphaned, TTLCache
 from ._stats import ClientStats, cancelled_by_caller, deadline_scope
 from ._throttle import Governor, MaxInFlight
 from ._version import __version__
-from ._watch import CvmWatch, wait_for_status
+from ._watch import DEFAULT_FAIL_ON, CvmWatch, wait_for_status
 
 __all__ = ["API_VERSION", "ClientStats", "PhalaClient"]
 
@@ -503,18 +503,26 @@ class PhalaClient:
         *,
         timeout: float = 600.0,  # noqa: ASYNC109 - bounds the whole poll, as waiters do
         interval: float = 5.0,
+        fail_on: str | Iterable[str] = DEFAULT_FAIL_ON,
     ) -> CvmDetail:
         """Poll one CVM until its status is ``status`` (or one of them), and return it.
 
-        Polls go through this client, paced with everything else, and skip the cache.
+        Polls go through this client, paced with everything else, and skip the cache. Status
+        names are not checked: the API does not list them, so a typo (``"runnning"``) waits
+        until ``timeout``, and the :class:`StatusTimeoutError` names the status last seen.
 
         Args:
             cvm_id: any id form ``get_cvm`` takes.
             status: the status to wait for (``"running"``), or a set of them.
             timeout: seconds to wait at most.
             interval: seconds between polls.
+            fail_on: statuses that end the wait at once with :class:`StatusFailedError`;
+                default :data:`DEFAULT_FAIL_ON` (``"error"``, ``"failed"``); ``()`` for none.
+                A status also in ``status`` is waited for.
 
         Raises:
+            StatusFailedError: the CVM reached a status of ``fail_on``; it names the id, the
+                status and how long it waited.
             StatusTimeoutError: ``timeout`` passed first; it names the id, its last status and
                 how long it waited.
             NotFoundError, AuthenticationError, PermissionDeniedError: at once, without waiting.
@@ -528,6 +536,7 @@ class PhalaClient:
             status,
             timeout=float(timeout),
             interval=float(interval),
+            fail_on=fail_on,
         )
 
     def list_cvms(self, *, page_size: int = 100) -> CvmListing:

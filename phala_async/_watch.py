@@ -26,6 +26,7 @@ from ._errors import (
     PermissionDeniedError,
     PhalaError,
     RateLimitError,
+    StatusFailedError,
     StatusTimeoutError,
     subject,
 )
@@ -34,6 +35,7 @@ from ._models import CvmDetail
 from ._retry import ends_every_call
 
 __all__ = [
+    "DEFAULT_FAIL_ON",
     "VOLATILE_FIELDS",
     "CvmEvent",
     "CvmWatch",
@@ -47,6 +49,11 @@ __all__ = [
 #: unless asked for by ``fields``: ``in_progress`` flips during every transition, which
 #: ``status`` already reports.
 VOLATILE_FIELDS = frozenset({"in_progress"})
+
+#: The statuses that end :meth:`PhalaClient.wait_for_status` at once by default: the API's
+#: reference names only some statuses (``running``, ``stopped``, ``starting``...) and no
+#: failure status, so these are the failure names it is known to use.
+DEFAULT_FAIL_ON = frozenset({"error", "failed"})
 
 EventKind: TypeAlias = Literal["added", "changed", "removed", "error"]
 
@@ -272,12 +279,13 @@ async def wait_for_status(
     *,
     timeout: float,  # noqa: ASYNC109 - bounds the whole poll, as waiters do
     interval: float,
+    fail_on: str | Iterable[str] = DEFAULT_FAIL_ON,
 ) -> CvmDetail:
-    """Poll ``fetch(cvm_id)`` until the CVM's status is one of ``status``; see
-    :meth:`PhalaClient.wait_for_status`."""
-    wanted = frozenset({status} if isinstance(status, str) else status)
-    if not wanted or not all(isinstance(name, str) and name for name in wanted):
-        raise ConfigurationError(f"status must be a status name or a set of them, not {status!r}")
+    """Poll ``fetch(cvm_id)`` until the CVM's status is one of ``status``, or one of
+    ``fail_on``; see :meth:`PhalaClient.wait_for_status`."""
+    wanted = _statuses("status", status)
+    # A status both waited for and failed on is waited for: the caller asked for it.
+    failures = _statuses("fail_on", fail_on, empty_ok=True) - wanted
     loop = asyncio.get_running_loop()
     started = loop.time()
     deadline = started + timeout
@@ -297,12 +305,22 @@ async def wait_for_status(
             last_status = cvm.status
             if cvm.status in wanted:
                 return cvm
+            if cvm.status in failures:
+                waited = loop.time() - started
+                raise StatusFailedError(
+                    f"{subject(cvm_id)}: reached status {cvm.status!r} after {waited:.1f}s of "
+                    f"waiting for {_names(wanted)}; it will not get there by itself",
+                    cvm_id=cvm_id,
+                    status=cvm.status,
+                    waited=waited,
+                    wanted=wanted,
+                )
         remaining = deadline - loop.time()
         if remaining <= 0:
             break
         await asyncio.sleep(min(interval, remaining))
     waited = loop.time() - started
-    names = " or ".join(repr(name) for name in sorted(wanted))
+    names = _names(wanted)
     state = f"still {last_status!r}" if last_status is not None else "no status seen"
     if last_status is None and last_error is not None:
         state += f" (last error: {last_error.message})"
@@ -313,3 +331,23 @@ async def wait_for_status(
         waited=waited,
         wanted=wanted,
     )
+
+
+def _statuses(name: str, value: str | Iterable[str], *, empty_ok: bool = False) -> frozenset[str]:
+    """``value`` (a status name or a collection of them) as a set, checked.
+
+    Raises:
+        ConfigurationError: not a str or a collection of non-empty str.
+    """
+    chosen: frozenset[object] = frozenset({None})  # neither a str nor a collection: refused
+    if isinstance(value, str):
+        chosen = frozenset({value})
+    elif isinstance(value, Iterable):
+        chosen = frozenset(value)
+    if (not chosen and not empty_ok) or not all(isinstance(item, str) and item for item in chosen):
+        raise ConfigurationError(f"{name} must be a status name or a set of them, not {value!r}")
+    return frozenset(str(item) for item in chosen)
+
+
+def _names(statuses: frozenset[str]) -> str:
+    return " or ".join(repr(status) for status in sorted(statuses))
