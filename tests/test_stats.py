@@ -129,6 +129,3 @@ def test_a_snapshot_does_not_change() -> None:
     stats = ClientStats()
     with pytest.raises(dataclasses.FrozenInstanceError):
         stats.ok = 3  # type: ignore[misc]
-
-
-
