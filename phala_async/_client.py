@@ -34,6 +34,7 @@ from ._errors import (
 from ._http import Exchange
 from ._ids import normalize_cvm_id
 from ._listing import CvmListing
+from ._metrics import answer_observer
 from ._models import CvmDetail, CvmPage, decode_cvm, decode_page
 from ._response import Decode, interpret
 from ._retry import RetryPolicy, log_retry, next_wait, retrying
@@ -117,6 +118,10 @@ class PhalaClient:
             made and no ``proxy`` is given. On by default.
         trace_configs: ``aiohttp.TraceConfig`` objects for the client's own session (tracing,
             OpenTelemetry); each attempt, retries included, is one traced request.
+        meter_provider: an ``opentelemetry.metrics.MeterProvider`` to report metrics to
+            (requests by status class, the request duration, retries, 429s, in flight, the
+            send rate); default the global one when ``opentelemetry-api`` is installed
+            (``pip install 'phala-async[otel]'``), and nothing at all without it.
 
     Concurrent ``get_cvm`` calls (and sweep fetches) for ids that name the same CVM alike share
     one request in flight, always; ``stats.coalesced`` counts the calls that joined one.
@@ -150,6 +155,7 @@ class PhalaClient:
         proxy: str | None = None,
         trust_env: bool = True,
         trace_configs: Sequence[aiohttp.TraceConfig] | None = None,
+        meter_provider: object | None = None,
     ) -> None:
         check_positive("timeout", timeout)
         check_positive("cache_size", cache_size, integer=True)
@@ -219,6 +225,7 @@ class PhalaClient:
             TTLCache(float(cache_ttl), cache_size) if cache_ttl > 0 else None
         )
         self._deadline: float | None = None
+        self._answers = answer_observer(meter_provider, self._base_url, self._governor.snapshot)
         #: Whether this is a view from :meth:`with_options`, which never closes the client.
         self._is_view = False
 
@@ -783,7 +790,9 @@ class PhalaClient:
                 raise ClientClosedError(cvm_id=cvm_id)
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug("GET %s (%s)", path, subject(cvm_id))
-            answer = await self._exchange.get(session, path, cvm_id, shared.owns_session)
+            answer = await self._answers.observe(
+                self._exchange.get(session, path, cvm_id, shared.owns_session), path
+            )
             return interpret(
                 answer.status, answer.headers, answer.body, cvm_id=cvm_id, decode=decode
             )

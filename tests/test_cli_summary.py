@@ -1,9 +1,11 @@
-"""Tests for ``--summary-json FILE`` on ``sweep`` and ``watch``, and the watch's outage lines."""
+"""Tests for what a monitor reads of the CLI: ``--summary-json FILE`` on ``sweep`` and
+``watch``, the watch's outage lines, and ``-vv``'s answer log."""
 
 from __future__ import annotations
 
 import io
 import json
+import re
 import socket
 import sys
 from pathlib import Path
@@ -196,3 +198,19 @@ def test_sweep_why_says_what_ended_the_sweep(
     """Each way a sweep ends has its own words."""
     given = {"stopped_by": None, "refused": None, "failure": None, "failed": 0} | options
     assert sweep_why(status, **given) == why
+
+
+def test_vv_logs_each_answer_with_its_status_and_duration_but_no_credential(
+    served: PhalaSimulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``-vv get 1 999``: one log line per answer with its status and seconds, no key."""
+    code = run(served, "-vv", "get", "1", "999")
+    err = capsys.readouterr().err
+    assert code == 1
+    answers = sorted(
+        line for line in err.splitlines() if "DEBUG phala_async: GET" in line and ": HTTP " in line
+    )
+    assert len(answers) == 2
+    assert re.search(r"GET /cvms/1: HTTP 200 in \d+\.\d{3}s$", answers[0])
+    assert re.search(r"GET /cvms/999: HTTP 404 in \d+\.\d{3}s$", answers[1])
+    assert SECRET_KEY not in err
