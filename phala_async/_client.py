@@ -40,7 +40,7 @@ from ._response import Decode, interpret
 from ._retry import RetryPolicy, log_retry, next_wait, retrying
 from ._session import SessionOptions, open_session
 from ._sharing import Flight, Flights, Orphaned, TTLCache
-from ._stats import ClientStats, cancelled_by_caller, deadline_scope
+from ._stats import ClientStats, deadline_passed, deadline_scope
 from ._throttle import Governor, MaxInFlight
 from ._version import __version__
 from ._watch import DEFAULT_FAIL_ON, CvmWatch, wait_for_status
@@ -713,13 +713,11 @@ class PhalaClient:
                 with deadline_scope(scope):
                     return await call
         except TimeoutError as exc:
-            error = APITimeoutError(
+            raise APITimeoutError(
                 f"{subject(cvm_id)}: no answer within the {deadline:g}s deadline (waits for a "
                 f"slot, pauses and retries included)",
                 cvm_id=cvm_id,
-            )
-            self._governor.note_call(error)  # the call ends here; its requests were cancelled
-            raise error from exc
+            ) from exc
 
     def _judge(self, error: PhalaError, attempt: int) -> float | None:
         """Seconds to wait before retrying after attempt ``attempt`` failed, or None to give up."""
@@ -769,9 +767,11 @@ class PhalaClient:
         return value, attempt
 
     def _note_cancelled(self) -> None:
-        """Count a call whose requests were cancelled, unless its deadline did it (counted
-        there, as the call's ``APITimeoutError``)."""
-        if cancelled_by_caller():
+        """Count a call whose requests were cancelled: by its deadline, as the
+        ``APITimeoutError`` its caller gets; else as cancelled."""
+        if deadline_passed():
+            self._governor.note_call(APITimeoutError("past the deadline"))
+        else:
             self._governor.note("cancelled")
 
     # -- one attempt -------------------------------------------------------------------------

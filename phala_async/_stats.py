@@ -4,9 +4,11 @@ how a call that ends by its deadline or by cancellation is counted.
 Every call (one per ``get_cvm``, per sweep id that made its own requests, per listing page) ends
 exactly once: in ``ok``, in ``failed`` (by exception class; a call past its ``deadline`` is an
 ``APITimeoutError`` there), or in ``cancelled`` (its caller went away first: a cancelled task, a
-sweep closed early). The request chain under a deadline is cancelled by that deadline; it must
-not count again as a cancellation, so :func:`deadline_scope` marks the chains a deadline bounds
-and :func:`cancelled_by_caller` tells the two apart.
+sweep closed early). Each request chain counts itself once, where it ends; a chain that its
+call's deadline cancels counts as that call's ``APITimeoutError``, not as a cancellation, so
+:func:`deadline_scope` marks the chains a deadline bounds and :func:`deadline_passed` tells the
+two apart. (Counting in the chain, not where the caller sees the deadline, keeps a chain that
+finished just as its deadline fired from counting twice.)
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-__all__ = ["ClientStats", "cancelled_by_caller", "deadline_scope"]
+__all__ = ["ClientStats", "deadline_passed", "deadline_scope"]
 
 
 @dataclass(frozen=True)
@@ -97,8 +99,8 @@ def deadline_scope(timeout: _Expired) -> Iterator[None]:
         _deadline.reset(token)
 
 
-def cancelled_by_caller() -> bool:
-    """Whether a request chain that is being cancelled now was cancelled by its caller, not by
-    the deadline of its call (which counts the call itself, as ``APITimeoutError``)."""
+def deadline_passed() -> bool:
+    """Whether a request chain that is being cancelled now was cancelled by the deadline of its
+    call, rather than by its caller."""
     timeout = _deadline.get()
-    return timeout is None or not timeout.expired()
+    return timeout is not None and timeout.expired()
