@@ -37,6 +37,7 @@ from ._errors import (
     RateLimitError,
     ResponseError,
     ResponseTooLargeError,
+    StatusFailedError,
     StatusTimeoutError,
     UnprocessableEntityError,
 )
@@ -55,10 +56,11 @@ from ._models import (
     VmInfo,
 )
 from ._version import __version__
-from ._watch import VOLATILE_FIELDS, CvmEvent, CvmWatch
+from ._watch import DEFAULT_FAIL_ON, VOLATILE_FIELDS, CvmEvent, CvmWatch
 
 __all__ = [
     "API_VERSION",
+    "DEFAULT_FAIL_ON",
     "VOLATILE_FIELDS",
     "APIConnectionError",
     "APIProxyError",
@@ -97,6 +99,7 @@ __all__ = [
     "RateLimitError",
     "ResponseError",
     "ResponseTooLargeError",
+    "StatusFailedError",
     "StatusTimeoutError",
     "SweepResult",
     "UnprocessableEntityError",

@@ -19,6 +19,7 @@ from ._cli_diff import diff_command
 from ._cli_get import get_command
 from ._cli_output import Redactor, logging_to_stderr, print_error
 from ._cli_sim import demo_command, serve_command
+from ._cli_summary import add_summary_option
 from ._cli_sweep import sweep_command
 from ._cli_watch import watch_command
 from ._client import PhalaClient
@@ -81,7 +82,11 @@ kind is added, changed, removed or error; changes maps each changed field, neste
 ones by path (teepod.name), to [old, new], and is {} for the other kinds; cvm is
 the CVM as seen now (as last seen, for removed; null for error); error is
 {"type": ..., "message": ...} for a failure that says nothing about the CVM (a
-503 after the retries), and the watch goes on. time is UTC.
+503 after the retries), and the watch goes on. time is UTC. A removed CVM is
+written once (added again if it comes back), an id's error once until it is
+fetched again. A round without any answer from the API (refused, timed out, 5xx)
+writes one "unavailable" line (cvm_id null, error set) instead of one per id, and
+the first round with answers again one "available"; only real changes follow.
 The watch runs until Ctrl-C (130) or SIGTERM (143), or for --rounds N (0). A
 refused credential ends it with 3, a TLS failure with 1; a closed stdout with 0."""
 
@@ -204,7 +209,8 @@ def _shared_options(groups: Collection[str], *, in_command: bool) -> _Parser:
             "-v",
             "--verbose",
             action="count",
-            help="log retries (-v) and every request (-vv) to stderr; credentials are never logged",
+            help="log retries (-v), and every request and answer with its status and duration "
+            "(-vv), to stderr; credentials are never logged",
         )
     return options
 
@@ -293,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _id_options(sweep, "fetch", all_help="fetch every CVM of the workspace")
     _output_options(sweep, default_to="stdout", resume=True)
+    add_summary_option(sweep)
     diff = command(
         "diff",
         "Compare two sweep outputs: CVMs added, removed, changed, and ids failed in one of them.",
@@ -343,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
         "top-level name covers the fields under it (default: every field but in_progress)",
     )
     watch.add_argument("--initial", action="store_true", help="first write every CVM as added")
+    add_summary_option(watch)
     watch.add_argument(
         "--rounds", metavar="N", type=_POSITIVE_INT, help="stop after N rounds (default: never)"
     )

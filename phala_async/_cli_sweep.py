@@ -26,6 +26,7 @@ from ._cli_common import (
 from ._cli_files import OutputFile, Resumed, given_ids, id_key, resume_from
 from ._cli_output import RecordWriter, Redactor, print_error, record_writer
 from ._cli_progress import ProgressLine, Tally, format_summary, refusal
+from ._cli_summary import save_summary, sweep_summary, sweep_why
 from ._client import ClientStats, PhalaClient
 from ._errors import APIStatusError, PhalaError, subject
 from ._listing import CvmListing
@@ -300,6 +301,18 @@ def finish(
                 output, replaced=replaced, failed=report.tally.failed.total()
             )
         print(summary, file=sys.stderr)
+    if getattr(args, "summary_json", None):  # (not an option of demo)
+        why = sweep_why(
+            status,
+            stopped_by=stop.name if report.interrupted else None,
+            refused=refusal(report.tally, report.failure),
+            failure=None if report.failure is None else describe_failure(report.failure),
+            failed=report.tally.failed.total(),
+        )
+        summary_json = sweep_summary(
+            report.tally, report.stats, report.elapsed, exit_status=status, why=redact(why)
+        )
+        status = save_summary(args.summary_json, summary_json, status)
     return status
 
 

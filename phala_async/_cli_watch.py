@@ -29,6 +29,7 @@ from ._cli_common import (
 from ._cli_files import given_ids
 from ._cli_output import Redactor, print_error
 from ._cli_progress import Tally, refusal
+from ._cli_summary import WATCH_KINDS, save_summary, watch_summary, watch_why
 from ._cli_sweep import describe_failure
 from ._client import PhalaClient
 from ._errors import AuthenticationError, PhalaError, subject
@@ -44,8 +45,8 @@ __all__ = [
     "watch_command",
 ]
 
-_KINDS = ("added", "changed", "removed", "error")
-_KIND_WIDTH = max(len(kind) for kind in _KINDS)
+# The per-CVM kinds line up; the rare "unavailable" and "available" lines may stick out.
+_KIND_WIDTH = max(len(kind) for kind in WATCH_KINDS[:4])
 
 
 def watch_command(args: argparse.Namespace, redact: Redactor) -> int:
@@ -61,6 +62,7 @@ def watch_command(args: argparse.Namespace, redact: Redactor) -> int:
     output_format = args.format or ("text" if sys.stdout.isatty() else "jsonl")
     writer = EventWriter(sys.stdout, output_format, redact=redact)
     seen: Counter[str] = Counter()
+    failures: Counter[str] = Counter()
     if sys.stderr.isatty() and not args.quiet:
         what = "the workspace" if ids is None else plural(len(ids), "CVM")
         print(f"Watching {what} every {args.interval:g}s; Ctrl-C stops.", file=sys.stderr)
@@ -73,26 +75,38 @@ def watch_command(args: argparse.Namespace, redact: Redactor) -> int:
             summary = format_watch_summary(seen, watch.rounds, elapsed, stopped=stopped)
             print(summary, file=sys.stderr)
 
+    def ended(status: int, why: str | None = None) -> int:
+        if not args.summary_json:
+            return status
+        elapsed = time.monotonic() - started
+        why = redact(watch_why(status, stopped=why, rounds=watch.rounds))
+        summary = watch_summary(
+            seen, failures, watch.rounds, client.stats, elapsed, exit_status=status, why=why
+        )
+        return save_summary(args.summary_json, summary, status)
+
     try:
-        run_command(run_watch(client, watch, writer, seen), stop)
-    except StoppedBySignal:
+        run_command(run_watch(client, watch, writer, seen, failures), stop)
+    except StoppedBySignal as exc:
         summarise(stopped=f"Interrupted by {stop.name}")
+        ended(exc.exit_status, f"interrupted by {stop.name}")
         raise
     except AuthenticationError as exc:  # every later round would be refused too
-        print_error(refused_message(args, refusal(Tally(), exc) or f"HTTP {exc.status_code}"))
-        return EXIT_REFUSED
+        why = refusal(Tally(), exc) or f"HTTP {exc.status_code}"
+        print_error(refused_message(args, why))
+        return ended(EXIT_REFUSED, f"the API refused the credential: {why}")
     except PhalaError as exc:  # a TLS failure: as final as a refusal
         print_error(redact(f"the watch stopped: {describe_failure(exc)}"))
         summarise(stopped="Stopped")
-        return EXIT_FAILED
+        return ended(EXIT_FAILED, f"stopped: {describe_failure(exc)}")
     except BrokenPipeError:
         raise  # the reader of stdout went away: the command ends quietly
     except OSError as exc:
         print_error(f"the watch stopped: the events could not be written ({exc.strerror or exc})")
         summarise(stopped="Stopped")
-        return EXIT_FAILED
+        return ended(EXIT_FAILED, "stopped: the events could not be written")
     summarise()
-    return EXIT_OK
+    return ended(EXIT_OK)
 
 
 def _watched_ids(args: argparse.Namespace) -> list[str] | None:
@@ -108,15 +122,22 @@ def _watched_ids(args: argparse.Namespace) -> list[str] | None:
 
 
 async def run_watch(
-    client: PhalaClient, watch: CvmWatch, writer: EventWriter, seen: Counter[str]
+    client: PhalaClient,
+    watch: CvmWatch,
+    writer: EventWriter,
+    seen: Counter[str],
+    failures: Counter[str] | None = None,
 ) -> None:
-    """Write every event of ``watch`` as it comes, counting them by kind in ``seen``, until the
-    watch ends (``max_rounds``) or raises; the watch and ``client`` are closed either way, and
-    their requests cancelled when the command is stopped."""
+    """Write every event of ``watch`` as it comes, counting them by kind in ``seen`` (and the
+    errors by class in ``failures``), until the watch ends (``max_rounds``) or raises; the
+    watch and ``client`` are closed either way, and their requests cancelled when the command
+    is stopped."""
     async with client, watch:
         async for event in watch:
             writer.write(event)
             seen[event.kind] += 1
+            if failures is not None and event.error is not None:
+                failures[type(event.error).__name__] += 1
 
 
 class _EventError(msgspec.Struct, frozen=True):
@@ -156,7 +177,10 @@ def event_json(event: CvmEvent, when: datetime, redact: Redactor) -> str:
 def event_text(event: CvmEvent, when: datetime, redact: Redactor) -> str:
     """``event`` as a line for people: the local time, the kind, the id, then what happened, as
     in ``12:00:03 changed 1234 status: 'starting' -> 'running'``."""
-    cvm_id = "listing" if event.cvm_id is None else str(event.cvm_id)
+    if event.kind in ("unavailable", "available"):
+        cvm_id = "API"
+    else:
+        cvm_id = "listing" if event.cvm_id is None else str(event.cvm_id)
     head = f"{when.astimezone():%H:%M:%S} {event.kind.ljust(_KIND_WIDTH)} {cvm_id}"
     if event.kind == "changed":
         what = "; ".join(
@@ -164,6 +188,8 @@ def event_text(event: CvmEvent, when: datetime, redact: Redactor) -> str:
         )
     elif event.error is not None:
         what = str(event.error).removeprefix(f"{subject(event.cvm_id)}: ")
+    elif event.kind == "available":
+        what = "answers again"
     else:
         cvm = event.after or event.before
         what = "" if cvm is None else f"{cvm.name} ({cvm.status})"
@@ -192,5 +218,7 @@ def format_watch_summary(
     """The closing line: rounds, wall time and the events by kind. ``stopped`` says how a watch
     that did not end on its own ended (``Interrupted by SIGTERM``)."""
     text = f"{stopped} after" if stopped is not None else "Watched"
-    counts = [f"{seen[kind]} {kind}" for kind in _KINDS[:-1]] + [plural(seen["error"], "error")]
+    counts = [f"{seen[kind]} {kind}" for kind in WATCH_KINDS[:3]] + [plural(seen["error"], "error")]
+    if seen["unavailable"]:  # (a healthy watch keeps the line it always had)
+        counts.append(f"the API unavailable {plural(seen['unavailable'], 'time')}")
     return f"{text} {plural(rounds, 'round')} in {elapsed:.1f}s: {', '.join(counts)}."

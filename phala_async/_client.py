@@ -27,6 +27,7 @@ from ._http import Exchange
 from ._ids import normalize_cvm_id
 from ._limits import MaxInFlight
 from ._listing import CvmListing
+from ._metrics import answer_observer
 from ._models import CvmDetail, CvmPage, decode_cvm, decode_page
 from ._pipeline import Pipeline, SharedSession
 from ._retry import RetryPolicy
@@ -34,7 +35,7 @@ from ._session import SessionOptions
 from ._sharing import Flights, TTLCache
 from ._stats import ClientStats
 from ._version import __version__
-from ._watch import CvmWatch, wait_for_status
+from ._watch import DEFAULT_FAIL_ON, CvmWatch, wait_for_status
 
 __all__ = ["API_VERSION", "ClientStats", "PhalaClient"]
 
@@ -95,6 +96,10 @@ class PhalaClient:
             made and no ``proxy`` is given. On by default.
         trace_configs: ``aiohttp.TraceConfig`` objects for the client's own session (tracing,
             OpenTelemetry); each attempt, retries included, is one traced request.
+        meter_provider: an ``opentelemetry.metrics.MeterProvider`` to report metrics to
+            (requests by status class, the request duration, retries, 429s, in flight, the
+            window and send rate); default the global one when ``opentelemetry-api`` is
+            installed (``pip install 'phala-async[otel]'``), and nothing at all without it.
 
     Concurrent ``get_cvm`` calls (and sweep fetches) for ids that name the same CVM alike share
     one request in flight, always; ``stats.coalesced`` counts the calls that joined one.
@@ -128,6 +133,7 @@ class PhalaClient:
         proxy: str | None = None,
         trust_env: bool = True,
         trace_configs: Sequence[aiohttp.TraceConfig] | None = None,
+        meter_provider: object | None = None,
     ) -> None:
         check_positive("timeout", timeout)
         check_positive("cache_size", cache_size, integer=True)
@@ -198,6 +204,7 @@ class PhalaClient:
             flights=Flights(),
             cache=TTLCache(float(cache_ttl), cache_size) if cache_ttl > 0 else None,
             decode_cvm=decode_cvm,
+            answers=answer_observer(meter_provider, self._base_url, governor.snapshot),
         )
         self._sweeps: set[Abort] = set()
         self._is_view = False
@@ -214,9 +221,9 @@ class PhalaClient:
 
             cvm = await client.with_options(deadline=5.0).get_cvm(cvm_id)
 
-        A view never closes the client it came from: :meth:`aclose` on a view does nothing,
-        and ``async with`` a view raises :class:`TypeError`, so that one handler cannot close
-        the client every other handler shares.
+        A view never closes the client it came from: ``async with view:`` and
+        ``view.aclose()`` do nothing, so a handler may use one as it likes while other tasks
+        share the client; close the client itself when the application stops.
 
         Args:
             timeout: seconds one attempt may take.
@@ -247,12 +254,6 @@ class PhalaClient:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        if self._is_view:
-            raise TypeError(
-                "a view from with_options() is not a context manager: it shares the client's "
-                "session, and closing it would close the client for every other caller; use "
-                "the view without 'async with' and close the client itself when done"
-            )
         self._pipeline.shared.open()
         return self
 
@@ -444,18 +445,26 @@ class PhalaClient:
         *,
         timeout: float = 600.0,  # noqa: ASYNC109 - bounds the whole poll, as waiters do
         interval: float = 5.0,
+        fail_on: str | Iterable[str] = DEFAULT_FAIL_ON,
     ) -> CvmDetail:
         """Poll one CVM until its status is ``status`` (or one of them), and return it.
 
-        Polls go through this client, paced with everything else, and skip the cache.
+        Polls go through this client, paced with everything else, and skip the cache. Status
+        names are not checked: the API does not list them, so a typo (``"runnning"``) waits
+        until ``timeout``, and the :class:`StatusTimeoutError` names the status last seen.
 
         Args:
             cvm_id: any id form ``get_cvm`` takes.
             status: the status to wait for (``"running"``), or a set of them.
             timeout: seconds to wait at most.
             interval: seconds between polls.
+            fail_on: statuses that end the wait at once with :class:`StatusFailedError`;
+                default :data:`DEFAULT_FAIL_ON` (``"error"``, ``"failed"``); ``()`` for none.
+                A status also in ``status`` is waited for.
 
         Raises:
+            StatusFailedError: the CVM reached a status of ``fail_on``; it names the id, the
+                status and how long it waited.
             StatusTimeoutError: ``timeout`` passed first; it names the id, its last status and
                 how long it waited.
             NotFoundError, AuthenticationError, PermissionDeniedError: at once, without waiting.
@@ -469,6 +478,7 @@ class PhalaClient:
             status,
             timeout=float(timeout),
             interval=float(interval),
+            fail_on=fail_on,
         )
 
     def list_cvms(self, *, page_size: int = 100) -> CvmListing:

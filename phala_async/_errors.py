@@ -8,6 +8,7 @@
     ├── EventLoopError (also RuntimeError)        the client was used from a second event loop
     ├── InvalidCvmIdError (also ValueError)       the id can never be asked for; nothing was sent
     ├── StatusTimeoutError (also TimeoutError)    wait_for_status ran out of time
+    ├── StatusFailedError                         wait_for_status saw a failure status
     ├── APIConnectionError                        transport: refused, reset, unresolved, cut short
     │   ├── APITimeoutError                       an attempt ran past ``timeout``
     │   ├── APIProxyError                         the proxy refused the tunnel (its status)
@@ -59,6 +60,7 @@ __all__ = [
     "RateLimitError",
     "ResponseError",
     "ResponseTooLargeError",
+    "StatusFailedError",
     "StatusTimeoutError",
     "UnprocessableEntityError",
     "describe",
@@ -185,6 +187,31 @@ class StatusTimeoutError(PhalaError, TimeoutError):
     ) -> None:
         super().__init__(message, cvm_id=cvm_id, attempts=0)
         self.last_status = last_status
+        self.waited = waited
+        self.wanted = wanted
+
+
+class StatusFailedError(PhalaError):
+    """``wait_for_status`` saw the CVM reach a status of ``fail_on`` (``"error"``...), so the
+    status waited for will not come by itself.
+
+    Attributes:
+        status: the failure status reached.
+        waited: seconds waited until then.
+        wanted: the statuses waited for.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        cvm_id: str | int,
+        status: str,
+        waited: float,
+        wanted: frozenset[str],
+    ) -> None:
+        super().__init__(message, cvm_id=cvm_id, attempts=0)
+        self.status = status
         self.waited = waited
         self.wanted = wanted
 

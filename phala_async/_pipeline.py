@@ -30,6 +30,7 @@ from ._errors import (
 from ._governor import Governor
 from ._http import Exchange
 from ._limits import MaxInFlight
+from ._metrics import AnswerObserver
 from ._models import CvmDetail
 from ._response import Decode, interpret
 from ._retry import RetryPolicy, give_up, retrying
@@ -113,6 +114,7 @@ class Pipeline:
         flights: the requests in flight, by CVM.
         cache: recent answers, or None.
         decode_cvm: builds a CVM from a detail body.
+        answers: logs each answer at DEBUG and records its metrics.
         deadline: seconds a whole call may take, or None.
     """
 
@@ -123,6 +125,7 @@ class Pipeline:
     flights: Flights[Fetched]
     cache: TTLCache[CvmDetail] | None
     decode_cvm: Decode[CvmDetail]
+    answers: AnswerObserver
     deadline: float | None = None
 
     async def cvm(
@@ -298,9 +301,12 @@ class Pipeline:
             # The pause may have outlasted the client.
             if shared.closed:
                 raise ClientClosedError(cvm_id=cvm_id)
-            if logger.isEnabledFor(logging.DEBUG):
+            sending = self.exchange.get(session, path, cvm_id, shared.owns_session)
+            if self.answers.recording or logger.isEnabledFor(logging.DEBUG):
                 logger.debug("GET %s (%s)", path, subject(cvm_id))
-            answer = await self.exchange.get(session, path, cvm_id, shared.owns_session)
+                answer = await self.answers.observe(sending, path)
+            else:
+                answer = await sending
             return interpret(
                 answer.status, answer.headers, answer.body, cvm_id=cvm_id, decode=decode
             )

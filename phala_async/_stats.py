@@ -8,19 +8,19 @@ what is counted, and when, reads in one place.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+from dataclasses import dataclass, field
 from typing import Any
-
-import msgspec
 
 __all__ = ["ClientStats", "Counters"]
 
 
-class ClientStats(msgspec.Struct, frozen=True, kw_only=True):
+@dataclass(frozen=True, kw_only=True)
+class ClientStats:
     """A snapshot of a client's counters, taken when :attr:`PhalaClient.stats` was read.
 
     Snapshots do not change: read ``stats`` again and compare the two to see what happened
-    between. A snapshot encodes to JSON as it is (``msgspec.json.encode(stats)``), or
-    ``json.dumps(stats.to_dict())``.
+    between. ``json.dumps(stats.to_dict())`` serialises one (``dataclasses.asdict`` works too).
 
     Every call (one per id or page) that ended counts once, in ``ok``, in ``failed`` or in
     ``cancelled``, whatever ended it (a deadline included).
@@ -55,7 +55,7 @@ class ClientStats(msgspec.Struct, frozen=True, kw_only=True):
     retries_deferred: int = 0
     retries_denied: int = 0
     ok: int = 0
-    failed: dict[str, int] = {}
+    failed: dict[str, int] = field(default_factory=dict)
     cancelled: int = 0
     coalesced: int = 0
     cache_hits: int = 0
@@ -65,7 +65,7 @@ class ClientStats(msgspec.Struct, frozen=True, kw_only=True):
 
     def to_dict(self) -> dict[str, Any]:
         """The snapshot as plain JSON-ready values (``failed`` a plain ``dict``)."""
-        return msgspec.structs.asdict(self) | {"failed": dict(self.failed)}
+        return dataclasses.asdict(self)
 
 
 class Counters:

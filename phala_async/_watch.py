@@ -16,9 +16,11 @@ from typing import Any, Literal, Self, TypeAlias
 
 import msgspec
 
-from ._bulk import CvmStream
+from ._bulk import CvmStream, SweepResult
 from ._errors import (
     APIConnectionError,
+    APIStatusError,
+    APIUnreachableError,
     AuthenticationError,
     ConfigurationError,
     InternalServerError,
@@ -26,6 +28,7 @@ from ._errors import (
     PermissionDeniedError,
     PhalaError,
     RateLimitError,
+    StatusFailedError,
     StatusTimeoutError,
     subject,
 )
@@ -34,6 +37,7 @@ from ._models import CvmDetail
 from ._retry import ends_every_call
 
 __all__ = [
+    "DEFAULT_FAIL_ON",
     "VOLATILE_FIELDS",
     "CvmEvent",
     "CvmWatch",
@@ -48,7 +52,12 @@ __all__ = [
 #: ``status`` already reports.
 VOLATILE_FIELDS = frozenset({"in_progress"})
 
-EventKind: TypeAlias = Literal["added", "changed", "removed", "error"]
+#: The statuses that end :meth:`PhalaClient.wait_for_status` at once by default: the API's
+#: reference names only some statuses (``running``, ``stopped``, ``starting``...) and no
+#: failure status, so these are the failure names it is known to use.
+DEFAULT_FAIL_ON = frozenset({"error", "failed"})
+
+EventKind: TypeAlias = Literal["added", "changed", "removed", "error", "unavailable", "available"]
 
 _TOP_FIELDS = frozenset(field.name for field in msgspec.structs.fields(CvmDetail))
 
@@ -57,15 +66,20 @@ class CvmEvent(msgspec.Struct, frozen=True, kw_only=True):
     """One thing a watch saw.
 
     Attributes:
-        kind: ``"added"`` (new since the last round, or every CVM at first with
-            ``initial=True``), ``"changed"``, ``"removed"`` (a 404, or gone from the listing) or
-            ``"error"`` (a failure that says nothing about the CVM itself; the watch goes on).
-        cvm_id: the id as given (or as the listing names it); None for a failed listing.
+        kind: ``"added"`` (new since the last round, every CVM at first with ``initial=True``,
+            or back after a removal), ``"changed"``, ``"removed"`` (a 404, or gone from the
+            listing; then nothing more about it until it is back), ``"error"`` (a failure that
+            says nothing about the CVM itself, once per id until that id is fetched again),
+            ``"unavailable"`` (a round got no answer from the API at all: one event for every
+            id, the last known state kept) or ``"available"`` (the first round that got answers
+            again; only real changes follow it).
+        cvm_id: the id as given (or as the listing names it); None for a failed listing and
+            for ``unavailable`` / ``available``.
         before: the CVM as last seen (``changed``, ``removed``).
         after: the CVM as seen now (``added``, ``changed``).
         changes: for ``changed``, each changed field (nested by path, ``teepod.name``) mapped to
             ``(old, new)``, as JSON values.
-        error: for ``error``, what went wrong.
+        error: for ``error`` and ``unavailable``, what went wrong.
     """
 
     kind: EventKind
@@ -143,6 +157,11 @@ class CvmWatch(AsyncIterator[CvmEvent]):
     Returned by :meth:`PhalaClient.watch_cvms`; use it with ``async with`` (or call
     :meth:`aclose`) so that a sweep in progress is stopped when you stop. A refused credential
     or a TLS failure ends the watch with that error, since every later round would meet it too.
+
+    A watch stays quiet: an id reports a removal once and the same error once; a round that
+    gets no answer from the API at all (every request refused, reset, timed out or answered
+    5xx) is one ``unavailable`` event, and the first round with answers again one
+    ``available``.
     """
 
     def __init__(
@@ -169,6 +188,12 @@ class CvmWatch(AsyncIterator[CvmEvent]):
         # Jitter only keeps many bots from polling in step; it protects no secret.
         self._rng = rng or random.Random()  # noqa: S311
         self._known: dict[str, tuple[str | int, CvmDetail]] = {}
+        # What each id (None: the listing) last reported as an error (a removal reports
+        # NotFoundError), so that it says so once until it is fetched again.
+        self._reported: dict[str | None, str] = {}
+        #: Whether the API gave no answer in the last round (an ``unavailable`` was emitted).
+        self.unavailable = False
+        self._answered = False
         self._events = self._rounds()
         #: Rounds started so far.
         self.rounds = 0
@@ -201,7 +226,8 @@ class CvmWatch(AsyncIterator[CvmEvent]):
         loop = asyncio.get_running_loop()
         while True:
             started = loop.time()
-            first = self.rounds == 0
+            # Until the API first answers, a round only learns the state (``initial`` aside).
+            first = not self._answered
             self.rounds += 1
             async for event in self._one_round(first):
                 yield event
@@ -222,43 +248,122 @@ class CvmWatch(AsyncIterator[CvmEvent]):
             except PhalaError as exc:
                 if ends_every_call(exc):
                     raise
-                yield CvmEvent(kind="error", cvm_id=None, error=exc)
+                if _no_answer(exc):
+                    for event in self._outage(exc):
+                        yield event
+                elif self._first_report(None, exc):
+                    yield CvmEvent(kind="error", cvm_id=None, error=exc)
                 return
+            self._reported.pop(None, None)
         else:
             assert self._ids is not None  # noqa: S101 - one of the two is set
             ids = self._ids
-        known = self._known
+        # Until some id gets an answer, this round may be an outage: its failures wait here
+        # and are dropped if it is one.
+        held: list[CvmEvent] | None = []
+        no_answer: PhalaError | None = None
         seen: set[str] = set()
-        async with self._sweep(ids) as stream:
-            async for result in stream:
-                key = id_key(result.cvm_id)
-                seen.add(key)
-                if result.ok:
-                    previous = known.get(key)
-                    known[key] = (result.cvm_id, result.cvm)
-                    if previous is None:
-                        if not first or self._initial:
-                            yield CvmEvent(kind="added", cvm_id=result.cvm_id, after=result.cvm)
-                        continue
-                    changes = diff_cvms(previous[1], result.cvm, self._fields)
-                    if changes:
-                        yield CvmEvent(
-                            kind="changed",
-                            cvm_id=result.cvm_id,
-                            before=previous[1],
-                            after=result.cvm,
-                            changes=changes,
-                        )
-                elif isinstance(result.error, NotFoundError) and key in known:
-                    _, before = known.pop(key)
-                    yield CvmEvent(kind="removed", cvm_id=result.cvm_id, before=before)
-                elif not (isinstance(result.error, NotFoundError) and self._listing is not None):
-                    # (A CVM listed but deleted before its fetch, never seen: nothing to say.)
-                    yield CvmEvent(kind="error", cvm_id=result.cvm_id, error=result.error)
+        try:
+            async with self._sweep(ids) as stream:
+                async for result in stream:
+                    key = id_key(result.cvm_id)
+                    seen.add(key)
+                    if held is not None and (result.ok or not _no_answer(result.error)):
+                        events = [*self._back(), *held]
+                        held = None
+                        for event in events:
+                            yield event
+                    elif held is not None and not result.ok:
+                        no_answer = no_answer or result.error
+                    for event in self._judge(key, result, first):
+                        if held is None:
+                            yield event
+                        else:
+                            held.append(event)
+        except APIUnreachableError as exc:
+            no_answer = exc
+            held = held or []  # the API never answered: whatever came is dropped
+        if held is not None:
+            if no_answer is not None:
+                for event in self._outage(no_answer):
+                    yield event
+                return
+            for event in [*self._back(), *held]:  # a round of no ids: nothing failed
+                yield event
         if self._listing is not None:
-            for key in [key for key in known if key not in seen]:
-                cvm_id, before = known.pop(key)
+            for key in [key for key in self._known if key not in seen]:
+                cvm_id, before = self._known.pop(key)
                 yield CvmEvent(kind="removed", cvm_id=cvm_id, before=before)
+
+    def _judge(self, key: str, result: SweepResult, first: bool) -> list[CvmEvent]:
+        """The events one id's result makes, given what the watch knew of it."""
+        known = self._known
+        if result.ok:
+            self._reported.pop(key, None)
+            previous = known.get(key)
+            known[key] = (result.cvm_id, result.cvm)
+            if previous is None:
+                if not first or self._initial:
+                    return [CvmEvent(kind="added", cvm_id=result.cvm_id, after=result.cvm)]
+                return []
+            changes = diff_cvms(previous[1], result.cvm, self._fields)
+            if not changes:
+                return []
+            return [
+                CvmEvent(
+                    kind="changed",
+                    cvm_id=result.cvm_id,
+                    before=previous[1],
+                    after=result.cvm,
+                    changes=changes,
+                )
+            ]
+        error = result.error
+        if isinstance(error, NotFoundError) and key in known:
+            _, before = known.pop(key)
+            self._first_report(key, error)  # its later 404s are this removal again
+            return [CvmEvent(kind="removed", cvm_id=result.cvm_id, before=before)]
+        if isinstance(error, NotFoundError) and self._listing is not None:
+            return []  # a CVM listed but deleted before its fetch, never seen: nothing to say
+        if self._first_report(key, error):
+            return [CvmEvent(kind="error", cvm_id=result.cvm_id, error=error)]
+        return []
+
+    def _first_report(self, key: str | None, error: PhalaError) -> bool:
+        """Whether ``error`` is news for ``key``: not the error it reported last."""
+        kind = _error_kind(error)
+        if self._reported.get(key) == kind:
+            return False
+        self._reported[key] = kind
+        return True
+
+    def _outage(self, error: PhalaError) -> list[CvmEvent]:
+        """A round without any answer: one ``unavailable`` when it starts, then silence."""
+        if self.unavailable:
+            return []
+        self.unavailable = True
+        return [CvmEvent(kind="unavailable", cvm_id=None, error=error)]
+
+    def _back(self) -> list[CvmEvent]:
+        """A round with answers: one ``available`` if the last one had none."""
+        self._answered = True
+        if not self.unavailable:
+            return []
+        self.unavailable = False
+        return [CvmEvent(kind="available", cvm_id=None)]
+
+
+def _no_answer(error: PhalaError) -> bool:
+    """Whether ``error`` means the API gave no usable answer at all (a transport failure, a
+    timeout, a 5xx), as opposed to an answer about the request (404, 429...)."""
+    return isinstance(error, (APIConnectionError, InternalServerError))
+
+
+def _error_kind(error: PhalaError) -> str:
+    """What makes two errors of one id the same report: the class and the status."""
+    if isinstance(error, APIStatusError):
+        return f"{type(error).__name__} {error.status_code}"
+    return type(error).__name__
 
 
 #: Errors that a poll outlives: the next poll may succeed.
@@ -272,12 +377,13 @@ async def wait_for_status(
     *,
     timeout: float,  # noqa: ASYNC109 - bounds the whole poll, as waiters do
     interval: float,
+    fail_on: str | Iterable[str] = DEFAULT_FAIL_ON,
 ) -> CvmDetail:
-    """Poll ``fetch(cvm_id)`` until the CVM's status is one of ``status``; see
-    :meth:`PhalaClient.wait_for_status`."""
-    wanted = frozenset({status} if isinstance(status, str) else status)
-    if not wanted or not all(isinstance(name, str) and name for name in wanted):
-        raise ConfigurationError(f"status must be a status name or a set of them, not {status!r}")
+    """Poll ``fetch(cvm_id)`` until the CVM's status is one of ``status``, or one of
+    ``fail_on``; see :meth:`PhalaClient.wait_for_status`."""
+    wanted = _statuses("status", status)
+    # A status both waited for and failed on is waited for: the caller asked for it.
+    failures = _statuses("fail_on", fail_on, empty_ok=True) - wanted
     loop = asyncio.get_running_loop()
     started = loop.time()
     deadline = started + timeout
@@ -297,12 +403,22 @@ async def wait_for_status(
             last_status = cvm.status
             if cvm.status in wanted:
                 return cvm
+            if cvm.status in failures:
+                waited = loop.time() - started
+                raise StatusFailedError(
+                    f"{subject(cvm_id)}: reached status {cvm.status!r} after {waited:.1f}s of "
+                    f"waiting for {_names(wanted)}; it will not get there by itself",
+                    cvm_id=cvm_id,
+                    status=cvm.status,
+                    waited=waited,
+                    wanted=wanted,
+                )
         remaining = deadline - loop.time()
         if remaining <= 0:
             break
         await asyncio.sleep(min(interval, remaining))
     waited = loop.time() - started
-    names = " or ".join(repr(name) for name in sorted(wanted))
+    names = _names(wanted)
     state = f"still {last_status!r}" if last_status is not None else "no status seen"
     if last_status is None and last_error is not None:
         state += f" (last error: {last_error.message})"
@@ -313,3 +429,23 @@ async def wait_for_status(
         waited=waited,
         wanted=wanted,
     )
+
+
+def _statuses(name: str, value: str | Iterable[str], *, empty_ok: bool = False) -> frozenset[str]:
+    """``value`` (a status name or a collection of them) as a set, checked.
+
+    Raises:
+        ConfigurationError: not a str or a collection of non-empty str.
+    """
+    chosen: frozenset[object] = frozenset({None})  # neither a str nor a collection: refused
+    if isinstance(value, str):
+        chosen = frozenset({value})
+    elif isinstance(value, Iterable):
+        chosen = frozenset(value)
+    if (not chosen and not empty_ok) or not all(isinstance(item, str) and item for item in chosen):
+        raise ConfigurationError(f"{name} must be a status name or a set of them, not {value!r}")
+    return frozenset(str(item) for item in chosen)
+
+
+def _names(statuses: frozenset[str]) -> str:
+    return " or ".join(repr(status) for status in sorted(statuses))

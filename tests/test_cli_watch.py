@@ -515,8 +515,21 @@ def test_an_error_event_names_its_type_and_never_the_credential(render: Any) -> 
             CvmEvent(kind="error", cvm_id=None, error=server_error("request: HTTP 500")),
             "error   listing HTTP 500",
         ),
+        (
+            CvmEvent(kind="unavailable", cvm_id=None, error=server_error("request: HTTP 503")),
+            "unavailable API HTTP 503",
+        ),
+        (CvmEvent(kind="available", cvm_id=None), "available API answers again"),
     ],
-    ids=["changed", "added", "removed", "error-on-one-line", "failed-listing"],
+    ids=[
+        "changed",
+        "added",
+        "removed",
+        "error-on-one-line",
+        "failed-listing",
+        "unavailable",
+        "available",
+    ],
 )
 def test_a_text_line_reads_as_time_kind_id_and_what_happened(
     event: CvmEvent, expected: str
@@ -535,4 +548,13 @@ def test_the_summary_counts_rounds_and_events_by_kind() -> None:
     )
     assert format_watch_summary(Counter(), 1, 0.5, stopped="Interrupted by SIGTERM") == (
         "Interrupted by SIGTERM after 1 round in 0.5s: 0 added, 0 changed, 0 removed, 0 errors."
+    )
+
+
+def test_the_summary_says_how_often_the_api_was_unavailable() -> None:
+    """An outage is counted on the closing line; a watch without one keeps the line it had."""
+    seen = Counter({"unavailable": 2, "available": 2, "changed": 1})
+    assert format_watch_summary(seen, 9, 1.0) == (
+        "Watched 9 rounds in 1.0s: 0 added, 1 changed, 0 removed, 0 errors, "
+        "the API unavailable 2 times."
     )

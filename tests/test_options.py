@@ -105,3 +105,28 @@ def test_bad_options_are_refused(options: dict[str, float]) -> None:
     client = PhalaClient(api_key="phak_test")
     with pytest.raises(ConfigurationError):
         client.with_options(**options)  # type: ignore[arg-type]
+
+
+async def test_leaving_a_view_as_a_context_manager_leaves_the_client_open(
+    make_client: Callable[..., PhalaClient], simulator: PhalaSimulator
+) -> None:
+    """``async with client.with_options(...) as view`` does not close the client it came from."""
+    client = make_client()
+    async with client.with_options(deadline=5.0) as view:
+        assert (await view.get_cvm(1)).id == 1
+    assert (view.closed, client.closed) == (False, False)
+    assert (await client.get_cvm(2)).id == 2
+    assert simulator.total_requests == 2
+
+
+async def test_closing_a_view_does_nothing(
+    make_client: Callable[..., PhalaClient], simulator: PhalaSimulator
+) -> None:
+    """``view.aclose()`` leaves the client and its other views working."""
+    client = make_client()
+    view = client.with_options(max_attempts=1)
+    await view.aclose()
+    assert (await client.with_options(timeout=2.0).get_cvm(3)).id == 3
+    assert (await view.get_cvm(4)).id == 4
+    await client.aclose()
+    assert view.closed
