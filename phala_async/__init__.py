@@ -54,11 +54,26 @@ from ._models import (
     VmConfiguration,
     VmInfo,
 )
+from ._models_v2026 import (
+    AnyCvm,
+    CvmGateway,
+    CvmInfo,
+    CvmKms,
+    CvmLogs,
+    CvmOs,
+    CvmProgress,
+    CvmResource,
+    NodeRef,
+    UserRef,
+    WorkspaceRef,
+)
 from ._version import __version__
+from ._versions import API_VERSIONS
 from ._watch import VOLATILE_FIELDS, CvmEvent, CvmWatch
 
 __all__ = [
     "API_VERSION",
+    "API_VERSIONS",
     "VOLATILE_FIELDS",
     "APIConnectionError",
     "APIProxyError",
@@ -66,6 +81,7 @@ __all__ = [
     "APITLSError",
     "APITimeoutError",
     "APIUnreachableError",
+    "AnyCvm",
     "AuthenticationError",
     "BadRequestError",
     "ClientClosedError",
@@ -74,11 +90,18 @@ __all__ = [
     "CvmDetail",
     "CvmEvent",
     "CvmFailed",
+    "CvmGateway",
+    "CvmInfo",
+    "CvmKms",
     "CvmListing",
+    "CvmLogs",
     "CvmNetworkUrls",
     "CvmNode",
     "CvmOk",
+    "CvmOs",
     "CvmPage",
+    "CvmProgress",
+    "CvmResource",
     "CvmResult",
     "CvmStream",
     "CvmWatch",
@@ -90,6 +113,7 @@ __all__ = [
     "InvalidCvmIdError",
     "KMSInfo",
     "ManagedUser",
+    "NodeRef",
     "NotFoundError",
     "PermissionDeniedError",
     "PhalaClient",
@@ -100,8 +124,10 @@ __all__ = [
     "StatusTimeoutError",
     "SweepResult",
     "UnprocessableEntityError",
+    "UserRef",
     "VmConfiguration",
     "VmInfo",
+    "WorkspaceRef",
     "__version__",
     "normalize_cvm_id",
 ]

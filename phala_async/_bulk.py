@@ -29,7 +29,7 @@ import msgspec
 
 from ._errors import ClientClosedError, InvalidCvmIdError, PhalaError, describe
 from ._ids import normalize_cvm_id
-from ._models import CvmDetail
+from ._models_v2026 import AnyCvm
 from ._retry import ends_every_call
 from ._sharing import as_seen_by
 
@@ -46,9 +46,9 @@ __all__ = [
 ]
 
 #: The rest of an id's retries: run it (in a task of its own) for ``(cvm, attempts)``.
-Retries: TypeAlias = Callable[[], Awaitable[tuple[CvmDetail, int]]]
+Retries: TypeAlias = Callable[[], Awaitable[tuple[AnyCvm, int]]]
 #: What a first attempt gives: the CVM and the attempts it took, or the retries still to run.
-Fetched: TypeAlias = tuple[CvmDetail, int] | Retries
+Fetched: TypeAlias = tuple[AnyCvm, int] | Retries
 #: Makes the first attempt for ``(cvm_id as given, normalised segment)``; raises a final error.
 Fetch: TypeAlias = Callable[[str | int, str], Awaitable[Fetched]]
 #: Ends a running sweep with an error (the client is closing).
@@ -64,7 +64,7 @@ class CvmResult(msgspec.Struct, frozen=True, kw_only=True):
     narrows the type for a type checker::
 
         if result.ok:
-            print(result.cvm.status)      # CvmOk: cvm is a CvmDetail
+            print(result.cvm.status)      # CvmOk: cvm is a CvmDetail (CvmInfo for 2026-01-21)
         else:
             print(result.error)           # CvmFailed: error is a PhalaError
 
@@ -76,7 +76,7 @@ class CvmResult(msgspec.Struct, frozen=True, kw_only=True):
     """
 
     cvm_id: str | int
-    cvm: CvmDetail | None = None
+    cvm: AnyCvm | None = None
     error: PhalaError | None = None
     attempts: int = 0
 
@@ -89,7 +89,7 @@ class CvmResult(msgspec.Struct, frozen=True, kw_only=True):
 class CvmOk(CvmResult, frozen=True, kw_only=True):
     """An id whose CVM was fetched: ``cvm`` is set, ``error`` is None."""
 
-    cvm: CvmDetail
+    cvm: AnyCvm
     error: None = None
 
     @property

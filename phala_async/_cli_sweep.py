@@ -29,6 +29,8 @@ from ._cli_progress import ProgressLine, Tally, format_summary, refusal
 from ._client import ClientStats, PhalaClient
 from ._errors import APIStatusError, PhalaError, subject
 from ._listing import CvmListing
+from ._models import HostedCvm
+from ._models_v2026 import CvmInfo
 
 __all__ = [
     "AlreadyOk",
@@ -159,7 +161,9 @@ class AlreadyOk:
         return self._done - self._met
 
 
-async def workspace_ids(listing: CvmListing, *, skip: Container[str] = ()) -> AsyncIterator[str]:
+async def workspace_ids(
+    listing: CvmListing[HostedCvm | CvmInfo], *, skip: Container[str] = ()
+) -> AsyncIterator[str]:
     """Every CVM id of the workspace, each once, read page by page as the sweep asks for more;
     those in ``skip`` left out."""
     # By the entry's own cvm_id only: the instances of one app are different CVMs.

@@ -32,7 +32,7 @@ from ._cli_progress import Tally, refusal
 from ._cli_sweep import describe_failure
 from ._client import PhalaClient
 from ._errors import AuthenticationError, PhalaError, subject
-from ._models import CvmDetail
+from ._models_v2026 import AnyCvm
 from ._watch import CvmEvent, CvmWatch
 
 __all__ = [
@@ -129,7 +129,7 @@ class _EventLine(msgspec.Struct, frozen=True):
     kind: str
     cvm_id: str | int | None
     changes: dict[str, tuple[Any, Any]]
-    cvm: CvmDetail | None
+    cvm: AnyCvm | None
     error: _EventError | None
     time: str
 

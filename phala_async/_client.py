@@ -10,12 +10,13 @@ import os
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequence
 from ssl import SSLContext
 from types import TracebackType
-from typing import Self, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, Self, TypeVar, cast, overload
 
 import aiohttp
 
 from ._bulk import Abort, CvmStream, Fetched, Retries, SweepResult, gather_in_order
 from ._config import (
+    check_api_version,
     check_positive,
     check_trace_configs,
     resolve_base_url,
@@ -34,25 +35,34 @@ from ._errors import (
 from ._http import Exchange
 from ._ids import normalize_cvm_id
 from ._listing import CvmListing
-from ._models import CvmDetail, CvmPage, decode_cvm, decode_page
+from ._models import CvmDetail, CvmPage, HostedCvm
+from ._models_v2026 import CvmInfo
 from ._response import Decode, interpret
 from ._retry import RetryPolicy, log_retry, next_wait, retrying
 from ._session import SessionOptions, open_session
 from ._sharing import Flight, Flights, Orphaned, TTLCache
 from ._throttle import ClientStats, Governor, MaxInFlight
 from ._version import __version__
+from ._versions import API_VERSION, API_VERSIONS, AnyCvm, ApiVersion, shape_for
 from ._watch import CvmWatch, wait_for_status
 
 __all__ = ["API_VERSION", "ClientStats", "PhalaClient"]
 
 logger = logging.getLogger("phala_async")
 
-#: The ``X-Phala-Version`` every request pins: the one whose answer is the documented shape.
-API_VERSION = "2025-10-28"
 DEFAULT_MAX_RESPONSE_BYTES = 1024 * 1024
 
 _T = TypeVar("_T")
-_Fetched = tuple[CvmDetail, int]
+_Fetched = tuple[AnyCvm, int]
+if TYPE_CHECKING:  # the default (PEP 696) only for type checkers: Python 3.11's TypeVar has none
+    from typing_extensions import TypeVar as _TypeVar
+    from typing_extensions import Unpack
+
+    from ._client_options import ClientOptions
+
+    _D = _TypeVar("_D", bound=AnyCvm, default=CvmDetail, covariant=True)
+else:
+    _D = TypeVar("_D", bound=AnyCvm, covariant=True)
 
 
 class _Shared:
@@ -68,7 +78,7 @@ class _Shared:
         self.closed = False
 
 
-class PhalaClient:
+class PhalaClient(Generic[_D]):
     """Async client for the Phala Cloud API.
 
     Use it as an async context manager, or call :meth:`aclose` when done::
@@ -80,6 +90,10 @@ class PhalaClient:
                     print(result.cvm_id, result.ok)
 
     Args:
+        api_version: the ``X-Phala-Version`` sent, which picks the answers' shape: ``"2025-10-28"``
+            (the default, the reference page's shape: :class:`CvmDetail`) or ``"2026-01-21"``
+            (the ``CVMInfo`` shape: :class:`CvmInfo`, for details and listing entries alike).
+            The client's type follows it: ``PhalaClient[CvmInfo]`` for ``"2026-01-21"``.
         api_key: a dashboard API key, sent as ``X-API-Key``. Defaults to ``$PHALA_CLOUD_API_KEY``.
         token: an OAuth access token, sent as ``Authorization: Bearer``. Give it or ``api_key``.
         base_url: the API prefix; defaults to ``$PHALA_CLOUD_API_PREFIX``, then
@@ -124,9 +138,28 @@ class PhalaClient:
         ConfigurationError: an argument is missing or out of range; the message says what to pass.
     """
 
+    @overload
+    def __init__(
+        self: PhalaClient[CvmDetail],
+        *,
+        api_version: Literal["2025-10-28"] = ...,
+        **options: Unpack[ClientOptions],
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: PhalaClient[CvmInfo],
+        *,
+        api_version: Literal["2026-01-21"],
+        **options: Unpack[ClientOptions],
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: PhalaClient[AnyCvm], *, api_version: str, **options: Unpack[ClientOptions]
+    ) -> None: ...
     def __init__(
         self,
         *,
+        api_version: ApiVersion | str = API_VERSION,
         api_key: str | None = None,
         token: str | None = None,
         base_url: str | None = None,
@@ -174,6 +207,7 @@ class PhalaClient:
                 "ssl, ca_file, proxy and trace_configs configure the client's own session; "
                 "with session=, set them on your session (its connector, proxy, trace_configs)"
             )
+        self._shape = shape_for(check_api_version(api_version, API_VERSIONS))
         credential = resolve_credential(api_key, token)
         self._credential_kind = credential.kind
         self._base_url = resolve_base_url(base_url, allow_insecure_http=allow_insecure_http)
@@ -202,7 +236,7 @@ class PhalaClient:
             base_url=self._base_url,
             headers={
                 credential.header: credential.value,
-                "X-Phala-Version": API_VERSION,
+                "X-Phala-Version": self._shape.version,
                 "User-Agent": f"phala-async/{__version__}",
                 "Accept": "application/json",
             },
@@ -214,7 +248,7 @@ class PhalaClient:
         self._shared = _Shared(session)
         self._sweeps: set[Abort] = set()
         self._flights: Flights[_Fetched] = Flights()
-        self._cache: TTLCache[CvmDetail] | None = (
+        self._cache: TTLCache[AnyCvm] | None = (
             TTLCache(float(cache_ttl), cache_size) if cache_ttl > 0 else None
         )
         self._deadline: float | None = None
@@ -225,7 +259,7 @@ class PhalaClient:
         timeout: float | None = None,
         max_attempts: int | None = None,
         deadline: float | None = None,
-    ) -> PhalaClient:
+    ) -> PhalaClient[_D]:
         """A view of this client with other per-call options, sharing its session, connection
         pool, limits, pacing, cache and counters (cheap: make one per call if you like)::
 
@@ -243,7 +277,7 @@ class PhalaClient:
         Raises:
             ConfigurationError: a value is out of range.
         """
-        view = object.__new__(PhalaClient)
+        view: PhalaClient[_D] = object.__new__(PhalaClient)
         view.__dict__.update(self.__dict__)
         if timeout is not None:
             check_positive("timeout", timeout)
@@ -346,7 +380,12 @@ class PhalaClient:
         """A snapshot of the client's counters as of now; read it again to see what changed."""
         return self._governor.snapshot()
 
-    async def get_cvm(self, cvm_id: str | int, *, fresh: bool = False) -> CvmDetail:
+    @property
+    def api_version(self) -> str:
+        """The ``X-Phala-Version`` this client sends."""
+        return self._shape.version
+
+    async def get_cvm(self, cvm_id: str | int, *, fresh: bool = False) -> _D:
         """Fetch the details of one CVM, retrying transient failures.
 
         Calls for the same CVM that overlap share one request; with ``cache_ttl`` set, a recent
@@ -370,12 +409,12 @@ class PhalaClient:
         cache = self._cache
         if cache is not None and not fresh and (cached := cache.get(segment)) is not None:
             self._governor.note("cache_hits")
-            return cached
+            return cast("_D", cached)
         if self._deadline is None:
             return await self._shared_call(segment, cvm_id)
         return await self._within_deadline(self._shared_call(segment, cvm_id), cvm_id)
 
-    async def _shared_call(self, segment: str, cvm_id: str | int) -> CvmDetail:
+    async def _shared_call(self, segment: str, cvm_id: str | int) -> _D:
         """``get_cvm`` once the cache had nothing: join the request in flight, or start one."""
         self._open_session()  # raise at once when closed or in the wrong loop
         flights = self._flights
@@ -389,11 +428,11 @@ class PhalaClient:
                 cvm, _ = await flights.wait(flight, cvm_id)
             except Orphaned:
                 continue  # the sweep running it was closed: ask again
-            return cvm
+            return cast("_D", cvm)  # decoded by self._shape, whose type _D is
 
     async def _fetch(self, segment: str, cvm_id: str | int) -> _Fetched:
         """One CVM, retried, stored in the cache when it came."""
-        fetched = await self._call(f"/cvms/{segment}", cvm_id, decode_cvm, None)
+        fetched = await self._call(f"/cvms/{segment}", cvm_id, self._shape.decode_cvm, None)
         if self._cache is not None:
             self._cache.put(segment, fetched[0])
         return fetched
@@ -496,7 +535,7 @@ class PhalaClient:
         *,
         timeout: float = 600.0,  # noqa: ASYNC109 - bounds the whole poll, as waiters do
         interval: float = 5.0,
-    ) -> CvmDetail:
+    ) -> _D:
         """Poll one CVM until its status is ``status`` (or one of them), and return it.
 
         Polls go through this client, paced with everything else, and skip the cache.
@@ -523,7 +562,17 @@ class PhalaClient:
             interval=float(interval),
         )
 
-    def list_cvms(self, *, page_size: int = 100) -> CvmListing:
+    @overload
+    def list_cvms(
+        self: PhalaClient[CvmDetail], *, page_size: int = ...
+    ) -> CvmListing[HostedCvm]: ...
+    @overload
+    def list_cvms(self: PhalaClient[CvmInfo], *, page_size: int = ...) -> CvmListing[CvmInfo]: ...
+    @overload
+    def list_cvms(
+        self: PhalaClient[AnyCvm], *, page_size: int = ...
+    ) -> CvmListing[HostedCvm | CvmInfo]: ...
+    def list_cvms(self, *, page_size: int = 100) -> CvmListing[Any]:
         """Every CVM in the workspace, page by page (``GET /cvms/paginated``), lazily.
 
         Each page is fetched with the same retries and errors as :meth:`get_cvm` (errors carry
@@ -549,10 +598,11 @@ class PhalaClient:
 
         async def fetch_page(page_number: int) -> CvmPage:
             path = f"/cvms/paginated?page={page_number}&page_size={page_size}"
-            page, _ = await self._call(path, None, decode_page, None)
+            page, _ = await self._call(path, None, self._shape.decode_page, None)
             return page
 
-        return CvmListing(fetch_page)
+        listing: CvmListing[Any] = CvmListing(fetch_page)
+        return listing
 
     def _sweep_concurrency(self, concurrency: int | None) -> int:
         if concurrency is None:
@@ -616,9 +666,9 @@ class PhalaClient:
         path = f"/cvms/{segment}"
         try:
             try:
-                cvm = await self._attempt(path, cvm_id, decode_cvm, extra)
+                cvm = await self._attempt(path, cvm_id, self._shape.decode_cvm, extra)
             except PhalaError as exc:
-                retries = self._retries_after(exc, path, cvm_id, decode_cvm, extra)
+                retries = self._retries_after(exc, path, cvm_id, self._shape.decode_cvm, extra)
                 return functools.partial(self._parked, flight, retries)
         except BaseException as exc:
             flights.land(flight, error=exc)
@@ -665,7 +715,7 @@ class PhalaClient:
         try:
             return await self._flights.wait(flight, cvm_id)
         except Orphaned:
-            return await self._call(f"/cvms/{segment}", cvm_id, decode_cvm, extra)
+            return await self._call(f"/cvms/{segment}", cvm_id, self._shape.decode_cvm, extra)
 
     async def _within_deadline(
         self, call: Awaitable[_T], cvm_id: str | int | None, when: float | None = None

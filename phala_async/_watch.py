@@ -12,7 +12,7 @@ import asyncio
 import random
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from types import TracebackType
-from typing import Any, Literal, Self, TypeAlias
+from typing import Any, Literal, Self, TypeAlias, TypeVar
 
 import msgspec
 
@@ -31,6 +31,7 @@ from ._errors import (
 )
 from ._ids import id_key
 from ._models import CvmDetail
+from ._models_v2026 import AnyCvm, CvmInfo
 from ._retry import ends_every_call
 
 __all__ = [
@@ -46,11 +47,18 @@ __all__ = [
 #: Fields that change on their own while nothing meaningful changes, so a watch ignores them
 #: unless asked for by ``fields``: ``in_progress`` flips during every transition, which
 #: ``status`` already reports.
-VOLATILE_FIELDS = frozenset({"in_progress"})
+#: ``updated_at`` moves with any change, and ``machine_info`` repeats the sizes, which are fields of
+#: their own.
+VOLATILE_FIELDS = frozenset({"in_progress", "machine_info", "updated_at"})
+
+_C = TypeVar("_C", bound=AnyCvm)
 
 EventKind: TypeAlias = Literal["added", "changed", "removed", "error"]
 
-_TOP_FIELDS = frozenset(field.name for field in msgspec.structs.fields(CvmDetail))
+# A watch takes the fields of either shape: the client's API version decides which it sees.
+_TOP_FIELDS = frozenset(
+    field.name for shape in (CvmDetail, CvmInfo) for field in msgspec.structs.fields(shape)
+)
 
 
 class CvmEvent(msgspec.Struct, frozen=True, kw_only=True):
@@ -70,13 +78,13 @@ class CvmEvent(msgspec.Struct, frozen=True, kw_only=True):
 
     kind: EventKind
     cvm_id: str | int | None
-    before: CvmDetail | None = None
-    after: CvmDetail | None = None
+    before: AnyCvm | None = None
+    after: AnyCvm | None = None
     changes: dict[str, tuple[Any, Any]] = msgspec.field(default_factory=dict)
     error: PhalaError | None = None
 
 
-def flatten(cvm: CvmDetail) -> dict[str, Any]:
+def flatten(cvm: AnyCvm) -> dict[str, Any]:
     """A CVM as JSON values, nested objects flattened by path (``teepod.region_identifier``);
     lists stay whole."""
     flat: dict[str, Any] = {}
@@ -93,7 +101,7 @@ def flatten(cvm: CvmDetail) -> dict[str, Any]:
 
 
 def diff_cvms(
-    before: CvmDetail, after: CvmDetail, fields: frozenset[str] | None = None
+    before: AnyCvm, after: AnyCvm, fields: frozenset[str] | None = None
 ) -> dict[str, tuple[Any, Any]]:
     """Each field that differs, mapped to ``(old, new)``.
 
@@ -118,10 +126,10 @@ def diff_cvms(
 
 
 def check_fields(fields: Iterable[str] | None) -> frozenset[str] | None:
-    """The fields a watch compares, checked against :class:`CvmDetail`.
+    """The fields a watch compares, checked against :class:`CvmDetail` and :class:`CvmInfo`.
 
     Raises:
-        ConfigurationError: a name that is not a CvmDetail field, or a str instead of a list.
+        ConfigurationError: a name that is a field of neither shape, or a str instead of a list.
     """
     if fields is None:
         return None
@@ -131,7 +139,7 @@ def check_fields(fields: Iterable[str] | None) -> frozenset[str] | None:
     unknown = sorted(name for name in chosen if name.partition(".")[0] not in _TOP_FIELDS)
     if unknown or not chosen:
         raise ConfigurationError(
-            f"fields {unknown or '[]'} are not CvmDetail fields; pick from "
+            f"fields {unknown or '[]'} are not CvmDetail or CvmInfo fields; pick from "
             f"{', '.join(sorted(_TOP_FIELDS))} (nested ones by path, e.g. teepod.name)"
         )
     return chosen
@@ -168,7 +176,7 @@ class CvmWatch(AsyncIterator[CvmEvent]):
         self._jitter = jitter
         # Jitter only keeps many bots from polling in step; it protects no secret.
         self._rng = rng or random.Random()  # noqa: S311
-        self._known: dict[str, tuple[str | int, CvmDetail]] = {}
+        self._known: dict[str, tuple[str | int, AnyCvm]] = {}
         self._events = self._rounds()
         #: Rounds started so far.
         self.rounds = 0
@@ -266,13 +274,13 @@ _TRANSIENT = (APIConnectionError, InternalServerError, RateLimitError)
 
 
 async def wait_for_status(
-    fetch: Callable[[str | int], Awaitable[CvmDetail]],
+    fetch: Callable[[str | int], Awaitable[_C]],
     cvm_id: str | int,
     status: str | Iterable[str],
     *,
     timeout: float,  # noqa: ASYNC109 - bounds the whole poll, as waiters do
     interval: float,
-) -> CvmDetail:
+) -> _C:
     """Poll ``fetch(cvm_id)`` until the CVM's status is one of ``status``; see
     :meth:`PhalaClient.wait_for_status`."""
     wanted = frozenset({status} if isinstance(status, str) else status)

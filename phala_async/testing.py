@@ -11,8 +11,12 @@ package uses, as the API reference describes them:
 Both require ``X-API-Key: <api_key>`` or ``Authorization: Bearer <token>`` (401 otherwise), and
 every answer carries a unique ``X-Request-ID``. Errors use the real server's bodies: 403 for CVMs of
 another workspace, 404 ``ERR-03-001``, 422 FastAPI validation details, 429 ``ERR-05-002`` with
-``Retry-After``. The same shape is served whatever ``X-Phala-Version`` is sent (the ``2025-10-28``
-one).
+``Retry-After``. ``X-Phala-Version`` picks the shape, as on the real API: ``2025-10-28`` (or no
+header) the documents above, ``2026-01-21`` and the later versions the official SDKs send
+(``2026-05-22``,
+``2026-06-23``) the ``CVMInfo`` shape (``CVMInfoDetail``; listing items ``CVMInfo``), whose hashid
+``id`` (``cvm_...``) the detail endpoint also takes; any other version is answered 400 in the
+structured error form. The listing filters by node with ``teepod_id`` (or ``node_id``).
 
 An app may run as several CVMs (``instances_per_app``): they share the ``app_id``, so ``app_<hex>``
 names only the app's first instance, while the integer id, name, VM UUID and instance id name one
@@ -32,7 +36,8 @@ is dropped unanswered). Counters (``requests``, ``total_requests``, ``status_cou
 ``connections``) and a log of ``RequestRecord``s show what the server saw.
 
 Public names: ``PhalaSimulator``, ``Fault`` (the injectable failures), ``DEFAULT_FAULTS`` (those
-``fault_rate`` draws from by default) and ``RequestRecord`` (one entry of ``request_log``). Example:
+``fault_rate`` draws from by default), ``RequestRecord`` (one entry of ``request_log``) and
+``SIMULATED_VERSIONS`` (each ``X-Phala-Version`` served, with its shape). Example:
 
     import ssl
 
@@ -79,11 +84,12 @@ from phala_async._sim_faults import (
     respond,
 )
 from phala_async._sim_state import Workspace
+from phala_async._sim_v2026 import SIMULATED_VERSIONS, shape_of, unsupported_version
 
 if TYPE_CHECKING:
     from phala_async._sim_tls import ServerCertificates
 
-__all__ = ["DEFAULT_FAULTS", "Fault", "PhalaSimulator", "RequestRecord"]
+__all__ = ["DEFAULT_FAULTS", "SIMULATED_VERSIONS", "Fault", "PhalaSimulator", "RequestRecord"]
 
 
 _LOG_SIZE = 100_000  # request_log keeps the last this many records
@@ -132,8 +138,8 @@ class PhalaSimulator:
     Workspace CVMs have ids ``1..cvms``; ids ``cvms+1..cvms+forbidden`` exist in another workspace
     (403); CVMs added later (``add_cvms``) take the ids after the highest ever given, so they never
     collide with those. CVM documents derive from ``(seed, id)`` and are encoded when the CVM is
-    made or changed (``update_cvm``), not per request. ``X-Phala-Version`` is recorded but does not
-    change the shape.
+    made or changed (``update_cvm``), not per request (the ``2026-01-21`` shape when first asked
+    for). ``X-Phala-Version`` picks the shape (``SIMULATED_VERSIONS``).
 
     A detail request is processed in this order: counted, dropped if its connection is stale
     (``drop_after``), authenticated (401), a scripted answer for its segment (which replaces the
@@ -618,10 +624,20 @@ class PhalaSimulator:
         )
 
     def _lookup(self, request: web.Request, segment: str) -> tuple[int, bytes]:
-        return self._workspace.lookup(segment)
+        shape = shape_of(request.headers.get("X-Phala-Version"))
+        if shape is None:
+            return _unsupported(request)
+        return self._workspace.lookup(segment, shape)
 
     def _page(self, request: web.Request, key: str) -> tuple[int, bytes]:
+        shape = shape_of(request.headers.get("X-Phala-Version"))
+        if shape is None:
+            return _unsupported(request)
         parsed = data.page_request(request.query)
         if isinstance(parsed, bytes):
             return 422, parsed
-        return 200, self._workspace.page(*parsed)
+        return 200, self._workspace.page(parsed, shape)
+
+
+def _unsupported(request: web.Request) -> tuple[int, bytes]:
+    return 400, data.encode(unsupported_version(request.headers.get("X-Phala-Version", "")))
