@@ -108,7 +108,7 @@ def _watched_ids(args: argparse.Namespace) -> list[str] | None:
 
 
 async def run_watch(
-    client: PhalaClient, watch: CvmWatch, writer: EventWriter, seen: Counter[str]
+    client: PhalaClient[AnyCvm], watch: CvmWatch, writer: EventWriter, seen: Counter[str]
 ) -> None:
     """Write every event of ``watch`` as it comes, counting them by kind in ``seen``, until the
     watch ends (``max_rounds``) or raises; the watch and ``client`` are closed either way, and

@@ -181,6 +181,9 @@ class PhalaSimulator:
             127.0.0.1, localhost and ::1), ``"wrong_host"`` (signed by the CA for ``other.example``
             only) or ``"self_signed"`` (for the local names, signed by itself). An unknown CA needs
             no option: serve ``"valid"`` and do not trust ``ca_file``.
+        control: also serve the control API under ``/_simulator/`` (add, change and remove CVMs,
+            script faults, read counters over HTTP; see the README), as ``phala-async serve``
+            does.
 
     Raises:
         ValueError: A value is out of range; the message says what to pass.
@@ -208,6 +211,7 @@ class PhalaSimulator:
         port: int = 0,
         tls: bool = False,
         tls_cert: Literal["valid", "wrong_host", "self_signed"] = "valid",
+        control: bool = False,
     ) -> None:
         counts = {"cvms": cvms, "forbidden": forbidden, "port": port}
         for name, value in {**counts, "rate_limit_retry_after": rate_limit_retry_after}.items():
@@ -254,6 +258,7 @@ class PhalaSimulator:
         self._rate_limit = None if rate_limit is None else FixedWindow(rate_limit)
         self._rate_limit_retry_after = str(rate_limit_retry_after)
         self._host, self._port = host, port
+        self._control = control
         # Faults are random but reproducible for one seed and one request order.
         self._rng = random.Random(seed)  # noqa: S311 -- fault injection, not security
         self._workspace = Workspace(
@@ -299,6 +304,10 @@ class PhalaSimulator:
         app = web.Application()
         app.router.add_get("/api/v1/cvms/paginated", self._handle_list)
         app.router.add_get("/api/v1/cvms/{cvm_id}", self._handle_detail)
+        if self._control:
+            from phala_async._sim_control import add_control_routes
+
+            add_control_routes(app, self)
         app.router.add_route("*", "/{tail:.*}", self._handle_unknown)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT)
         await runner.setup()
@@ -527,7 +536,8 @@ class PhalaSimulator:
 
     # -- request handling --------------------------------------------------------------------
 
-    def _authenticated(self, headers: Mapping[str, str]) -> bool:
+    def is_authenticated(self, headers: Mapping[str, str]) -> bool:
+        """Whether ``headers`` carry the simulator's API key or bearer token."""
         api_key = headers.get("X-API-Key")
         if api_key is not None and hmac.compare_digest(
             api_key.encode("utf-8", "surrogateescape"), self._secrets[0]
@@ -570,7 +580,7 @@ class PhalaSimulator:
 
     async def _handle_unknown(self, request: web.Request) -> web.StreamResponse:
         self._total_requests += 1
-        authenticated = self._authenticated(request.headers)
+        authenticated = self.is_authenticated(request.headers)
         if self._stale is not None and self._stale.drop_if_stale(request):
             self._record(request, None, "dropped", authenticated)
             return Aborted("dropped")
@@ -581,7 +591,7 @@ class PhalaSimulator:
         self, request: web.Request, key: str, answer: _Answer, *, chaos: bool
     ) -> web.StreamResponse:
         self._total_requests += 1
-        authenticated = self._authenticated(request.headers)
+        authenticated = self.is_authenticated(request.headers)
         status: int | str = "unanswered"
         try:
             if self._stale is not None and self._stale.drop_if_stale(request):
