@@ -17,27 +17,48 @@ unknown CVM 404. The routes call the simulator's public methods, so they behave 
 
 from __future__ import annotations
 
+import collections
 import json
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
 
 from aiohttp import web
 
-if TYPE_CHECKING:
-    from phala_async.testing import PhalaSimulator
-
-__all__ = ["CONTROL_PREFIX", "add_control_routes"]
+__all__ = ["CONTROL_PREFIX", "Controlled", "add_control_routes"]
 
 CONTROL_PREFIX = "/_simulator"
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+class Controlled(Protocol):
+    """What the control API needs of a simulator: the public methods of ``PhalaSimulator``."""
+
+    @property
+    def cvm_ids(self) -> list[int]: ...
+    @property
+    def forbidden_ids(self) -> list[int]: ...
+    @property
+    def total_requests(self) -> int: ...
+    @property
+    def status_counts(self) -> collections.Counter[int | str]: ...
+    @property
+    def in_flight(self) -> int: ...
+    @property
+    def max_in_flight(self) -> int: ...
+    def is_authenticated(self, headers: Mapping[str, str]) -> bool: ...
+    def cvm(self, cvm_id: int) -> dict[str, Any]: ...
+    def add_cvms(self, count: int) -> list[int]: ...
+    def remove_cvm(self, cvm_id: int) -> None: ...
+    def update_cvm(self, cvm_id: int, **fields: Any) -> None: ...
+    def script(self, key: str | int, *kinds: Any) -> None: ...
+
+
 class _BadRequest(Exception):
     """A control request that cannot be done; the message says what to send."""
 
 
-def add_control_routes(app: web.Application, simulator: PhalaSimulator) -> None:
+def add_control_routes(app: web.Application, simulator: Controlled) -> None:
     """Add the control routes of ``simulator`` to ``app`` (before its catch-all route)."""
 
     def guarded(handler: Callable[[web.Request], Awaitable[Any]], status: int = 200) -> _Handler:

@@ -151,7 +151,7 @@ async def test_the_python_sdk_gets_valid_answers(
     """Every page validates in every version; details validate where the SDK's model matches the
     reference, and elsewhere only ``id`` is refused."""
     try:
-        import phala_cloud  # noqa: PLC0415 - only this test needs it
+        import phala_cloud  # only this test needs it
     except ImportError:
         pytest.fail("phala-cloud is not installed: `make venv` installs phala-cloud==0.2.0")
     options = {} if version is None else {"version": version}
