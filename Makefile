@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 VENV313 := .venv-aiohttp313
 BIN313 := $(VENV313)/bin
 
-.PHONY: test quick lint typecheck unit compat venv demo bench clean dist
+.PHONY: test quick lint typecheck unit compat venv sdks demo bench clean dist
 
 venv: $(VENV)/.installed
 
@@ -17,7 +17,18 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	# The official Python SDK, for tests/test_official_sdks.py: its hard dependency pysha3 does not
+	# build on 3.11+ and is used only by a function never called, so it is installed alone.
+	$(BIN)/python -m pip install -q --no-deps "phala-cloud==0.2.0"
 	touch $@
+
+# The official TypeScript SDK, for tests/test_official_sdks.py, in a test-only cache; skipped
+# (the test then skips, outside CI) where npm is not installed.
+NPM_SDK := .cache/npm-sdk
+$(NPM_SDK)/node_modules/@phala/cloud/package.json:
+	if command -v npm >/dev/null; then npm install --no-audit --no-fund --prefix $(NPM_SDK) "@phala/cloud@0.2.9"; fi
+
+sdks: $(NPM_SDK)/node_modules/@phala/cloud/package.json
 
 $(VENV313)/.installed: pyproject.toml
 	test -x $(BIN313)/python || $(PYTHON) -m venv $(VENV313)
@@ -32,7 +43,7 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-unit: venv
+unit: venv sdks
 	$(BIN)/python -m pytest
 
 compat: $(VENV313)/.installed
@@ -47,7 +58,7 @@ quick: venv
 	$(BIN)/python -m pytest -m "not slow" -n auto
 
 clean:
-	rm -rf $(VENV) $(VENV313) .mypy_cache .pytest_cache .ruff_cache build dist
+	rm -rf $(VENV) $(VENV313) .mypy_cache .pytest_cache .ruff_cache build dist .cache
 
 # What a release uploads: the sdist and the wheel built from it, their metadata checked by twine,
 # and the wheel's file list checked against the package (tests/test_wheel.py, run as a script).

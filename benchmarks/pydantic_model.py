@@ -7,6 +7,7 @@ decoder on the same body. Like the Structs, the models are frozen and ignore unk
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -65,3 +66,5 @@ class CvmDetailModel(_Frozen):
     scheduled_delete_at: datetime | None = None
     public_urls: list[CvmNetworkUrlsModel] | None = None
     gateway_domain: str | None = None
+    machine_info: Any = None
+    updated_at: datetime | None = None

@@ -55,11 +55,26 @@ from ._models import (
     VmConfiguration,
     VmInfo,
 )
+from ._models_v2026 import (
+    AnyCvm,
+    CvmGateway,
+    CvmInfo,
+    CvmKms,
+    CvmLogs,
+    CvmOs,
+    CvmProgress,
+    CvmResource,
+    NodeRef,
+    UserRef,
+    WorkspaceRef,
+)
 from ._version import __version__
+from ._versions import API_VERSIONS
 from ._watch import DEFAULT_FAIL_ON, VOLATILE_FIELDS, CvmEvent, CvmWatch
 
 __all__ = [
     "API_VERSION",
+    "API_VERSIONS",
     "DEFAULT_FAIL_ON",
     "VOLATILE_FIELDS",
     "APIConnectionError",
@@ -68,6 +83,7 @@ __all__ = [
     "APITLSError",
     "APITimeoutError",
     "APIUnreachableError",
+    "AnyCvm",
     "AuthenticationError",
     "BadRequestError",
     "ClientClosedError",
@@ -76,11 +92,18 @@ __all__ = [
     "CvmDetail",
     "CvmEvent",
     "CvmFailed",
+    "CvmGateway",
+    "CvmInfo",
+    "CvmKms",
     "CvmListing",
+    "CvmLogs",
     "CvmNetworkUrls",
     "CvmNode",
     "CvmOk",
+    "CvmOs",
     "CvmPage",
+    "CvmProgress",
+    "CvmResource",
     "CvmResult",
     "CvmStream",
     "CvmWatch",
@@ -92,6 +115,7 @@ __all__ = [
     "InvalidCvmIdError",
     "KMSInfo",
     "ManagedUser",
+    "NodeRef",
     "NotFoundError",
     "PermissionDeniedError",
     "PhalaClient",
@@ -103,8 +127,10 @@ __all__ = [
     "StatusTimeoutError",
     "SweepResult",
     "UnprocessableEntityError",
+    "UserRef",
     "VmConfiguration",
     "VmInfo",
+    "WorkspaceRef",
     "__version__",
     "normalize_cvm_id",
 ]

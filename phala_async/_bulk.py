@@ -31,7 +31,7 @@ import msgspec
 from ._errors import ClientClosedError, InvalidCvmIdError, PhalaError, describe
 from ._ids import normalize_cvm_id
 from ._limits import MaxInFlight
-from ._models import CvmDetail
+from ._models_v2026 import AnyCvm
 from ._retry import ends_every_call
 from ._sharing import as_seen_by
 
@@ -47,7 +47,7 @@ __all__ = [
 
 #: Fetches one id ``(cvm_id as given, normalised segment, the sweep)``: the CVM and the attempts
 #: it took, or raises its error.
-Fetch: TypeAlias = Callable[[str | int, str, "CvmStream"], Awaitable[tuple[CvmDetail, int]]]
+Fetch: TypeAlias = Callable[[str | int, str, "CvmStream"], Awaitable[tuple[AnyCvm, int]]]
 #: Ends a running sweep with an error (the client is closing).
 Abort: TypeAlias = Callable[[PhalaError], Awaitable[None]]
 
@@ -61,7 +61,7 @@ class CvmResult(msgspec.Struct, frozen=True, kw_only=True):
     narrows the type for a type checker::
 
         if result.ok:
-            print(result.cvm.status)      # CvmOk: cvm is a CvmDetail
+            print(result.cvm.status)      # CvmOk: cvm is a CvmDetail (CvmInfo for 2026-01-21)
         else:
             print(result.error)           # CvmFailed: error is a PhalaError
 
@@ -73,7 +73,7 @@ class CvmResult(msgspec.Struct, frozen=True, kw_only=True):
     """
 
     cvm_id: str | int
-    cvm: CvmDetail | None = None
+    cvm: AnyCvm | None = None
     error: PhalaError | None = None
     attempts: int = 0
 
@@ -86,7 +86,7 @@ class CvmResult(msgspec.Struct, frozen=True, kw_only=True):
 class CvmOk(CvmResult, frozen=True, kw_only=True):
     """An id whose CVM was fetched: ``cvm`` is set, ``error`` is None."""
 
-    cvm: CvmDetail
+    cvm: AnyCvm
     error: None = None
 
     @property

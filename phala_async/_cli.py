@@ -26,6 +26,7 @@ from ._client import PhalaClient
 from ._config import API_KEY_ENV, BASE_URL_ENV, DEFAULT_BASE_URL
 from ._errors import ConfigurationError
 from ._version import __version__
+from ._versions import API_VERSION, API_VERSIONS
 
 __all__ = ["build_parser", "main"]
 
@@ -118,6 +119,7 @@ _POSITIVE_INT = _number(int, "> 0", lambda value: value > 0)
 _POSITIVE = _number(float, "> 0", lambda value: value > 0)
 _COUNT = _number(int, ">= 0", lambda value: value >= 0)
 _FRACTION = _number(float, "between 0 and 1", lambda value: 0 <= value <= 1)
+_NON_NEGATIVE = _number(float, ">= 0", lambda value: value >= 0)
 _PORT = _number(int, "from 0 to 65535", lambda value: 0 <= value <= 65535)
 
 _CONNECTION, _REQUEST, _REPORTING = "connection", "request", "reporting"
@@ -154,6 +156,13 @@ def _shared_options(groups: Collection[str], *, in_command: bool) -> _Parser:
             "--base-url",
             metavar="URL",
             help=f"the API prefix; default ${BASE_URL_ENV}, else {DEFAULT_BASE_URL}",
+        )
+        connection.add_argument(
+            "--api-version",
+            metavar="V",
+            choices=API_VERSIONS,
+            help=f"the X-Phala-Version to send, which picks the records' shape: "
+            f"{' or '.join(API_VERSIONS)} (default {API_VERSION}, the reference page's shape)",
         )
         connection.add_argument(
             "--allow-insecure-http",
@@ -396,6 +405,38 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="seed of the CVM data and the faults (default 0)",
+    )
+    serve.add_argument(
+        "--instances-per-app",
+        metavar="N",
+        type=_POSITIVE_INT,
+        default=1,
+        help="CVMs per app, sharing its app_id (default 1)",
+    )
+    serve.add_argument(
+        "--forbidden",
+        metavar="N",
+        type=_COUNT,
+        default=0,
+        help="extra CVMs of another workspace, answered 403 (default 0)",
+    )
+    serve.add_argument(
+        "--latency-ms",
+        metavar="MS",
+        type=_NON_NEGATIVE,
+        default=0.0,
+        help="milliseconds added before every answer (default 0)",
+    )
+    serve.add_argument(
+        "--capacity",
+        metavar="N",
+        type=_POSITIVE_INT,
+        help="detail requests served at once; one more is answered 503 (default: no cap)",
+    )
+    serve.add_argument(
+        "--tls",
+        action="store_true",
+        help="serve HTTPS with a throwaway CA; the CA file's path is printed (needs trustme)",
     )
     demo = command(
         "demo",

@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 from ._client import PhalaClient
 from ._config import API_KEY_ENV
 from ._errors import ConfigurationError
+from ._models_v2026 import AnyCvm
+from ._versions import API_VERSION
 
 __all__ = [
     "EXIT_FAILED",
@@ -83,7 +85,7 @@ def client_options(args: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
-def make_client(args: argparse.Namespace) -> PhalaClient:
+def make_client(args: argparse.Namespace) -> PhalaClient[AnyCvm]:
     """The client the connection and request options describe.
 
     Raises:
@@ -99,6 +101,7 @@ def make_client(args: argparse.Namespace) -> PhalaClient:
         )
     try:
         return PhalaClient(
+            api_version=getattr(args, "api_version", None) or API_VERSION,
             api_key=args.api_key,
             token=args.token,
             base_url=args.base_url,

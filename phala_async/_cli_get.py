@@ -20,6 +20,7 @@ from ._cli_files import parse_ids
 from ._cli_output import Redactor, print_cvms, print_error
 from ._cli_progress import Tally, refusal
 from ._client import PhalaClient
+from ._models_v2026 import AnyCvm
 
 __all__ = ["get_command"]
 
@@ -49,6 +50,6 @@ def get_command(args: argparse.Namespace, redact: Redactor) -> int:
     return EXIT_FAILED if tally.failed else EXIT_OK
 
 
-async def _get_all(client: PhalaClient, ids: list[str]) -> list[SweepResult]:
+async def _get_all(client: PhalaClient[AnyCvm], ids: list[str]) -> list[SweepResult]:
     async with client:
         return await client.get_cvms(ids)

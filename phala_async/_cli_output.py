@@ -15,7 +15,7 @@ import msgspec
 
 from ._bulk import CvmResult
 from ._errors import APIStatusError
-from ._models import CvmDetail
+from ._models_v2026 import AnyCvm, CvmInfo
 
 __all__ = [
     "CSV_COLUMNS",
@@ -97,7 +97,7 @@ class _ErrorInfo(msgspec.Struct, frozen=True):
 class _Record(msgspec.Struct, frozen=True, omit_defaults=True):
     cvm_id: str | int
     ok: bool
-    cvm: CvmDetail | None = None
+    cvm: AnyCvm | None = None
     error: _ErrorInfo | None = None
 
 
@@ -178,8 +178,10 @@ def _cell(value: object) -> object:
     return _one_line(value) if isinstance(value, str) else value
 
 
-def _cvm_cells(cvm: CvmDetail) -> dict[str, object]:
+def _cvm_cells(cvm: AnyCvm) -> dict[str, object]:
     """The :data:`CVM_COLUMNS` of ``cvm`` (None where it has no value)."""
+    if isinstance(cvm, CvmInfo):
+        return _info_cells(cvm)
     cells: dict[str, object] = {column: getattr(cvm, column) for column in _CVM_FIELDS}
     if cvm.teepod is not None:
         cells["teepod_name"] = cvm.teepod.name
@@ -189,19 +191,40 @@ def _cvm_cells(cvm: CvmDetail) -> dict[str, object]:
     return cells
 
 
+def _info_cells(cvm: CvmInfo) -> dict[str, object]:
+    """The :data:`CVM_COLUMNS` of a ``2026-01-21`` CVM, in the same units: memory in MB, disk in
+    GB; ``scheduled_delete_at`` is not in that shape."""
+    resource, node = cvm.resource, cvm.node_info
+    memory = None if resource.memory_in_gb is None else round(resource.memory_in_gb * 1024)
+    return {
+        "id": cvm.id,
+        "name": cvm.name,
+        "status": cvm.status,
+        "app_id": cvm.app_id,
+        "vcpu": resource.vcpu,
+        "memory": memory,
+        "disk_size": resource.disk_in_gb,
+        "instance_id": cvm.instance_id,
+        "vm_uuid": cvm.vm_uuid,
+        "teepod_name": None if node is None else node.name,
+        "region": None if node is None else node.region,
+        "scheduled_delete_at": None,
+    }
+
+
 def _table_row(result: CvmResult, redact: Redactor) -> tuple[str, ...]:
     cvm = result.cvm
     if cvm is None:
         info = _error_info(result, redact)
         return (str(result.cvm_id), "", "failed", "", "", "", _one_line(info.message))
-    region = cvm.teepod.region_identifier if cvm.teepod is not None else None
+    cells = _cvm_cells(cvm)
     return (
         str(result.cvm_id),
         cvm.name,
         cvm.status,
-        str(cvm.vcpu),
-        str(cvm.memory),
-        region or "",
+        str(_cell(cells["vcpu"])),
+        str(_cell(cells["memory"])),
+        str(cells["region"] or ""),
         "",
     )
 

@@ -16,6 +16,7 @@ from ._bulk import CvmResult
 from ._cli_common import plural
 from ._client import ClientStats, PhalaClient
 from ._errors import AuthenticationError, PermissionDeniedError
+from ._models_v2026 import AnyCvm
 
 __all__ = [
     "REDRAW_INTERVAL",
@@ -125,7 +126,7 @@ class ProgressLine:
     """Redraws :func:`format_progress` in place on a terminal, at most every
     :data:`REDRAW_INTERVAL` seconds, from its own task (so it moves during a 429 pause too)."""
 
-    def __init__(self, stream: TextIO, tally: Tally, client: PhalaClient) -> None:
+    def __init__(self, stream: TextIO, tally: Tally, client: PhalaClient[AnyCvm]) -> None:
         self._stream = stream
         self._tally = tally
         self._client = client

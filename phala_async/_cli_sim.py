@@ -59,6 +59,12 @@ def serve_command(args: argparse.Namespace, redact: Redactor) -> int:
         rate_limit=args.rate,
         seed=args.seed,
         port=args.port,
+        instances_per_app=args.instances_per_app,
+        forbidden=args.forbidden,
+        latency=args.latency_ms / 1000,
+        capacity=args.capacity,
+        tls=args.tls,
+        control=True,
     )
     try:
         return run_command(_serve(simulator))
@@ -70,13 +76,22 @@ def serve_command(args: argparse.Namespace, redact: Redactor) -> int:
 
 
 async def _serve(simulator: PhalaSimulator) -> int:
+    from ._sim_control import CONTROL_PREFIX
+
     async with simulator:
         url, key = simulator.base_url, simulator.api_key
+        trust = ""
+        if url.startswith("https:"):
+            trust = f"CA file:  {simulator.ca_file}  (trust it: --ca-file)\n"
+        ca_option = f" --ca-file {simulator.ca_file}" if trust else ""
+        control = url.removesuffix("/api/v1") + CONTROL_PREFIX
         print(
             f"Phala Cloud API simulator: {len(simulator.cvm_ids)} CVMs, running until Ctrl-C\n"
             f"base URL: {url}\n"
             f"API key:  {key}  (a fixed test value, not a secret)\n"
-            f"try:      {PROG} --base-url {url} --api-key {key} sweep --all",
+            f"{trust}"
+            f"control:  {control}/cvms (add, change, remove CVMs; see the README)\n"
+            f"try:      {PROG} --base-url {url} --api-key {key}{ca_option} sweep --all",
             flush=True,
         )
         try:

@@ -9,7 +9,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import AsyncIterator, Callable, Container, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ._cli_common import (
     EXIT_FAILED,
@@ -28,8 +28,10 @@ from ._cli_output import RecordWriter, Redactor, print_error, record_writer
 from ._cli_progress import ProgressLine, Tally, format_summary, refusal
 from ._cli_summary import save_summary, sweep_summary, sweep_why
 from ._client import ClientStats, PhalaClient
-from ._errors import APIStatusError, PhalaError, subject
+from ._errors import APIStatusError, DecodeError, PhalaError, subject
 from ._listing import CvmListing
+from ._models import HostedCvm
+from ._models_v2026 import AnyCvm, CvmInfo
 
 __all__ = [
     "AlreadyOk",
@@ -60,6 +62,8 @@ class SweepReport:
         interrupted: stopped by Ctrl-C or SIGTERM.
         failure: what ended it before every id was done (a listing page that failed, a refused
             credential, records that could not be written), if anything did.
+        bad_entries: listing entries that did not decode (``--all``): left out, each reported,
+            and the exit status 1; the sweep went on without them.
     """
 
     tally: Tally
@@ -67,6 +71,7 @@ class SweepReport:
     elapsed: float
     interrupted: bool = False
     failure: Exception | None = None
+    bad_entries: list[DecodeError] = field(default_factory=list)
 
 
 def sweep_command(args: argparse.Namespace, redact: Redactor) -> int:
@@ -93,6 +98,7 @@ def sweep_command(args: argparse.Namespace, redact: Redactor) -> int:
     tally = Tally()
     already_ok = AlreadyOk(resumed.done if resumed is not None else frozenset(), tally)
     total: Callable[[], int | None] | None = None
+    listing = None
     if ids is None:  # --all
         listing = client.list_cvms()
         source: Iterable[str] | AsyncIterator[str] = workspace_ids(listing, skip=already_ok)
@@ -113,6 +119,8 @@ def sweep_command(args: argparse.Namespace, redact: Redactor) -> int:
         if output is not None:
             output.keep()
         raise
+    if listing is not None:
+        report.bad_entries = listing.errors
     return finish(report, stop, args, redact, output, stale=already_ok.stale())
 
 
@@ -160,7 +168,9 @@ class AlreadyOk:
         return self._done - self._met
 
 
-async def workspace_ids(listing: CvmListing, *, skip: Container[str] = ()) -> AsyncIterator[str]:
+async def workspace_ids(
+    listing: CvmListing[HostedCvm | CvmInfo], *, skip: Container[str] = ()
+) -> AsyncIterator[str]:
     """Every CVM id of the workspace, each once, read page by page as the sweep asks for more;
     those in ``skip`` left out."""
     # By the entry's own cvm_id only: the instances of one app are different CVMs.
@@ -175,7 +185,7 @@ async def workspace_ids(listing: CvmListing, *, skip: Container[str] = ()) -> As
 
 
 async def run_sweep(
-    client: PhalaClient,
+    client: PhalaClient[AnyCvm],
     ids: Iterable[str] | AsyncIterator[str],
     *,
     tally: Tally,
@@ -233,7 +243,7 @@ def exit_status(report: SweepReport, stop: Stop) -> int:
         return stop.exit_status
     if refusal(report.tally, report.failure) is not None:
         return EXIT_REFUSED
-    if report.failure is not None or report.tally.failed:
+    if report.failure is not None or report.tally.failed or report.bad_entries:
         return EXIT_FAILED
     return EXIT_OK
 
@@ -324,6 +334,8 @@ def _stopped(report: SweepReport, stop: Stop) -> str | None:
 
 def print_outcome(report: SweepReport, args: argparse.Namespace, redact: Redactor) -> None:
     """Print why the sweep stopped early, or that the credential was refused, on one line."""
+    for entry in report.bad_entries:
+        print_error(redact(str(entry)))
     if report.interrupted:
         return
     why = refusal(report.tally, report.failure)

@@ -33,7 +33,7 @@ from ._cli_summary import WATCH_KINDS, save_summary, watch_summary, watch_why
 from ._cli_sweep import describe_failure
 from ._client import PhalaClient
 from ._errors import AuthenticationError, PhalaError, subject
-from ._models import CvmDetail
+from ._models_v2026 import AnyCvm
 from ._watch import CvmEvent, CvmWatch
 
 __all__ = [
@@ -122,7 +122,7 @@ def _watched_ids(args: argparse.Namespace) -> list[str] | None:
 
 
 async def run_watch(
-    client: PhalaClient,
+    client: PhalaClient[AnyCvm],
     watch: CvmWatch,
     writer: EventWriter,
     seen: Counter[str],
@@ -150,7 +150,7 @@ class _EventLine(msgspec.Struct, frozen=True):
     kind: str
     cvm_id: str | int | None
     changes: dict[str, tuple[Any, Any]]
-    cvm: CvmDetail | None
+    cvm: AnyCvm | None
     error: _EventError | None
     time: str
 

@@ -8,12 +8,13 @@ import os
 from collections.abc import AsyncIterable, Iterable, Sequence
 from ssl import SSLContext
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Any, Generic, Literal, Self, TypeVar, cast, overload
 
 import aiohttp
 
 from ._bulk import Abort, CvmStream, SweepResult, gather_in_order
 from ._config import (
+    check_api_version,
     check_positive,
     check_trace_configs,
     resolve_base_url,
@@ -28,23 +29,34 @@ from ._ids import normalize_cvm_id
 from ._limits import MaxInFlight
 from ._listing import CvmListing
 from ._metrics import answer_observer
-from ._models import CvmDetail, CvmPage, decode_cvm, decode_page
+from ._models import CvmDetail, CvmPage, HostedCvm
+from ._models_v2026 import CvmInfo
 from ._pipeline import Pipeline, SharedSession
+from ._response import Decode
 from ._retry import RetryPolicy
 from ._session import SessionOptions
 from ._sharing import Flights, TTLCache
 from ._stats import ClientStats
 from ._version import __version__
+from ._versions import API_VERSION, API_VERSIONS, AnyCvm, ApiVersion, shape_for
 from ._watch import DEFAULT_FAIL_ON, CvmWatch, wait_for_status
 
 __all__ = ["API_VERSION", "ClientStats", "PhalaClient"]
 
-#: The ``X-Phala-Version`` every request pins: the one whose answer is the documented shape.
-API_VERSION = "2025-10-28"
 DEFAULT_MAX_RESPONSE_BYTES = 1024 * 1024
 
+if TYPE_CHECKING:  # the default (PEP 696) only for type checkers: Python 3.11's TypeVar has none
+    from typing_extensions import TypeVar as _TypeVar
+    from typing_extensions import Unpack
 
-class PhalaClient:
+    from ._client_options import ClientOptions
+
+    _D = _TypeVar("_D", bound=AnyCvm, default=CvmDetail, covariant=True)
+else:
+    _D = TypeVar("_D", bound=AnyCvm, covariant=True)
+
+
+class PhalaClient(Generic[_D]):
     """Async client for the Phala Cloud API.
 
     Use it as an async context manager, or call :meth:`aclose` when done::
@@ -56,6 +68,10 @@ class PhalaClient:
                     print(result.cvm_id, result.ok)
 
     Args:
+        api_version: the ``X-Phala-Version`` sent, which picks the answers' shape: ``"2025-10-28"``
+            (the default, the reference page's shape: :class:`CvmDetail`) or ``"2026-01-21"``
+            (the ``CVMInfo`` shape: :class:`CvmInfo`, for details and listing entries alike).
+            The client's type follows it: ``PhalaClient[CvmInfo]`` for ``"2026-01-21"``.
         api_key: a dashboard API key, sent as ``X-API-Key``. Defaults to ``$PHALA_CLOUD_API_KEY``.
         token: an OAuth access token, sent as ``Authorization: Bearer``. Give it or ``api_key``.
         base_url: the API prefix; defaults to ``$PHALA_CLOUD_API_PREFIX``, then
@@ -108,9 +124,28 @@ class PhalaClient:
         ConfigurationError: an argument is missing or out of range; the message says what to pass.
     """
 
+    @overload
+    def __init__(
+        self: PhalaClient[CvmDetail],
+        *,
+        api_version: Literal["2025-10-28"] = ...,
+        **options: Unpack[ClientOptions],
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: PhalaClient[CvmInfo],
+        *,
+        api_version: Literal["2026-01-21"],
+        **options: Unpack[ClientOptions],
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: PhalaClient[AnyCvm], *, api_version: str, **options: Unpack[ClientOptions]
+    ) -> None: ...
     def __init__(
         self,
         *,
+        api_version: ApiVersion | str = API_VERSION,
         api_key: str | None = None,
         token: str | None = None,
         base_url: str | None = None,
@@ -159,6 +194,7 @@ class PhalaClient:
                 "ssl, ca_file, proxy and trace_configs configure the client's own session; "
                 "with session=, set them on your session (its connector, proxy, trace_configs)"
             )
+        shape = shape_for(check_api_version(api_version, API_VERSIONS))
         credential = resolve_credential(api_key, token)
         self._credential_kind = credential.kind
         self._base_url = resolve_base_url(base_url, allow_insecure_http=allow_insecure_http)
@@ -181,7 +217,7 @@ class PhalaClient:
             base_url=self._base_url,
             headers={
                 credential.header: credential.value,
-                "X-Phala-Version": API_VERSION,
+                "X-Phala-Version": shape.version,
                 "User-Agent": f"phala-async/{__version__}",
                 "Accept": "application/json",
             },
@@ -203,9 +239,11 @@ class PhalaClient:
             policy=policy,
             flights=Flights(),
             cache=TTLCache(float(cache_ttl), cache_size) if cache_ttl > 0 else None,
-            decode_cvm=decode_cvm,
+            decode_cvm=shape.decode_cvm,
             answers=answer_observer(meter_provider, self._base_url, governor.snapshot),
         )
+        self._api_version: str = shape.version
+        self._decode_page: Decode[CvmPage] = shape.decode_page
         self._sweeps: set[Abort] = set()
         self._is_view = False
 
@@ -215,7 +253,7 @@ class PhalaClient:
         timeout: float | None = None,
         max_attempts: int | None = None,
         deadline: float | None = None,
-    ) -> PhalaClient:
+    ) -> PhalaClient[_D]:
         """A view of this client with other per-call options, sharing its session, connection
         pool, limits, pacing, cache and counters (cheap: make one per call if you like)::
 
@@ -245,7 +283,7 @@ class PhalaClient:
         if deadline is not None:
             check_positive("deadline", deadline)
             changes["deadline"] = float(deadline)
-        view = object.__new__(PhalaClient)
+        view: PhalaClient[_D] = object.__new__(PhalaClient)
         view.__dict__.update(self.__dict__)
         view._pipeline = dataclasses.replace(pipeline, **changes)  # type: ignore[arg-type]
         view._is_view = True
@@ -312,11 +350,16 @@ class PhalaClient:
         return self._concurrency
 
     @property
+    def api_version(self) -> str:
+        """The ``X-Phala-Version`` this client sends."""
+        return self._api_version
+
+    @property
     def stats(self) -> ClientStats:
         """A snapshot of the client's counters as of now; read it again to see what changed."""
         return self._pipeline.governor.snapshot()
 
-    async def get_cvm(self, cvm_id: str | int, *, fresh: bool = False) -> CvmDetail:
+    async def get_cvm(self, cvm_id: str | int, *, fresh: bool = False) -> _D:
         """Fetch the details of one CVM, retrying transient failures.
 
         Calls for the same CVM that overlap share one request; with ``cache_ttl`` set, a recent
@@ -339,7 +382,7 @@ class PhalaClient:
         segment = normalize_cvm_id(cvm_id)
         self._pipeline.shared.open()  # raise at once when closed or in the wrong loop
         cvm, _ = await self._pipeline.cvm(segment, cvm_id, fresh=fresh)
-        return cvm
+        return cast("_D", cvm)  # decoded by the client's shape, whose type _D is
 
     def stream_cvms(
         self,
@@ -446,7 +489,7 @@ class PhalaClient:
         timeout: float = 600.0,  # noqa: ASYNC109 - bounds the whole poll, as waiters do
         interval: float = 5.0,
         fail_on: str | Iterable[str] = DEFAULT_FAIL_ON,
-    ) -> CvmDetail:
+    ) -> _D:
         """Poll one CVM until its status is ``status`` (or one of them), and return it.
 
         Polls go through this client, paced with everything else, and skip the cache. Status
@@ -481,7 +524,17 @@ class PhalaClient:
             fail_on=fail_on,
         )
 
-    def list_cvms(self, *, page_size: int = 100) -> CvmListing:
+    @overload
+    def list_cvms(
+        self: PhalaClient[CvmDetail], *, page_size: int = ...
+    ) -> CvmListing[HostedCvm]: ...
+    @overload
+    def list_cvms(self: PhalaClient[CvmInfo], *, page_size: int = ...) -> CvmListing[CvmInfo]: ...
+    @overload
+    def list_cvms(
+        self: PhalaClient[AnyCvm], *, page_size: int = ...
+    ) -> CvmListing[HostedCvm | CvmInfo]: ...
+    def list_cvms(self, *, page_size: int = 100) -> CvmListing[Any]:
         """Every CVM in the workspace, page by page (``GET /cvms/paginated``), lazily.
 
         Each page is fetched with the same retries and errors as :meth:`get_cvm` (errors carry
@@ -504,13 +557,14 @@ class PhalaClient:
             or not 1 <= page_size <= 100
         ):
             raise ConfigurationError(f"page_size must be an int from 1 to 100, not {page_size!r}")
-        pipeline = self._pipeline
+        pipeline, decode_page = self._pipeline, self._decode_page
 
         async def fetch_page(page_number: int) -> CvmPage:
             path = f"/cvms/paginated?page={page_number}&page_size={page_size}"
             return await pipeline.page(path, decode_page)
 
-        return CvmListing(fetch_page)
+        listing: CvmListing[Any] = CvmListing(fetch_page)
+        return listing
 
     def _sweep_concurrency(self, concurrency: int | None) -> int:
         if concurrency is None:

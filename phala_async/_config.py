@@ -21,6 +21,7 @@ __all__ = [
     "DEFAULT_BASE_URL",
     "Credential",
     "ProxySetting",
+    "check_api_version",
     "check_trace_configs",
     "resolve_base_url",
     "resolve_credential",
@@ -99,6 +100,20 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def check_api_version(version: object, supported: tuple[str, ...]) -> str:
+    """``version`` if the client can decode its answers.
+
+    Raises:
+        ConfigurationError: ``version`` is not one of ``supported``; the message lists them.
+    """
+    if not isinstance(version, str) or version not in supported:
+        raise ConfigurationError(
+            f"api_version {version!r} is not supported: pass one of {', '.join(supported)} "
+            f"(the default, {supported[0]}, answers the shape on the API reference page)"
+        )
+    return version
 
 
 def check_positive(name: str, value: object, *, integer: bool = False) -> None:

@@ -31,7 +31,7 @@ from ._governor import Governor
 from ._http import Exchange
 from ._limits import MaxInFlight
 from ._metrics import AnswerObserver
-from ._models import CvmDetail
+from ._models_v2026 import AnyCvm
 from ._response import Decode, interpret
 from ._retry import RetryPolicy, give_up, retrying
 from ._session import SessionOptions, open_session
@@ -43,7 +43,7 @@ logger = logging.getLogger("phala_async")
 
 _T = TypeVar("_T")
 #: A CVM and the attempts it took.
-Fetched = tuple[CvmDetail, int]
+Fetched = tuple[AnyCvm, int]
 
 
 class Sweeping(Protocol):
@@ -123,8 +123,8 @@ class Pipeline:
     governor: Governor
     policy: RetryPolicy
     flights: Flights[Fetched]
-    cache: TTLCache[CvmDetail] | None
-    decode_cvm: Decode[CvmDetail]
+    cache: TTLCache[AnyCvm] | None
+    decode_cvm: Decode[AnyCvm]
     answers: AnswerObserver
     deadline: float | None = None
 

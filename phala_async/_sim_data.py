@@ -70,6 +70,8 @@ class CvmIdentity:
     app_id: str
     vm_uuid: str
     instance_id: str
+    #: The hashid ``id`` of the ``2026-01-21`` shape, ``cvm_<8 hex>``; also a lookup key.
+    hashid: str
 
     def app_keys(self) -> tuple[str, str]:
         """The exact path segments that name this CVM's app (shared by all its instances)."""
@@ -84,6 +86,7 @@ class CvmIdentity:
             self.instance_id,
             self.vm_uuid,
             self.vm_uuid.replace("-", ""),
+            self.hashid,
         )
 
 
@@ -107,6 +110,7 @@ def cvm_identity(seed: int, cvm_id: int, app_first_id: int | None = None) -> Cvm
         app_id=_digest("app", seed, app_first_id, 20).hex(),
         vm_uuid=str(uuid.UUID(bytes=_digest("vm", seed, cvm_id, 16), version=4)),
         instance_id=_digest("instance", seed, cvm_id, 20).hex(),
+        hashid=f"cvm_{_digest('hashid', seed, cvm_id, 4).hex()}",
     )
 
 
@@ -218,12 +222,6 @@ def cvm_documents(seed: int, identity: CvmIdentity) -> tuple[dict[str, Any], dic
     return detail, item
 
 
-def encoded_documents(seed: int, identity: CvmIdentity) -> tuple[bytes, bytes]:
-    """``cvm_documents`` encoded as compact JSON, ready to serve."""
-    detail, item = cvm_documents(seed, identity)
-    return encode(detail), encode(item)
-
-
 # Detail fields that name the CVM: fixed for its lifetime (`name` is one too, but may change).
 IDENTIFIER_FIELDS = frozenset({"id", "app_id", "vm_uuid", "instance_id"})
 # Detail fields the list item carries under the same name, and those `hosted` carries too.
@@ -325,10 +323,10 @@ def not_found(segment: str) -> bytes:
 
 _HEX = "[0-9a-fA-F]"
 # The identifier forms the API accepts: decimal id, UUID (32 hex or dashed), app_id with or
-# without `app_`, instance id (40 hex), RFC 1123 name of 5-63 characters.
+# without `app_`, instance id (40 hex), hashid (`cvm_...`), RFC 1123 name of 5-63 characters.
 _ID_FORMS = re.compile(
     rf"(?P<int>[0-9]{{1,18}})|(?P<uuid>{_HEX}{{32}}|{_HEX}{{8}}(?:-{_HEX}{{4}}){{3}}-{_HEX}{{12}})"
-    r"|(?:app_)?[0-9a-f]{40}|(?P<name>[a-z0-9][a-z0-9-]{3,61}[a-z0-9])"
+    r"|(?:app_)?[0-9a-f]{40}|cvm_[0-9a-zA-Z]{1,60}|(?P<name>[a-z0-9][a-z0-9-]{3,61}[a-z0-9])"
 )
 
 
@@ -354,12 +352,26 @@ PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX = 30, 100
 _QUERY_INT = re.compile(r"[+-]?[0-9]{1,18}")
 
 
-def page_request(query: Mapping[str, str]) -> tuple[int, int] | bytes:
-    """``(page, page_size)`` from a list query, or the 422 body FastAPI would answer."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class PageRequest:
+    """A validated list query: the page, its size, and the node filter (``teepod_id``, or
+    ``node_id`` as the official SDKs name it), if any."""
+
+    page: int
+    page_size: int
+    node_id: int | None = None
+
+
+def page_request(query: Mapping[str, str]) -> PageRequest | bytes:
+    """The :class:`PageRequest` of a list query, or the 422 body FastAPI would answer."""
     errors: list[dict[str, Any]] = []
     page = _query_int(query, "page", 1, None, errors)
     page_size = _query_int(query, "page_size", PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX, errors)
-    return encode({"detail": errors}) if errors else (page, page_size)
+    node_id = None
+    for name in ("teepod_id", "node_id"):
+        if query.get(name) not in (None, ""):
+            node_id = _query_int(query, name, 0, None, errors)
+    return encode({"detail": errors}) if errors else PageRequest(page, page_size, node_id)
 
 
 def _query_int(

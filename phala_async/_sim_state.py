@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from phala_async import _sim_data as data
+from phala_async._sim_v2026 import BASIC, info_document
 
 __all__ = ["Workspace"]
 
@@ -46,6 +47,10 @@ class Workspace:
         # Encoded once, so serving is a lookup (about 50 µs per CVM here, 0.5 s for 10 000).
         self._details: dict[int, bytes] = {}  # workspace CVMs only: the rest answer 403
         self._items: dict[int, bytes] = {}
+        # The 2026-01-21 shape (detail, listing entry), encoded when first asked for, dropped
+        # when the CVM changes.
+        self._infos: dict[int, tuple[bytes, bytes]] = {}
+        self._nodes: dict[int, object] = {}  # workspace id -> its node's id, for the filter
         self._order: list[int] = []  # workspace ids, ascending: the listing
         self._create(cvms, in_workspace=True)
         self._forbidden = tuple(self._create(forbidden, in_workspace=False))
@@ -74,8 +79,8 @@ class Workspace:
 
     # -- answers -----------------------------------------------------------------------------
 
-    def lookup(self, segment: str) -> tuple[int, bytes]:
-        """The status and body of ``GET /cvms/{segment}``."""
+    def lookup(self, segment: str, shape: str = BASIC) -> tuple[int, bytes]:
+        """The status and body of ``GET /cvms/{segment}`` in ``shape`` (``BASIC`` or ``INFO``)."""
         cvm_id = self._index.get(segment)  # the exact forms, one dict hit on the fast path
         if cvm_id is None:
             key = data.canonical_key(segment)
@@ -87,13 +92,38 @@ class Workspace:
         body = self._details.get(cvm_id)
         if body is None:  # indexed but not served: a CVM of another workspace
             return 403, data.FORBIDDEN
-        return 200, body
+        return 200, body if shape == BASIC else self._info(cvm_id)[0]
 
-    def page(self, page: int, page_size: int) -> bytes:
-        """The body of ``GET /cvms/paginated`` for a validated ``page`` and ``page_size``."""
+    def page(self, request: data.PageRequest, shape: str = BASIC) -> bytes:
+        """The body of ``GET /cvms/paginated`` for a validated query, in ``shape``."""
+        order = self._order
+        if request.node_id is not None:
+            order = [cvm_id for cvm_id in order if self._nodes.get(cvm_id) == request.node_id]
+        page, page_size = request.page, request.page_size
         start = (page - 1) * page_size
-        items = [self._items[cvm_id] for cvm_id in self._order[start : start + page_size]]
-        return data.page_body(items, len(self._order), page, page_size)
+        chosen = order[start : start + page_size]
+        if shape == BASIC:
+            items = [self._items[cvm_id] for cvm_id in chosen]
+        else:
+            items = [self._info(cvm_id)[1] for cvm_id in chosen]
+        return data.page_body(items, len(order), page, page_size)
+
+    def _info(self, cvm_id: int) -> tuple[bytes, bytes]:
+        """The encoded ``2026-01-21`` detail and listing entry of a workspace CVM."""
+        info = self._infos.get(cvm_id)
+        if info is None:
+            detail = json.loads(self._details[cvm_id])
+            hashid = self._identities[cvm_id].hashid
+            info = (
+                data.encode(info_document(detail, hashid, listing=False)),
+                data.encode(info_document(detail, hashid, listing=True)),
+            )
+            self._infos[cvm_id] = info
+        return info
+
+    def _note_node(self, cvm_id: int, detail: Mapping[str, Any]) -> None:
+        node = detail.get("teepod")
+        self._nodes[cvm_id] = node.get("id") if isinstance(node, dict) else None
 
     # -- changes -----------------------------------------------------------------------------
 
@@ -112,6 +142,8 @@ class Workspace:
         self.document(cvm_id)  # raises KeyError for any other id
         identity = self._identities.pop(cvm_id)
         del self._details[cvm_id], self._items[cvm_id]
+        self._infos.pop(cvm_id, None)
+        self._nodes.pop(cvm_id, None)
         self._order.remove(cvm_id)
         held_the_app = self._index.get(identity.app_id) == cvm_id
         for key in identity.lookup_keys():
@@ -156,6 +188,8 @@ class Workspace:
         data.update_documents(detail, item, fields)
         # Encoded before anything changes: a value JSON cannot hold raises TypeError here.
         self._details[cvm_id], self._items[cvm_id] = data.encode(detail), data.encode(item)
+        self._infos.pop(cvm_id, None)
+        self._note_node(cvm_id, detail)
         if name != identity.name:
             del self._index[identity.name]
             self._index[name] = cvm_id
@@ -180,9 +214,9 @@ class Workspace:
             for key in identity.lookup_keys():
                 self._index.setdefault(key, cvm_id)  # an app's keys stay with its first instance
             if in_workspace:
-                self._details[cvm_id], self._items[cvm_id] = data.encoded_documents(
-                    self._seed, identity
-                )
+                detail, item = data.cvm_documents(self._seed, identity)
+                self._details[cvm_id], self._items[cvm_id] = data.encode(detail), data.encode(item)
+                self._note_node(cvm_id, detail)
         if in_workspace:
             self._order.extend(ids)
         return ids

@@ -12,7 +12,7 @@ import asyncio
 import random
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from types import TracebackType
-from typing import Any, Literal, Self, TypeAlias
+from typing import Any, Literal, Self, TypeAlias, TypeVar
 
 import msgspec
 
@@ -34,6 +34,7 @@ from ._errors import (
 )
 from ._ids import id_key
 from ._models import CvmDetail
+from ._models_v2026 import AnyCvm, CvmInfo
 from ._retry import ends_every_call
 
 __all__ = [
@@ -50,7 +51,11 @@ __all__ = [
 #: Fields that change on their own while nothing meaningful changes, so a watch ignores them
 #: unless asked for by ``fields``: ``in_progress`` flips during every transition, which
 #: ``status`` already reports.
-VOLATILE_FIELDS = frozenset({"in_progress"})
+#: ``updated_at`` moves with any change, and ``machine_info`` repeats the sizes, which are fields of
+#: their own.
+VOLATILE_FIELDS = frozenset({"in_progress", "machine_info", "updated_at"})
+
+_C = TypeVar("_C", bound=AnyCvm)
 
 #: The statuses that end :meth:`PhalaClient.wait_for_status` at once by default: the API's
 #: reference names only some statuses (``running``, ``stopped``, ``starting``...) and no
@@ -59,7 +64,10 @@ DEFAULT_FAIL_ON = frozenset({"error", "failed"})
 
 EventKind: TypeAlias = Literal["added", "changed", "removed", "error", "unavailable", "available"]
 
-_TOP_FIELDS = frozenset(field.name for field in msgspec.structs.fields(CvmDetail))
+# A watch takes the fields of either shape: the client's API version decides which it sees.
+_TOP_FIELDS = frozenset(
+    field.name for shape in (CvmDetail, CvmInfo) for field in msgspec.structs.fields(shape)
+)
 
 
 class CvmEvent(msgspec.Struct, frozen=True, kw_only=True):
@@ -84,13 +92,13 @@ class CvmEvent(msgspec.Struct, frozen=True, kw_only=True):
 
     kind: EventKind
     cvm_id: str | int | None
-    before: CvmDetail | None = None
-    after: CvmDetail | None = None
+    before: AnyCvm | None = None
+    after: AnyCvm | None = None
     changes: dict[str, tuple[Any, Any]] = msgspec.field(default_factory=dict)
     error: PhalaError | None = None
 
 
-def flatten(cvm: CvmDetail) -> dict[str, Any]:
+def flatten(cvm: AnyCvm) -> dict[str, Any]:
     """A CVM as JSON values, nested objects flattened by path (``teepod.region_identifier``);
     lists stay whole."""
     flat: dict[str, Any] = {}
@@ -107,7 +115,7 @@ def flatten(cvm: CvmDetail) -> dict[str, Any]:
 
 
 def diff_cvms(
-    before: CvmDetail, after: CvmDetail, fields: frozenset[str] | None = None
+    before: AnyCvm, after: AnyCvm, fields: frozenset[str] | None = None
 ) -> dict[str, tuple[Any, Any]]:
     """Each field that differs, mapped to ``(old, new)``.
 
@@ -132,10 +140,10 @@ def diff_cvms(
 
 
 def check_fields(fields: Iterable[str] | None) -> frozenset[str] | None:
-    """The fields a watch compares, checked against :class:`CvmDetail`.
+    """The fields a watch compares, checked against :class:`CvmDetail` and :class:`CvmInfo`.
 
     Raises:
-        ConfigurationError: a name that is not a CvmDetail field, or a str instead of a list.
+        ConfigurationError: a name that is a field of neither shape, or a str instead of a list.
     """
     if fields is None:
         return None
@@ -145,7 +153,7 @@ def check_fields(fields: Iterable[str] | None) -> frozenset[str] | None:
     unknown = sorted(name for name in chosen if name.partition(".")[0] not in _TOP_FIELDS)
     if unknown or not chosen:
         raise ConfigurationError(
-            f"fields {unknown or '[]'} are not CvmDetail fields; pick from "
+            f"fields {unknown or '[]'} are not CvmDetail or CvmInfo fields; pick from "
             f"{', '.join(sorted(_TOP_FIELDS))} (nested ones by path, e.g. teepod.name)"
         )
     return chosen
@@ -187,7 +195,7 @@ class CvmWatch(AsyncIterator[CvmEvent]):
         self._jitter = jitter
         # Jitter only keeps many bots from polling in step; it protects no secret.
         self._rng = rng or random.Random()  # noqa: S311
-        self._known: dict[str, tuple[str | int, CvmDetail]] = {}
+        self._known: dict[str, tuple[str | int, AnyCvm]] = {}
         # What each id (None: the listing) last reported as an error (a removal reports
         # NotFoundError), so that it says so once until it is fetched again.
         self._reported: dict[str | None, str] = {}
@@ -371,14 +379,14 @@ _TRANSIENT = (APIConnectionError, InternalServerError, RateLimitError)
 
 
 async def wait_for_status(
-    fetch: Callable[[str | int], Awaitable[CvmDetail]],
+    fetch: Callable[[str | int], Awaitable[_C]],
     cvm_id: str | int,
     status: str | Iterable[str],
     *,
     timeout: float,  # noqa: ASYNC109 - bounds the whole poll, as waiters do
     interval: float,
     fail_on: str | Iterable[str] = DEFAULT_FAIL_ON,
-) -> CvmDetail:
+) -> _C:
     """Poll ``fetch(cvm_id)`` until the CVM's status is one of ``status``, or one of
     ``fail_on``; see :meth:`PhalaClient.wait_for_status`."""
     wanted = _statuses("status", status)

@@ -11,8 +11,12 @@ package uses, as the API reference describes them:
 Both require ``X-API-Key: <api_key>`` or ``Authorization: Bearer <token>`` (401 otherwise), and
 every answer carries a unique ``X-Request-ID``. Errors use the real server's bodies: 403 for CVMs of
 another workspace, 404 ``ERR-03-001``, 422 FastAPI validation details, 429 ``ERR-05-002`` with
-``Retry-After``. The same shape is served whatever ``X-Phala-Version`` is sent (the ``2025-10-28``
-one).
+``Retry-After``. ``X-Phala-Version`` picks the shape, as on the real API: ``2025-10-28`` (or no
+header) the documents above, ``2026-01-21`` and the later versions the official SDKs send
+(``2026-05-22``,
+``2026-06-23``) the ``CVMInfo`` shape (``CVMInfoDetail``; listing items ``CVMInfo``), whose hashid
+``id`` (``cvm_...``) the detail endpoint also takes; any other version is answered 400 in the
+structured error form. The listing filters by node with ``teepod_id`` (or ``node_id``).
 
 An app may run as several CVMs (``instances_per_app``): they share the ``app_id``, so ``app_<hex>``
 names only the app's first instance, while the integer id, name, VM UUID and instance id name one
@@ -32,7 +36,8 @@ is dropped unanswered). Counters (``requests``, ``total_requests``, ``status_cou
 ``connections``) and a log of ``RequestRecord``s show what the server saw.
 
 Public names: ``PhalaSimulator``, ``Fault`` (the injectable failures), ``DEFAULT_FAULTS`` (those
-``fault_rate`` draws from by default) and ``RequestRecord`` (one entry of ``request_log``). Example:
+``fault_rate`` draws from by default), ``RequestRecord`` (one entry of ``request_log``) and
+``SIMULATED_VERSIONS`` (each ``X-Phala-Version`` served, with its shape). Example:
 
     import ssl
 
@@ -79,11 +84,12 @@ from phala_async._sim_faults import (
     respond,
 )
 from phala_async._sim_state import Workspace
+from phala_async._sim_v2026 import SIMULATED_VERSIONS, shape_of, unsupported_version
 
 if TYPE_CHECKING:
     from phala_async._sim_tls import ServerCertificates
 
-__all__ = ["DEFAULT_FAULTS", "Fault", "PhalaSimulator", "RequestRecord"]
+__all__ = ["DEFAULT_FAULTS", "SIMULATED_VERSIONS", "Fault", "PhalaSimulator", "RequestRecord"]
 
 
 _LOG_SIZE = 100_000  # request_log keeps the last this many records
@@ -132,8 +138,8 @@ class PhalaSimulator:
     Workspace CVMs have ids ``1..cvms``; ids ``cvms+1..cvms+forbidden`` exist in another workspace
     (403); CVMs added later (``add_cvms``) take the ids after the highest ever given, so they never
     collide with those. CVM documents derive from ``(seed, id)`` and are encoded when the CVM is
-    made or changed (``update_cvm``), not per request. ``X-Phala-Version`` is recorded but does not
-    change the shape.
+    made or changed (``update_cvm``), not per request (the ``2026-01-21`` shape when first asked
+    for). ``X-Phala-Version`` picks the shape (``SIMULATED_VERSIONS``).
 
     A detail request is processed in this order: counted, dropped if its connection is stale
     (``drop_after``), authenticated (401), a scripted answer for its segment (which replaces the
@@ -175,6 +181,9 @@ class PhalaSimulator:
             127.0.0.1, localhost and ::1), ``"wrong_host"`` (signed by the CA for ``other.example``
             only) or ``"self_signed"`` (for the local names, signed by itself). An unknown CA needs
             no option: serve ``"valid"`` and do not trust ``ca_file``.
+        control: also serve the control API under ``/_simulator/`` (add, change and remove CVMs,
+            script faults, read counters over HTTP; see the README), as ``phala-async serve``
+            does.
 
     Raises:
         ValueError: A value is out of range; the message says what to pass.
@@ -202,6 +211,7 @@ class PhalaSimulator:
         port: int = 0,
         tls: bool = False,
         tls_cert: Literal["valid", "wrong_host", "self_signed"] = "valid",
+        control: bool = False,
     ) -> None:
         counts = {"cvms": cvms, "forbidden": forbidden, "port": port}
         for name, value in {**counts, "rate_limit_retry_after": rate_limit_retry_after}.items():
@@ -248,6 +258,7 @@ class PhalaSimulator:
         self._rate_limit = None if rate_limit is None else FixedWindow(rate_limit)
         self._rate_limit_retry_after = str(rate_limit_retry_after)
         self._host, self._port = host, port
+        self._control = control
         # Faults are random but reproducible for one seed and one request order.
         self._rng = random.Random(seed)  # noqa: S311 -- fault injection, not security
         self._workspace = Workspace(
@@ -293,6 +304,10 @@ class PhalaSimulator:
         app = web.Application()
         app.router.add_get("/api/v1/cvms/paginated", self._handle_list)
         app.router.add_get("/api/v1/cvms/{cvm_id}", self._handle_detail)
+        if self._control:
+            from phala_async._sim_control import add_control_routes
+
+            add_control_routes(app, self)
         app.router.add_route("*", "/{tail:.*}", self._handle_unknown)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT)
         await runner.setup()
@@ -521,7 +536,8 @@ class PhalaSimulator:
 
     # -- request handling --------------------------------------------------------------------
 
-    def _authenticated(self, headers: Mapping[str, str]) -> bool:
+    def is_authenticated(self, headers: Mapping[str, str]) -> bool:
+        """Whether ``headers`` carry the simulator's API key or bearer token."""
         api_key = headers.get("X-API-Key")
         if api_key is not None and hmac.compare_digest(
             api_key.encode("utf-8", "surrogateescape"), self._secrets[0]
@@ -564,7 +580,7 @@ class PhalaSimulator:
 
     async def _handle_unknown(self, request: web.Request) -> web.StreamResponse:
         self._total_requests += 1
-        authenticated = self._authenticated(request.headers)
+        authenticated = self.is_authenticated(request.headers)
         if self._stale is not None and self._stale.drop_if_stale(request):
             self._record(request, None, "dropped", authenticated)
             return Aborted("dropped")
@@ -575,7 +591,7 @@ class PhalaSimulator:
         self, request: web.Request, key: str, answer: _Answer, *, chaos: bool
     ) -> web.StreamResponse:
         self._total_requests += 1
-        authenticated = self._authenticated(request.headers)
+        authenticated = self.is_authenticated(request.headers)
         status: int | str = "unanswered"
         try:
             if self._stale is not None and self._stale.drop_if_stale(request):
@@ -618,10 +634,20 @@ class PhalaSimulator:
         )
 
     def _lookup(self, request: web.Request, segment: str) -> tuple[int, bytes]:
-        return self._workspace.lookup(segment)
+        shape = shape_of(request.headers.get("X-Phala-Version"))
+        if shape is None:
+            return _unsupported(request)
+        return self._workspace.lookup(segment, shape)
 
     def _page(self, request: web.Request, key: str) -> tuple[int, bytes]:
+        shape = shape_of(request.headers.get("X-Phala-Version"))
+        if shape is None:
+            return _unsupported(request)
         parsed = data.page_request(request.query)
         if isinstance(parsed, bytes):
             return 422, parsed
-        return 200, self._workspace.page(*parsed)
+        return 200, self._workspace.page(parsed, shape)
+
+
+def _unsupported(request: web.Request) -> tuple[int, bytes]:
+    return 400, data.encode(unsupported_version(request.headers.get("X-Phala-Version", "")))
