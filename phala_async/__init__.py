@@ -16,6 +16,7 @@ bounded in concurrency and memory::
 
 from ._bulk import CvmFailed, CvmOk, CvmResult, CvmStream, SweepResult
 from ._client import API_VERSION, ClientStats, PhalaClient
+from ._diff import CvmDifference, FieldChange, SweepRecord, diff_snapshots
 from ._errors import (
     APIConnectionError,
     APIProxyError,
@@ -72,6 +73,7 @@ __all__ = [
     "ClientStats",
     "ConfigurationError",
     "CvmDetail",
+    "CvmDifference",
     "CvmEvent",
     "CvmFailed",
     "CvmListing",
@@ -84,6 +86,7 @@ __all__ = [
     "CvmWatch",
     "DecodeError",
     "EventLoopError",
+    "FieldChange",
     "GuestEvent",
     "HostedCvm",
     "InternalServerError",
@@ -98,10 +101,12 @@ __all__ = [
     "ResponseError",
     "ResponseTooLargeError",
     "StatusTimeoutError",
+    "SweepRecord",
     "SweepResult",
     "UnprocessableEntityError",
     "VmConfiguration",
     "VmInfo",
     "__version__",
+    "diff_snapshots",
     "normalize_cvm_id",
 ]

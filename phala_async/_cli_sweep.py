@@ -6,32 +6,48 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import os
 import sys
-from collections.abc import AsyncIterator, Callable, Container, Iterable
+from collections.abc import AsyncIterator, Callable, Container, Iterable, Iterator
 from dataclasses import dataclass
 
+from ._bulk import CvmResult
 from ._cli_common import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_REFUSED,
+    EXIT_STOPPED,
     Stop,
     UsageError,
     in_option_words,
     make_client,
+    masked_command,
     plural,
     refused_message,
     run_command,
 )
 from ._cli_files import OutputFile, Resumed, given_ids, id_key, resume_from
-from ._cli_output import RecordWriter, Redactor, print_error, record_writer
+from ._cli_guard import early_end, unreached
+from ._cli_lock import OutputBusyError, holding
+from ._cli_output import (
+    NullWriter,
+    RecordWriter,
+    Redactor,
+    json_record,
+    print_error,
+    record_writer,
+)
 from ._cli_progress import ProgressLine, Tally, format_summary, refusal
 from ._client import ClientStats, PhalaClient
 from ._errors import APIStatusError, PhalaError, subject
 from ._listing import CvmListing
+from ._store import SnapshotWriter, StoreError
 
 __all__ = [
     "AlreadyOk",
+    "StoreRecords",
     "SweepReport",
     "describe_failure",
     "exit_status",
@@ -76,19 +92,58 @@ def sweep_command(args: argparse.Namespace, redact: Redactor) -> int:
         raise UsageError("--resume continues the sweep written to -o FILE: give that FILE")
     if args.resume and args.format == "table":
         raise UsageError("--resume reads back jsonl or csv records, not a table")
+    if args.store is not None and args.resume and args.format != "jsonl":
+        raise UsageError("--store with --resume reads back JSON lines: pass --format jsonl")
     client = make_client(args)  # a bad option fails before any file is touched
+    with contextlib.ExitStack() as held:
+        for path, what in ((args.output if to_file else None, "--output"), (args.store, "--store")):
+            if path is None:
+                continue
+            try:
+                held.enter_context(holding(path, what))
+            except OutputBusyError as exc:
+                print_error(redact(str(exc)))
+                return EXIT_STOPPED
+            except OSError as exc:
+                raise UsageError(
+                    f"cannot write {what} {path!r} ({exc.strerror or exc}): pick a writable path"
+                ) from exc
+        return _sweep(args, redact, client, ids, to_file=to_file)
+
+
+def _sweep(
+    args: argparse.Namespace,
+    redact: Redactor,
+    client: PhalaClient,
+    ids: list[str] | None,
+    *,
+    to_file: bool,
+) -> int:
+    """The sweep itself, its outputs locked."""
     output = OutputFile(args.output) if to_file else None
     resumed = resume_from(args.output, args.format) if output and args.resume else None
+    store = _open_store(args.store) if args.store is not None else None
     if resumed is not None and not args.quiet:
         print(_resuming(resumed), file=sys.stderr)
-    stream = sys.stdout if output is None else output.begin(resumed.lines if resumed else ())
+    kept = resumed.lines if resumed else iter(())
+    if store is not None and resumed is not None and resumed.format is not None:
+        kept = _recorded(kept, store)
+    if output is not None:
+        stream = output.begin(kept)
+    elif store is not None and args.output is None:
+        stream = None  # --store alone: the records go to the store only
+    else:
+        stream = sys.stdout
     # A resumed file has its CSV header already, unless it was empty.
-    writer = record_writer(
-        args.format,
-        stream,
-        redact=redact,
-        header=resumed is None or resumed.format is None,
+    writer: RecordWriter = (
+        NullWriter()
+        if stream is None
+        else record_writer(
+            args.format, stream, redact=redact, header=resumed is None or resumed.format is None
+        )
     )
+    if store is not None:
+        writer = StoreRecords(store, writer, redact)
     tally = Tally()
     already_ok = AlreadyOk(resumed.done if resumed is not None else frozenset(), tally)
     total: Callable[[], int | None] | None = None
@@ -99,7 +154,7 @@ def sweep_command(args: argparse.Namespace, redact: Redactor) -> int:
     else:
         source = [cvm_id for cvm_id in ids if cvm_id not in already_ok]
         tally.total = len(ids)
-    show_progress = shows_progress(args, records_on_stdout=output is None)
+    show_progress = shows_progress(args, records_on_stdout=stream is sys.stdout)
     stop = Stop()
     try:
         report = run_command(
@@ -111,8 +166,53 @@ def sweep_command(args: argparse.Namespace, redact: Redactor) -> int:
     except BaseException:
         if output is not None:
             output.keep()
+        if store is not None:
+            store.abandon()
         raise
-    return finish(report, stop, args, redact, output, stale=already_ok.stale())
+    return finish(report, stop, args, redact, output, stale=already_ok.stale(), store=store)
+
+
+def _open_store(path: str) -> SnapshotWriter:
+    try:
+        return SnapshotWriter(path, masked_command()).open()
+    except StoreError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def _recorded(lines: Iterator[str], store: SnapshotWriter) -> Iterator[str]:
+    """``lines`` as they are, each record among them also queued for the store."""
+    for line in lines:
+        if line.lstrip().startswith("{"):
+            store.add_line(line)
+        yield line
+
+
+class StoreRecords:
+    """A :class:`RecordWriter` that queues each record for a store's snapshot, then hands the
+    result to the next writer (the output's)."""
+
+    def __init__(self, store: SnapshotWriter, then: RecordWriter, redact: Redactor) -> None:
+        self._store = store
+        self._then = then
+        self._redact = redact
+
+    def write(self, result: CvmResult) -> None:
+        """Queue the record of ``result``, then write it with the next writer."""
+        cvm = result.cvm
+        cvm_id = str(result.cvm_id)
+        if cvm is not None:
+            identity, vm_uuid, name = id_key(str(cvm.id)), cvm.vm_uuid, cvm.name
+        else:
+            identity, vm_uuid, name = id_key(cvm_id), None, None
+        self._store.add(
+            json_record(result, self._redact),
+            cvm_id=cvm_id,
+            ok=cvm is not None,
+            cvm=identity,
+            vm_uuid=vm_uuid,
+            name=name,
+        )
+        self._then.write(result)
 
 
 def shows_progress(args: argparse.Namespace, *, records_on_stdout: bool) -> bool:
@@ -202,6 +302,9 @@ async def run_sweep(
                     tally.add(result)
                     if tally.total is None and total is not None:
                         tally.total = total()
+                    failure = early_end(tally, result, client.base_url)
+                    if failure is not None:
+                        break  # leaving the block stops the stream and its requests
         except asyncio.CancelledError:
             uncancel()  # the stream is closed; finish normally so the summary gets printed
             interrupted = True
@@ -226,13 +329,15 @@ def uncancel() -> None:
 
 
 def exit_status(report: SweepReport, stop: Stop) -> int:
-    """130/143 interrupted, 3 the credential refused, 1 an id failed or the sweep ended early,
-    0 every id ok."""
+    """130/143 interrupted, 3 the credential refused, 4 the sweep stopped before every id was
+    attempted or no id got an answer from the API, 1 an id failed, 0 every id ok."""
     if report.interrupted:
         return stop.exit_status
     if refusal(report.tally, report.failure) is not None:
         return EXIT_REFUSED
-    if report.failure is not None or report.tally.failed:
+    if report.failure is not None or unreached(report.tally):
+        return EXIT_STOPPED
+    if report.tally.failed:
         return EXIT_FAILED
     return EXIT_OK
 
@@ -252,8 +357,9 @@ def describe_failure(failure: Exception) -> str:
 def file_note(output: OutputFile, *, replaced: bool, failed: int) -> str:
     """Where the records are, and what to run next."""
     if not replaced:
+        untouched = "was left as it was" if os.path.exists(output.path) else "was not written"
         return (
-            f"{output.path} was left as it was; the records so far are in {output.partial}: run "
+            f"{output.path} {untouched}; the records so far are in {output.partial}: run "
             f"the same command with --resume to continue."
         )
     if failed:
@@ -272,13 +378,16 @@ def finish(
     output: OutputFile | None,
     *,
     stale: frozenset[str] = frozenset(),
+    store: SnapshotWriter | None = None,
 ) -> int:
-    """Replace ``--output`` if the sweep finished every id (some may have failed), without the
-    ``stale`` records of an earlier run; print what happened; return the exit status."""
+    """Replace ``--output`` and record the ``--store`` snapshot if the sweep finished every id
+    (some may have failed), without the ``stale`` records of an earlier run; print what
+    happened; return the exit status."""
     status = exit_status(report, stop)
+    finished = status in (EXIT_OK, EXIT_FAILED)
     replaced = False
     if output is not None:
-        if status in (EXIT_OK, EXIT_FAILED) and report.failure is None:
+        if finished:
             try:
                 output.commit(drop=stale)
                 replaced = True
@@ -287,6 +396,9 @@ def finish(
                 status = EXIT_FAILED
         else:
             output.keep()
+    snapshot = _record_snapshot(store, report, status) if store is not None and finished else None
+    if store is not None and snapshot is None:
+        store.abandon()
     print_outcome(report, args, redact)
     if not args.quiet:
         summary = format_summary(
@@ -299,8 +411,25 @@ def finish(
             summary += " " + file_note(
                 output, replaced=replaced, failed=report.tally.failed.total()
             )
+        if store is not None:
+            summary += (
+                f" Recorded as snapshot {snapshot} in {store.path}."
+                if snapshot is not None
+                else f" Nothing was recorded in {store.path}."
+            )
         print(summary, file=sys.stderr)
-    return status
+    return status if store is None or snapshot is not None or not finished else EXIT_FAILED
+
+
+def _record_snapshot(store: SnapshotWriter, report: SweepReport, status: int) -> int | None:
+    tally = report.tally
+    try:
+        return store.commit(
+            status, ids=tally.done, ok=tally.ok + tally.skipped, failed=tally.failed.total()
+        )
+    except StoreError as exc:
+        print_error(str(exc))
+        return None
 
 
 def _stopped(report: SweepReport, stop: Stop) -> str | None:

@@ -31,6 +31,7 @@ from ._cli_output import Redactor, print_error
 from ._cli_progress import Tally, refusal
 from ._cli_sweep import describe_failure
 from ._client import PhalaClient
+from ._diff import check_field_paths
 from ._errors import AuthenticationError, PhalaError, subject
 from ._models import CvmDetail
 from ._watch import CvmEvent, CvmWatch
@@ -54,6 +55,7 @@ def watch_command(args: argparse.Namespace, redact: Redactor) -> int:
     fields = None
     if args.fields is not None:  # --fields a,b --fields c: [a, b, c]
         fields = [name for value in args.fields for name in re.split(r"[,\s]+", value) if name]
+        check_field_paths(fields)  # a misspelt path exits 2 with a suggestion
     client = make_client(args)
     # An unknown field raises ConfigurationError here, before anything is sent (exit status 2).
     watch = client.watch_cvms(ids, interval=args.interval, fields=fields, initial=args.initial)
