@@ -449,6 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a usage error argparse already printed
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE if exc.code else EXIT_OK
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded, credentials masked
     redact = Redactor((args.api_key, args.token, os.environ.get(API_KEY_ENV)))
     with logging_to_stderr(args.verbose, redact):
         try:

@@ -16,8 +16,6 @@ import time
 from collections.abc import Iterator
 from typing import IO
 
-from ._cli_common import masked_command
-
 __all__ = ["OutputBusyError", "holding", "lock_path"]
 
 
@@ -53,12 +51,14 @@ else:
 
 
 @contextlib.contextmanager
-def holding(path: str, what: str) -> Iterator[None]:
+def holding(path: str, what: str, command: str) -> Iterator[None]:
     """Hold the exclusive lock of the output at ``path`` while the block runs.
 
     Args:
         path: the output (``-o FILE`` or the ``--store`` database); the lock is ``path.lock``.
         what: how the messages name it (``--output``, ``--store``).
+        command: the holder's command line, credentials masked, written for a refused sweep
+            to name it (see :func:`masked_command`).
 
     Raises:
         OutputBusyError: another process holds it; nothing was touched.
@@ -76,6 +76,6 @@ def holding(path: str, what: str) -> Iterator[None]:
         file.seek(0)
         file.truncate()
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
-        file.write(f"pid {os.getpid()}, started {started}: {masked_command()}")
+        file.write(f"pid {os.getpid()}, started {started}: {command}")
         file.flush()
         yield

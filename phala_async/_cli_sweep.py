@@ -29,7 +29,7 @@ from ._cli_common import (
     run_command,
 )
 from ._cli_files import OutputFile, Resumed, given_ids, id_key, resume_from
-from ._cli_guard import early_end, unreached
+from ._cli_guard import WrongBaseURLError, early_end, unreached
 from ._cli_lock import OutputBusyError, holding
 from ._cli_output import (
     NullWriter,
@@ -95,12 +95,13 @@ def sweep_command(args: argparse.Namespace, redact: Redactor) -> int:
     if args.store is not None and args.resume and args.format != "jsonl":
         raise UsageError("--store with --resume reads back JSON lines: pass --format jsonl")
     client = make_client(args)  # a bad option fails before any file is touched
+    command = masked_command(getattr(args, "argv", None))
     with contextlib.ExitStack() as held:
         for path, what in ((args.output if to_file else None, "--output"), (args.store, "--store")):
             if path is None:
                 continue
             try:
-                held.enter_context(holding(path, what))
+                held.enter_context(holding(path, what, command))
             except OutputBusyError as exc:
                 print_error(redact(str(exc)))
                 return EXIT_STOPPED
@@ -122,7 +123,9 @@ def _sweep(
     """The sweep itself, its outputs locked."""
     output = OutputFile(args.output) if to_file else None
     resumed = resume_from(args.output, args.format) if output and args.resume else None
-    store = _open_store(args.store) if args.store is not None else None
+    store = (
+        _open_store(args.store, masked_command(getattr(args, "argv", None))) if args.store else None
+    )
     if resumed is not None and not args.quiet:
         print(_resuming(resumed), file=sys.stderr)
     kept = resumed.lines if resumed else iter(())
@@ -172,9 +175,9 @@ def _sweep(
     return finish(report, stop, args, redact, output, stale=already_ok.stale(), store=store)
 
 
-def _open_store(path: str) -> SnapshotWriter:
+def _open_store(path: str, command: str) -> SnapshotWriter:
     try:
-        return SnapshotWriter(path, masked_command()).open()
+        return SnapshotWriter(path, command).open()
     except StoreError as exc:
         raise UsageError(str(exc)) from exc
 
@@ -346,7 +349,8 @@ def describe_failure(failure: Exception) -> str:
     """Why the sweep stopped early, in words that read well after ``the sweep stopped early:``."""
     if isinstance(failure, PhalaError):
         reason = in_option_words(str(failure).removeprefix(f"{subject(None)}: "))
-        if isinstance(failure, APIStatusError) and failure.cvm_id is None:
+        listing = not isinstance(failure, WrongBaseURLError)
+        if isinstance(failure, APIStatusError) and failure.cvm_id is None and listing:
             return f"listing the workspace failed with {reason}"
         return reason
     if isinstance(failure, OSError):

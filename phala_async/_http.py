@@ -29,6 +29,7 @@ from ._errors import (
     PhalaError,
     ResponseTooLargeError,
     subject,
+    with_tls_hint,
 )
 
 __all__ = ["NEW", "POOLED", "REUSED", "WANT_NEW", "Answer", "Exchange", "host_and_port"]
@@ -375,7 +376,7 @@ def _why(error: BaseException) -> str:
     if isinstance(error, ssl.SSLError) and error.reason:
         # "[SSL: WRONG_VERSION_NUMBER] wrong version number (_ssl.c:1006)" -> the middle.
         text = str(error.args[1]) if len(error.args) > 1 else str(error)
-        return text.split("] ", 1)[-1].rsplit(" (_ssl.c", 1)[0]
+        return with_tls_hint(text.split("] ", 1)[-1].rsplit(" (_ssl.c", 1)[0])
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
     return str(error) or type(error).__name__
