@@ -136,21 +136,26 @@ class _StreamWriter:
         raise NotImplementedError
 
 
-def json_record(result: CvmResult, redact: Redactor) -> str:
-    """The JSON line of ``result``, without its newline: ``{"cvm_id", "ok": true, "cvm": {...}}``
-    or ``{"cvm_id", "ok": false, "error": {...}}``."""
+def json_record(result: CvmResult, redact: Redactor) -> bytes:
+    """The JSON line of ``result`` (UTF-8), without its newline: ``{"cvm_id", "ok": true, "cvm":
+    {...}}`` or ``{"cvm_id", "ok": false, "error": {...}}``."""
     if result.cvm is not None:
         record = _Record(result.cvm_id, True, cvm=result.cvm)
     else:
         record = _Record(result.cvm_id, False, error=_error_info(result, redact))
-    return msgspec.json.encode(record).decode()
+    return msgspec.json.encode(record)
 
 
 class JsonLinesWriter(_StreamWriter):
     """``{"cvm_id", "ok": true, "cvm": {...}}`` or ``{"cvm_id", "ok": false, "error": {...}}``."""
 
     def _emit(self, result: CvmResult) -> None:
-        self._stream.write(json_record(result, self._redact) + "\n")
+        self._stream.write(json_record(result, self._redact).decode() + "\n")
+
+    def write_line(self, line: str) -> None:
+        """Write and flush a record already encoded by :func:`json_record`."""
+        self._stream.write(line + "\n")
+        self._stream.flush()
 
 
 def _one_line(text: str) -> str:

@@ -32,6 +32,7 @@ from ._cli_files import OutputFile, Resumed, given_ids, id_key, resume_from
 from ._cli_guard import WrongBaseURLError, early_end, unreached
 from ._cli_lock import OutputBusyError, holding
 from ._cli_output import (
+    JsonLinesWriter,
     NullWriter,
     RecordWriter,
     Redactor,
@@ -204,18 +205,23 @@ class StoreRecords:
         cvm = result.cvm
         cvm_id = str(result.cvm_id)
         if cvm is not None:
-            identity, vm_uuid, name = id_key(str(cvm.id)), cvm.vm_uuid, cvm.name
+            # An integer id is its own normalised form: the identity record_identity gives.
+            identity, vm_uuid, name = str(cvm.id), cvm.vm_uuid, cvm.name
         else:
             identity, vm_uuid, name = id_key(cvm_id), None, None
+        encoded = json_record(result, self._redact)
         self._store.add(
-            json_record(result, self._redact),
+            encoded,
             cvm_id=cvm_id,
             ok=cvm is not None,
             cvm=identity,
             vm_uuid=vm_uuid,
             name=name,
         )
-        self._then.write(result)
+        if isinstance(self._then, JsonLinesWriter):
+            self._then.write_line(encoded.decode())  # encoded once for both
+        else:
+            self._then.write(result)
 
 
 def shows_progress(args: argparse.Namespace, *, records_on_stdout: bool) -> bool:
