@@ -110,7 +110,17 @@ def sweep_command(args: argparse.Namespace, redact: Redactor) -> int:
                 raise UsageError(
                     f"cannot write {what} {path!r} ({exc.strerror or exc}): pick a writable path"
                 ) from exc
-        return _sweep(args, redact, client, ids, to_file=to_file)
+        output = OutputFile(args.output) if to_file else None
+        resumed = resume_from(args.output, args.format) if output and args.resume else None
+        store = _open_store(args.store, command) if args.store is not None else None
+        try:
+            return _sweep(args, redact, client, ids, output, resumed, store)
+        except BaseException:
+            if output is not None:
+                output.keep()
+            if store is not None:
+                store.abandon()
+            raise
 
 
 def _sweep(
@@ -118,15 +128,12 @@ def _sweep(
     redact: Redactor,
     client: PhalaClient,
     ids: list[str] | None,
-    *,
-    to_file: bool,
+    output: OutputFile | None,
+    resumed: Resumed | None,
+    store: SnapshotWriter | None,
 ) -> int:
-    """The sweep itself, its outputs locked."""
-    output = OutputFile(args.output) if to_file else None
-    resumed = resume_from(args.output, args.format) if output and args.resume else None
-    store = (
-        _open_store(args.store, masked_command(getattr(args, "argv", None))) if args.store else None
-    )
+    """The sweep itself, its outputs locked; on an exception the caller keeps FILE and abandons
+    the snapshot."""
     if resumed is not None and not args.quiet:
         print(_resuming(resumed), file=sys.stderr)
     kept = resumed.lines if resumed else iter(())
@@ -160,19 +167,12 @@ def _sweep(
         tally.total = len(ids)
     show_progress = shows_progress(args, records_on_stdout=stream is sys.stdout)
     stop = Stop()
-    try:
-        report = run_command(
-            run_sweep(
-                client, source, tally=tally, total=total, writer=writer, show_progress=show_progress
-            ),
-            stop,
-        )
-    except BaseException:
-        if output is not None:
-            output.keep()
-        if store is not None:
-            store.abandon()
-        raise
+    report = run_command(
+        run_sweep(
+            client, source, tally=tally, total=total, writer=writer, show_progress=show_progress
+        ),
+        stop,
+    )
     return finish(report, stop, args, redact, output, stale=already_ok.stale(), store=store)
 
 

@@ -642,7 +642,9 @@ def test_help_shows_every_command_and_examples(capsys: pytest.CaptureFixture[str
     statuses = [line for line in lines if line[:1].isdigit()]
     assert [line.split()[0] for line in statuses] == ["0", "1", "2", "3", "4", "130"]
     assert "3    the API refused the credential (401); a 403 is about one CVM: exit 1" in statuses
-    assert "4    the sweep stopped before every id was attempted (the API unreachable, a" in statuses
+    assert "4    the sweep stopped before every id was attempted (the API unreachable, a" in (
+        statuses
+    )
     assert "143 stopped by SIGTERM" in statuses[-1]
 
 
