@@ -353,12 +353,6 @@ class SnapshotWriter:
             name=cvm.get("name"),
         )
 
-    def add_lines(self, lines: Iterable[str]) -> None:
-        """Queue the JSON records of ``lines`` (blank lines skipped)."""
-        for line in lines:
-            if line.strip():
-                self.add_line(line)
-
     def commit(self, exit_status: int, *, ids: int, ok: int, failed: int) -> int:
         """Record the snapshot with its outcome, commit it, and return its number.
 
