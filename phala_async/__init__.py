@@ -16,6 +16,7 @@ bounded in concurrency and memory::
 
 from ._bulk import CvmFailed, CvmOk, CvmResult, CvmStream, SweepResult
 from ._client import API_VERSION, ClientStats, PhalaClient
+from ._diff import CvmDifference, FieldChange, SweepRecord, diff_snapshots
 from ._errors import (
     APIConnectionError,
     APIProxyError,
@@ -90,6 +91,7 @@ __all__ = [
     "ClientStats",
     "ConfigurationError",
     "CvmDetail",
+    "CvmDifference",
     "CvmEvent",
     "CvmFailed",
     "CvmGateway",
@@ -109,6 +111,7 @@ __all__ = [
     "CvmWatch",
     "DecodeError",
     "EventLoopError",
+    "FieldChange",
     "GuestEvent",
     "HostedCvm",
     "InternalServerError",
@@ -125,6 +128,7 @@ __all__ = [
     "ResponseTooLargeError",
     "StatusFailedError",
     "StatusTimeoutError",
+    "SweepRecord",
     "SweepResult",
     "UnprocessableEntityError",
     "UserRef",
@@ -132,5 +136,6 @@ __all__ = [
     "VmInfo",
     "WorkspaceRef",
     "__version__",
+    "diff_snapshots",
     "normalize_cvm_id",
 ]

@@ -1,4 +1,5 @@
-"""The ``phala-async`` command line: ``get``, ``sweep``, ``diff``, ``watch``, ``serve``, ``demo``.
+"""The ``phala-async`` command line: ``get``, ``sweep``, ``diff``, ``history``, ``watch``,
+``serve``, ``demo``.
 
 :func:`main` parses the arguments, runs one command and returns the exit status (see
 :data:`_EPILOG`). Each command lives in its own ``_cli_*`` module; this one holds the parser.
@@ -17,6 +18,7 @@ from typing import Any, NoReturn
 from ._cli_common import EXIT_OK, EXIT_USAGE, PROG, Stop, StoppedBySignal, UsageError
 from ._cli_diff import diff_command
 from ._cli_get import get_command
+from ._cli_history import history_command
 from ._cli_output import Redactor, logging_to_stderr, print_error
 from ._cli_sim import demo_command, serve_command
 from ._cli_summary import add_summary_option
@@ -50,15 +52,22 @@ examples:
   {PROG} sweep --all -o cvms.jsonl --resume
                                             continue that sweep after it was stopped
   {PROG} diff old.jsonl cvms.jsonl     what changed since the last sweep
+  {PROG} sweep --all --store inv.db    record the sweep as a snapshot in a database
+  {PROG} history inv.db 1234           what changed of CVM 1234, snapshot by snapshot
+  {PROG} diff inv.db@1 inv.db@latest   what changed since the first snapshot
   {PROG} watch --all --fields status   a line each time a CVM's status changes
   cut -d, -f1 list.csv | {PROG} sweep --ids-file - --format csv -o cvms.csv
+                                            (a first line "cvm_id" or "id" is skipped)
   {PROG} serve                         a local API to try --base-url against
 
 exit status:
   0    every id ok (diff: no difference)
-  1    some ids failed, or the sweep stopped early (diff: differences found)
+  1    some ids failed, FILE written (diff: differences found)
   2    bad usage or configuration, or an unreadable file
-  3    the API refused the credential (401/403 for the whole sweep)
+  3    the API refused the credential (401); a 403 is about one CVM: exit 1
+  4    the sweep stopped before every id was attempted (the API unreachable, a
+       wrong base URL, a listing page failed, another sweep writing FILE):
+       FILE untouched, FILE.partial kept for --resume
   130  interrupted by Ctrl-C; 143 stopped by SIGTERM (records so far are kept)
 """
 
@@ -66,11 +75,16 @@ _SWEEP_NOTES = """\
 With -o FILE the records go to FILE.partial, each flushed as it completes, and
 FILE is replaced (fsync, then an atomic rename) only once every id was attempted,
 even if some failed: their records say why, and --resume retries them. If the
-sweep is interrupted, ends early, or the credential is refused, FILE is left as
-it was and FILE.partial keeps the records so far; the same command with --resume
-continues from there (or from FILE itself), fetching only the ids without an ok
-record. A sweep without --resume replaces a FILE.partial left by an earlier one.
-Ids files: one id a line; blank lines and # comments are skipped."""
+sweep is interrupted, ends early, gets no answer from the API, or the credential
+is refused, FILE is left as it was and FILE.partial keeps the records so far; the
+same command with --resume continues from there (or from FILE itself), fetching
+only the ids without an ok record. A sweep without --resume replaces a
+FILE.partial left by an earlier one. One sweep at a time writes FILE: it holds a
+lock on FILE.lock, and a second one exits 4 at once, naming the first.
+--store PATH records the sweep as a snapshot in an SQLite database (created on
+first use), only once every id was attempted; see 'phala-async history'.
+Ids files: one id a line; blank lines and # comments are skipped, and so is a
+first line that is exactly cvm_id or id (a CSV column's name)."""
 
 _WATCH_NOTES = """\
 Each round fetches the CVMs (all of the workspace with --all, so new and deleted
@@ -307,14 +321,25 @@ def build_parser() -> argparse.ArgumentParser:
         notes=_SWEEP_NOTES,
     )
     _id_options(sweep, "fetch", all_help="fetch every CVM of the workspace")
-    _output_options(sweep, default_to="stdout", resume=True)
+    _output_options(sweep, default_to="stdout; none with --store alone", resume=True)
+    sweep.add_argument(
+        "--store",
+        metavar="PATH",
+        help="also record the sweep as a snapshot in the SQLite database at PATH (created on "
+        "first use), once every id was attempted",
+    )
     add_summary_option(sweep)
     diff = command(
         "diff",
-        "Compare two sweep outputs: CVMs added, removed, changed, and ids failed in one of them.",
+        "Compare two sweeps: CVMs added, removed, changed, and ids failed in one of them.",
         diff_command,
     )
-    diff.add_argument("old", metavar="OLD", help="the earlier sweep's output (JSON lines or CSV)")
+    diff.add_argument(
+        "old",
+        metavar="OLD",
+        help="the earlier sweep's output (JSON lines or CSV), or a snapshot of a store: PATH@N "
+        "(1 is the first) or PATH@latest",
+    )
     diff.add_argument("new", metavar="NEW", help="the later one, in the same format")
     diff.add_argument(
         "--format",
@@ -334,6 +359,24 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATHS",
         action="append",
         help="fields that never count, such as volatile ones (in_progress,public_urls)",
+    )
+    history = command(
+        "history",
+        "List the snapshots of a store, or what changed of one CVM from snapshot to snapshot.",
+        history_command,
+    )
+    history.add_argument("store", metavar="PATH", help="the database of 'sweep --store PATH'")
+    history.add_argument(
+        "cvm",
+        nargs="?",
+        metavar="CVM_ID",
+        help="a CVM (integer id, VM UUID, name, or the id a sweep was given): its changes",
+    )
+    history.add_argument(
+        "--format",
+        choices=("text", "jsonl"),
+        default="text",
+        help="text: for people (default); jsonl: one JSON object per snapshot or change",
     )
     watch = command(
         "watch",
@@ -455,6 +498,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a usage error argparse already printed
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE if exc.code else EXIT_OK
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded, credentials masked
     redact = Redactor((args.api_key, args.token, os.environ.get(API_KEY_ENV)))
     with logging_to_stderr(args.verbose, redact):
         try:

@@ -10,6 +10,7 @@ import contextlib
 import importlib
 import os
 import signal
+import sys
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -23,6 +24,7 @@ __all__ = [
     "EXIT_FAILED",
     "EXIT_OK",
     "EXIT_REFUSED",
+    "EXIT_STOPPED",
     "EXIT_USAGE",
     "PROG",
     "Stop",
@@ -32,6 +34,7 @@ __all__ = [
     "credential_source",
     "in_option_words",
     "make_client",
+    "masked_command",
     "plural",
     "refused_message",
     "run_command",
@@ -41,6 +44,9 @@ _T = TypeVar("_T")
 
 PROG = "phala-async"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
+#: The sweep stopped before every id was attempted (the API unreachable, stopped early, or
+#: another sweep writing the same output): FILE untouched, FILE.partial kept.
+EXIT_STOPPED = 4
 
 # The client's messages name its arguments; the command line's name its options.
 _OPTION_WORDING = (
@@ -60,6 +66,21 @@ class UsageError(Exception):
 def plural(count: int, noun: str, nouns: str | None = None) -> str:
     """``1 id``, ``2 ids``: the count with its noun agreeing (``nouns`` when not ``noun + s``)."""
     return f"{count} {noun if count == 1 else nouns or noun + 's'}"
+
+
+def masked_command(argv: list[str] | None = None) -> str:
+    """The command line (default ``sys.argv``) as ``phala-async ...``, the values of
+    ``--api-key`` and ``--token`` masked: safe to record and to show to another process."""
+    words, hide = [PROG], False
+    for word in sys.argv[1:] if argv is None else argv:
+        if hide:
+            words.append("***")
+        elif word.startswith(("--api-key=", "--token=")):
+            words.append(word.split("=", 1)[0] + "=***")
+        else:
+            words.append(word)
+        hide = word in ("--api-key", "--token")
+    return " ".join(words)
 
 
 def credential_source(args: argparse.Namespace) -> str:

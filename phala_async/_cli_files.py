@@ -20,6 +20,7 @@ from ._ids import id_key
 
 __all__ = [
     "CSV_HEADER",
+    "ID_COLUMN_NAMES",
     "OutputFile",
     "RecordFile",
     "Resumed",
@@ -67,11 +68,30 @@ def given_ids(args: argparse.Namespace, verb: str, does: str) -> list[str] | Non
     return distinct_ids(args.ids + (read_ids_file(args.ids_file) if args.ids_file else []))
 
 
-def parse_ids(text: str) -> list[str]:
+#: A first line that names the column rather than holding an id (``cut -d, -f1 list.csv``).
+ID_COLUMN_NAMES = frozenset({"cvm_id", "id"})
+
+
+def parse_ids(text: str, source: str = "the ids") -> list[str]:
     """The ids of an ids file: one a line, stripped; blank lines and ``#`` comments skipped (an id
-    never holds ``#``, so a comment may also end a line)."""
-    ids = (line.partition("#")[0].strip() for line in text.splitlines())
-    return [cvm_id for cvm_id in ids if cvm_id]
+    never holds ``#``, so a comment may also end a line). A first line that is exactly a column
+    name of :data:`ID_COLUMN_NAMES` is a CSV header, not an id, and is skipped.
+
+    Raises:
+        UsageError: the text is a sweep output (JSON records, or the CSV header ``sweep``
+            writes), not a list of ids; ``source`` names it in the message.
+    """
+    ids = [line.partition("#")[0].strip() for line in text.splitlines()]
+    ids = [cvm_id for cvm_id in ids if cvm_id]
+    if ids and (ids[0].startswith("{") or ids[0] == CSV_HEADER):
+        raise UsageError(
+            f"{source} is a sweep output, not a list of ids: to continue that sweep, run it again "
+            f"with -o on that file and --resume; to sweep its ids again, take them out first, "
+            f"e.g. jq -r .cvm_id FILE | {PROG} sweep --ids-file -"
+        )
+    if ids and ids[0] in ID_COLUMN_NAMES:
+        del ids[0]
+    return ids
 
 
 def read_ids_file(path: str) -> list[str]:
@@ -83,9 +103,9 @@ def read_ids_file(path: str) -> list[str]:
     """
     try:
         if path == "-":
-            return parse_ids(sys.stdin.read())
+            return parse_ids(sys.stdin.read(), "the ids on stdin")
         with open(path, encoding="utf-8-sig") as file:
-            return parse_ids(file.read())
+            return parse_ids(file.read(), f"the ids file {path!r}")
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(
             f"cannot read the ids file {path!r} ({_reason(exc)}): pass a readable UTF-8 file with "

@@ -29,6 +29,7 @@ __all__ = [
     "Redactor",
     "TableWriter",
     "format_table_row",
+    "json_record",
     "logging_to_stderr",
     "print_cvms",
     "print_error",
@@ -60,7 +61,10 @@ CSV_COLUMNS = (
 )
 #: The columns of ``--format table``, and the widths a streamed table cuts them to (None: any).
 TABLE_COLUMNS = ("CVM_ID", "NAME", "STATUS", "VCPU", "MEMORY_MB", "REGION", "ERROR")
-_STREAMED_WIDTHS = (20, 24, 12, 4, 9, 16, None)
+_STREAMED_WIDTHS = (36, 24, 12, 4, 9, 16, None)
+# Ids are copied from the table into the next command: never cut, only padded (a longer one, such
+# as app_<40 hex>, pushes its row's other cells right).
+_NEVER_CUT = frozenset({"CVM_ID"})
 _RIGHT_ALIGNED = frozenset({"VCPU", "MEMORY_MB"})
 
 
@@ -132,15 +136,26 @@ class _StreamWriter:
         raise NotImplementedError
 
 
+def json_record(result: CvmResult, redact: Redactor) -> bytes:
+    """The JSON line of ``result`` (UTF-8), without its newline: ``{"cvm_id", "ok": true, "cvm":
+    {...}}`` or ``{"cvm_id", "ok": false, "error": {...}}``."""
+    if result.cvm is not None:
+        record = _Record(result.cvm_id, True, cvm=result.cvm)
+    else:
+        record = _Record(result.cvm_id, False, error=_error_info(result, redact))
+    return msgspec.json.encode(record)
+
+
 class JsonLinesWriter(_StreamWriter):
     """``{"cvm_id", "ok": true, "cvm": {...}}`` or ``{"cvm_id", "ok": false, "error": {...}}``."""
 
     def _emit(self, result: CvmResult) -> None:
-        if result.cvm is not None:
-            record = _Record(result.cvm_id, True, cvm=result.cvm)
-        else:
-            record = _Record(result.cvm_id, False, error=_error_info(result, self._redact))
-        self._stream.write(msgspec.json.encode(record).decode() + "\n")
+        self._stream.write(json_record(result, self._redact).decode() + "\n")
+
+    def write_line(self, line: str) -> None:
+        """Write and flush a record already encoded by :func:`json_record`."""
+        self._stream.write(line + "\n")
+        self._stream.flush()
 
 
 def _one_line(text: str) -> str:
@@ -234,12 +249,14 @@ def _fit(text: str, width: int) -> str:
 
 
 def format_table_row(cells: Sequence[str], widths: Sequence[int | None]) -> str:
-    """One line of a table: each cell cut or padded to its width (None: as long as it is), numbers
-    right-aligned, two spaces between columns."""
+    """One line of a table: each cell cut or padded to its width (None: as long as it is), the id
+    never cut, numbers right-aligned, two spaces between columns."""
     parts = []
     for header, cell, width in zip(TABLE_COLUMNS, cells, widths, strict=False):
         if width is None:
             parts.append(cell)
+        elif header in _NEVER_CUT:
+            parts.append(cell.ljust(width))
         elif header in _RIGHT_ALIGNED:
             parts.append(_fit(cell, width).rjust(width))
         else:

@@ -15,24 +15,44 @@ from typing import TextIO
 from ._bulk import CvmResult
 from ._cli_common import plural
 from ._client import ClientStats, PhalaClient
-from ._errors import AuthenticationError, PermissionDeniedError
+from ._errors import (
+    APIConnectionError,
+    APIStatusError,
+    AuthenticationError,
+    PermissionDeniedError,
+    PhalaError,
+)
 from ._models_v2026 import AnyCvm
 
 __all__ = [
     "REDRAW_INTERVAL",
     "ProgressLine",
     "Tally",
+    "fit_line",
     "format_progress",
     "format_summary",
     "refusal",
+    "refuses_credential",
 ]
 
 #: Seconds between two redraws of the progress line.
 REDRAW_INTERVAL = 0.1
 _BAR_WIDTH = 12
 _CLEAR_LINE = "\r\x1b[K"
-# The failures that mean the credential itself was refused, and their status.
-_REFUSED = {"AuthenticationError": 401, "PermissionDeniedError": 403}
+# Words of a 403 that is the API's answer to a bad key rather than "CVM not in workspace".
+_BAD_KEY_WORDS = ("api key", "api-key", "token", "credential", "not authenticated", "unauthorized")
+
+
+def refuses_credential(error: BaseException | None) -> bool:
+    """Whether ``error`` is about the credential, not about one CVM: a 401, or a 403 whose detail
+    is the API's bad-key answer. The API's usual 403, ``CVM not in workspace``, is about that CVM
+    alone (it exists in another workspace) and never counts."""
+    if isinstance(error, AuthenticationError):
+        return True
+    if not isinstance(error, PermissionDeniedError) or not error.detail:
+        return False
+    detail = error.detail.lower()
+    return "workspace" not in detail and any(word in detail for word in _BAD_KEY_WORDS)
 
 
 @dataclass
@@ -44,6 +64,10 @@ class Tally:
         ok: ids fetched.
         failed: ids that failed, by error type.
         skipped: ids already ok in the output being resumed, so not fetched again.
+        bad_key: failed ids with a 403 that is the API's bad-key answer, not ``CVM not in
+            workspace`` (see :func:`refuses_credential`).
+        answered: ids the API answered over HTTP (ok, or an HTTP status error).
+        unreached: failed ids that got no HTTP answer (connection errors, timeouts).
         started: ``time.monotonic()`` when the sweep began.
     """
 
@@ -51,14 +75,24 @@ class Tally:
     ok: int = 0
     failed: Counter[str] = field(default_factory=Counter)
     skipped: int = 0
+    bad_key: int = 0
+    answered: int = 0
+    unreached: int = 0
     started: float = field(default_factory=time.monotonic)
 
     def add(self, result: CvmResult) -> None:
         """Count one finished id."""
-        if result.error is None:
+        error: PhalaError | None = result.error
+        if error is None:
             self.ok += 1
-        else:
-            self.failed[type(result.error).__name__] += 1
+            self.answered += 1
+            return
+        self.failed[type(error).__name__] += 1
+        if isinstance(error, APIStatusError):
+            self.answered += 1
+            self.bad_key += isinstance(error, PermissionDeniedError) and refuses_credential(error)
+        elif isinstance(error, APIConnectionError):
+            self.unreached += 1
 
     @property
     def fetched(self) -> int:
@@ -76,22 +110,26 @@ class Tally:
 
 
 def refusal(tally: Tally, failure: Exception | None = None) -> str | None:
-    """Why the API refused the credential, or None if it did not: a 401/403 ended the sweep, or
-    every id that was asked for failed with one. A 403 alone says only that a CVM is not in the
-    credential's workspace, so 403s count as a refusal only if no id of the sweep is ok, the ids
-    a resumed sweep kept included."""
-    if isinstance(failure, (AuthenticationError, PermissionDeniedError)):
+    """Why the API refused the credential, or None if it did not: a 401 (or the API's bad-key
+    403) ended the sweep, or every id that was asked for failed with 401 or 403, one at least
+    refusing the credential. A 403 ``CVM not in workspace`` says only that the CVM belongs to
+    another workspace: 403s alone are never a refusal (see :func:`refuses_credential`)."""
+    if isinstance(failure, APIStatusError) and refuses_credential(failure):
         try:
             return f"HTTP {failure.status_code} {HTTPStatus(failure.status_code).phrase}"
         except ValueError:
             return f"HTTP {failure.status_code}"
-    refused = {name: tally.failed[name] for name in _REFUSED if tally.failed[name]}
+    if not tally.failed["AuthenticationError"] and not tally.bad_key:
+        return None
+    denied = tally.failed["AuthenticationError"] + tally.failed["PermissionDeniedError"]
     asked = tally.fetched - tally.failed["InvalidCvmIdError"]
-    if not refused or sum(refused.values()) != asked:
+    if denied != asked:
         return None
-    if "AuthenticationError" not in refused and tally.skipped:
-        return None
-    statuses = " or ".join(str(_REFUSED[name]) for name in refused)
+    statuses = " or ".join(
+        status
+        for status, name in (("401", "AuthenticationError"), ("403", "PermissionDeniedError"))
+        if tally.failed[name]
+    )
     return f"HTTP {statuses} for {'the one id' if asked == 1 else f'all {asked} ids'}"
 
 
@@ -154,8 +192,19 @@ class ProgressLine:
     def _draw(self) -> None:
         line = format_progress(self._tally, self._client.stats, self._tally.elapsed())
         width = shutil.get_terminal_size().columns - 1
-        self._stream.write(_CLEAR_LINE + line[:width])
+        self._stream.write(_CLEAR_LINE + fit_line(line, width))
         self._stream.flush()
+
+
+def fit_line(line: str, width: int) -> str:
+    """``line`` cut to ``width`` characters at the end of a word (between two of the progress
+    line's parts when one fits), never mid-word."""
+    if len(line) <= width:
+        return line
+    cut = line.rfind("  ", 0, width + 1)
+    if cut <= 0:
+        cut = line.rfind(" ", 0, width + 1)
+    return line[:cut].rstrip() if cut > 0 else ""
 
 
 def format_summary(

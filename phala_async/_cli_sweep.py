@@ -6,25 +6,40 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import os
 import sys
-from collections.abc import AsyncIterator, Callable, Container, Iterable
+from collections.abc import AsyncIterator, Callable, Container, Iterable, Iterator
 from dataclasses import dataclass, field
 
+from ._bulk import CvmResult
 from ._cli_common import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_REFUSED,
+    EXIT_STOPPED,
     Stop,
     UsageError,
     in_option_words,
     make_client,
+    masked_command,
     plural,
     refused_message,
     run_command,
 )
 from ._cli_files import OutputFile, Resumed, given_ids, id_key, resume_from
-from ._cli_output import RecordWriter, Redactor, print_error, record_writer
+from ._cli_guard import WrongBaseURLError, early_end, unreached
+from ._cli_lock import OutputBusyError, holding
+from ._cli_output import (
+    JsonLinesWriter,
+    NullWriter,
+    RecordWriter,
+    Redactor,
+    json_record,
+    print_error,
+    record_writer,
+)
 from ._cli_progress import ProgressLine, Tally, format_summary, refusal
 from ._cli_summary import save_summary, sweep_summary, sweep_why
 from ._client import ClientStats, PhalaClient
@@ -32,9 +47,11 @@ from ._errors import APIStatusError, DecodeError, PhalaError, subject
 from ._listing import CvmListing
 from ._models import HostedCvm
 from ._models_v2026 import AnyCvm, CvmInfo
+from ._store import SnapshotWriter, StoreError
 
 __all__ = [
     "AlreadyOk",
+    "StoreRecords",
     "SweepReport",
     "describe_failure",
     "exit_status",
@@ -82,19 +99,68 @@ def sweep_command(args: argparse.Namespace, redact: Redactor) -> int:
         raise UsageError("--resume continues the sweep written to -o FILE: give that FILE")
     if args.resume and args.format == "table":
         raise UsageError("--resume reads back jsonl or csv records, not a table")
+    if args.store is not None and args.resume and args.format != "jsonl":
+        raise UsageError("--store with --resume reads back JSON lines: pass --format jsonl")
     client = make_client(args)  # a bad option fails before any file is touched
-    output = OutputFile(args.output) if to_file else None
-    resumed = resume_from(args.output, args.format) if output and args.resume else None
+    command = masked_command(getattr(args, "argv", None))
+    with contextlib.ExitStack() as held:
+        for path, what in ((args.output if to_file else None, "--output"), (args.store, "--store")):
+            if path is None:
+                continue
+            try:
+                held.enter_context(holding(path, what, command))
+            except OutputBusyError as exc:
+                print_error(redact(str(exc)))
+                return EXIT_STOPPED
+            except OSError as exc:
+                raise UsageError(
+                    f"cannot write {what} {path!r} ({exc.strerror or exc}): pick a writable path"
+                ) from exc
+        output = OutputFile(args.output) if to_file else None
+        resumed = resume_from(args.output, args.format) if output and args.resume else None
+        store = _open_store(args.store, command) if args.store is not None else None
+        try:
+            return _sweep(args, redact, client, ids, output, resumed, store)
+        except BaseException:
+            if output is not None:
+                output.keep()
+            if store is not None:
+                store.abandon()
+            raise
+
+
+def _sweep(
+    args: argparse.Namespace,
+    redact: Redactor,
+    client: PhalaClient[AnyCvm],
+    ids: list[str] | None,
+    output: OutputFile | None,
+    resumed: Resumed | None,
+    store: SnapshotWriter | None,
+) -> int:
+    """The sweep itself, its outputs locked; on an exception the caller keeps FILE and abandons
+    the snapshot."""
     if resumed is not None and not args.quiet:
         print(_resuming(resumed), file=sys.stderr)
-    stream = sys.stdout if output is None else output.begin(resumed.lines if resumed else ())
+    kept = resumed.lines if resumed else iter(())
+    if store is not None and resumed is not None and resumed.format is not None:
+        kept = _recorded(kept, store)
+    if output is not None:
+        stream = output.begin(kept)
+    elif store is not None and args.output is None:
+        stream = None  # --store alone: the records go to the store only
+    else:
+        stream = sys.stdout
     # A resumed file has its CSV header already, unless it was empty.
-    writer = record_writer(
-        args.format,
-        stream,
-        redact=redact,
-        header=resumed is None or resumed.format is None,
+    writer: RecordWriter = (
+        NullWriter()
+        if stream is None
+        else record_writer(
+            args.format, stream, redact=redact, header=resumed is None or resumed.format is None
+        )
     )
+    if store is not None:
+        writer = StoreRecords(store, writer, redact)
     tally = Tally()
     already_ok = AlreadyOk(resumed.done if resumed is not None else frozenset(), tally)
     total: Callable[[], int | None] | None = None
@@ -106,22 +172,65 @@ def sweep_command(args: argparse.Namespace, redact: Redactor) -> int:
     else:
         source = [cvm_id for cvm_id in ids if cvm_id not in already_ok]
         tally.total = len(ids)
-    show_progress = shows_progress(args, records_on_stdout=output is None)
+    show_progress = shows_progress(args, records_on_stdout=stream is sys.stdout)
     stop = Stop()
-    try:
-        report = run_command(
-            run_sweep(
-                client, source, tally=tally, total=total, writer=writer, show_progress=show_progress
-            ),
-            stop,
-        )
-    except BaseException:
-        if output is not None:
-            output.keep()
-        raise
+    report = run_command(
+        run_sweep(
+            client, source, tally=tally, total=total, writer=writer, show_progress=show_progress
+        ),
+        stop,
+    )
     if listing is not None:
         report.bad_entries = listing.errors
-    return finish(report, stop, args, redact, output, stale=already_ok.stale())
+    return finish(report, stop, args, redact, output, stale=already_ok.stale(), store=store)
+
+
+def _open_store(path: str, command: str) -> SnapshotWriter:
+    try:
+        return SnapshotWriter(path, command).open()
+    except StoreError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def _recorded(lines: Iterator[str], store: SnapshotWriter) -> Iterator[str]:
+    """``lines`` as they are, each record among them also queued for the store."""
+    for line in lines:
+        if line.lstrip().startswith("{"):
+            store.add_line(line)
+        yield line
+
+
+class StoreRecords:
+    """A :class:`RecordWriter` that queues each record for a store's snapshot, then hands the
+    result to the next writer (the output's)."""
+
+    def __init__(self, store: SnapshotWriter, then: RecordWriter, redact: Redactor) -> None:
+        self._store = store
+        self._then = then
+        self._redact = redact
+
+    def write(self, result: CvmResult) -> None:
+        """Queue the record of ``result``, then write it with the next writer."""
+        cvm = result.cvm
+        cvm_id = str(result.cvm_id)
+        if cvm is not None:
+            # An integer id is its own normalised form: the identity record_identity gives.
+            identity, vm_uuid, name = str(cvm.id), cvm.vm_uuid, cvm.name
+        else:
+            identity, vm_uuid, name = id_key(cvm_id), None, None
+        encoded = json_record(result, self._redact)
+        self._store.add(
+            encoded,
+            cvm_id=cvm_id,
+            ok=cvm is not None,
+            cvm=identity,
+            vm_uuid=vm_uuid,
+            name=name,
+        )
+        if isinstance(self._then, JsonLinesWriter):
+            self._then.write_line(encoded.decode())  # encoded once for both
+        else:
+            self._then.write(result)
 
 
 def shows_progress(args: argparse.Namespace, *, records_on_stdout: bool) -> bool:
@@ -213,6 +322,9 @@ async def run_sweep(
                     tally.add(result)
                     if tally.total is None and total is not None:
                         tally.total = total()
+                    failure = early_end(tally, result, client.base_url)
+                    if failure is not None:
+                        break  # leaving the block stops the stream and its requests
         except asyncio.CancelledError:
             uncancel()  # the stream is closed; finish normally so the summary gets printed
             interrupted = True
@@ -237,13 +349,15 @@ def uncancel() -> None:
 
 
 def exit_status(report: SweepReport, stop: Stop) -> int:
-    """130/143 interrupted, 3 the credential refused, 1 an id failed or the sweep ended early,
-    0 every id ok."""
+    """130/143 interrupted, 3 the credential refused, 4 the sweep stopped before every id was
+    attempted or no id got an answer from the API, 1 an id failed, 0 every id ok."""
     if report.interrupted:
         return stop.exit_status
     if refusal(report.tally, report.failure) is not None:
         return EXIT_REFUSED
-    if report.failure is not None or report.tally.failed or report.bad_entries:
+    if report.failure is not None or unreached(report.tally):
+        return EXIT_STOPPED
+    if report.tally.failed or report.bad_entries:
         return EXIT_FAILED
     return EXIT_OK
 
@@ -252,7 +366,8 @@ def describe_failure(failure: Exception) -> str:
     """Why the sweep stopped early, in words that read well after ``the sweep stopped early:``."""
     if isinstance(failure, PhalaError):
         reason = in_option_words(str(failure).removeprefix(f"{subject(None)}: "))
-        if isinstance(failure, APIStatusError) and failure.cvm_id is None:
+        listing = not isinstance(failure, WrongBaseURLError)
+        if isinstance(failure, APIStatusError) and failure.cvm_id is None and listing:
             return f"listing the workspace failed with {reason}"
         return reason
     if isinstance(failure, OSError):
@@ -263,8 +378,9 @@ def describe_failure(failure: Exception) -> str:
 def file_note(output: OutputFile, *, replaced: bool, failed: int) -> str:
     """Where the records are, and what to run next."""
     if not replaced:
+        untouched = "was left as it was" if os.path.exists(output.path) else "was not written"
         return (
-            f"{output.path} was left as it was; the records so far are in {output.partial}: run "
+            f"{output.path} {untouched}; the records so far are in {output.partial}: run "
             f"the same command with --resume to continue."
         )
     if failed:
@@ -283,13 +399,16 @@ def finish(
     output: OutputFile | None,
     *,
     stale: frozenset[str] = frozenset(),
+    store: SnapshotWriter | None = None,
 ) -> int:
-    """Replace ``--output`` if the sweep finished every id (some may have failed), without the
-    ``stale`` records of an earlier run; print what happened; return the exit status."""
+    """Replace ``--output`` and record the ``--store`` snapshot if the sweep finished every id
+    (some may have failed), without the ``stale`` records of an earlier run; print what
+    happened; return the exit status."""
     status = exit_status(report, stop)
+    finished = status in (EXIT_OK, EXIT_FAILED)
     replaced = False
     if output is not None:
-        if status in (EXIT_OK, EXIT_FAILED) and report.failure is None:
+        if finished:
             try:
                 output.commit(drop=stale)
                 replaced = True
@@ -298,6 +417,9 @@ def finish(
                 status = EXIT_FAILED
         else:
             output.keep()
+    snapshot = _record_snapshot(store, report, status) if store is not None and finished else None
+    if store is not None and snapshot is None:
+        store.abandon()
     print_outcome(report, args, redact)
     if not args.quiet:
         summary = format_summary(
@@ -310,7 +432,15 @@ def finish(
             summary += " " + file_note(
                 output, replaced=replaced, failed=report.tally.failed.total()
             )
+        if store is not None:
+            summary += (
+                f" Recorded as snapshot {snapshot} in {store.path}."
+                if snapshot is not None
+                else f" Nothing was recorded in {store.path}."
+            )
         print(summary, file=sys.stderr)
+    if store is not None and snapshot is None and finished:
+        status = EXIT_FAILED
     if getattr(args, "summary_json", None):  # (not an option of demo)
         why = sweep_why(
             status,
@@ -324,6 +454,17 @@ def finish(
         )
         status = save_summary(args.summary_json, summary_json, status)
     return status
+
+
+def _record_snapshot(store: SnapshotWriter, report: SweepReport, status: int) -> int | None:
+    tally = report.tally
+    try:
+        return store.commit(
+            status, ids=tally.done, ok=tally.ok + tally.skipped, failed=tally.failed.total()
+        )
+    except StoreError as exc:
+        print_error(str(exc))
+        return None
 
 
 def _stopped(report: SweepReport, stop: Stop) -> str | None:

@@ -32,6 +32,7 @@ from ._cli_progress import Tally, refusal
 from ._cli_summary import WATCH_KINDS, save_summary, watch_summary, watch_why
 from ._cli_sweep import describe_failure
 from ._client import PhalaClient
+from ._diff import check_field_paths
 from ._errors import AuthenticationError, PhalaError, subject
 from ._models_v2026 import AnyCvm
 from ._watch import CvmEvent, CvmWatch
@@ -55,6 +56,7 @@ def watch_command(args: argparse.Namespace, redact: Redactor) -> int:
     fields = None
     if args.fields is not None:  # --fields a,b --fields c: [a, b, c]
         fields = [name for value in args.fields for name in re.split(r"[,\s]+", value) if name]
+        check_field_paths(fields)  # a misspelt path exits 2 with a suggestion
     client = make_client(args)
     # An unknown field raises ConfigurationError here, before anything is sent (exit status 2).
     watch = client.watch_cvms(ids, interval=args.interval, fields=fields, initial=args.initial)

@@ -66,6 +66,7 @@ __all__ = [
     "describe",
     "error_for_status",
     "subject",
+    "with_tls_hint",
 ]
 
 
@@ -221,8 +222,8 @@ class APIConnectionError(PhalaError):
     or a body cut short. The message names the host and port and says why.
 
     Attributes:
-        no_answer: nothing came back at all: the connection could not be made, or the attempt
-            timed out before any answer (as opposed to a connection closed mid-answer or an
+        no_answer: nothing came back at all: the connection could not be made, was closed
+            before any answer, or the attempt timed out (as opposed to a body cut short or an
             answer that was not HTTP).
     """
 
@@ -262,6 +263,17 @@ class APITLSError(APIConnectionError):
     """The TLS connection could not be set up (the certificate was not trusted, names another
     host, or the handshake failed). Never retried: asking again would fail the same way. The
     message carries the reason OpenSSL gave and the fix."""
+
+
+def with_tls_hint(reason: str) -> str:
+    """A TLS handshake failure's ``reason`` with its likely cause when OpenSSL's words do not say
+    it: ``wrong version number`` is most often an https URL to a server that speaks plain http."""
+    if "wrong version number" in reason.lower():
+        return (
+            f"{reason} (the server likely speaks plain http, not https: check the scheme of the "
+            f"base URL)"
+        )
+    return reason
 
 
 class APIUnreachableError(APIConnectionError):

@@ -29,6 +29,7 @@ from ._errors import (
     PhalaError,
     ResponseTooLargeError,
     subject,
+    with_tls_hint,
 )
 
 __all__ = ["NEW", "POOLED", "REUSED", "WANT_NEW", "Answer", "Exchange", "host_and_port"]
@@ -113,6 +114,11 @@ class Exchange:
             self._via = {"headers": headers, "proxy": proxy.url}
             if proxy.authorization is not None:
                 self._via["proxy_headers"] = {"Proxy-Authorization": proxy.authorization}
+
+    @property
+    def base_url(self) -> str:
+        """The API prefix requests go to."""
+        return self._base_url
 
     @property
     def where(self) -> str:
@@ -278,8 +284,8 @@ class Exchange:
                 cvm_id=cvm_id,
             ), None
         if isinstance(exc, aiohttp.ServerDisconnectedError):
-            return APIConnectionError(
-                f"{who}: {where}{route} closed the connection without answering", cvm_id=cvm_id
+            return _no_answer(
+                f"{who}: {where}{route} closed the connection without answering", cvm_id
             ), exc
         return APIConnectionError(
             f"{who}: the connection to {where}{route} failed: {_why(exc)}", cvm_id=cvm_id
@@ -389,7 +395,7 @@ def _why(error: BaseException) -> str:
     if isinstance(error, ssl.SSLError) and error.reason:
         # "[SSL: WRONG_VERSION_NUMBER] wrong version number (_ssl.c:1006)" -> the middle.
         text = str(error.args[1]) if len(error.args) > 1 else str(error)
-        return text.split("] ", 1)[-1].rsplit(" (_ssl.c", 1)[0]
+        return with_tls_hint(text.split("] ", 1)[-1].rsplit(" (_ssl.c", 1)[0])
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
     return str(error) or type(error).__name__

@@ -275,13 +275,12 @@ class Pipeline:
     def _unreachable(
         self, error: APIConnectionError, cvm_id: str | int | None, made: int
     ) -> APIUnreachableError:
-        where = self.exchange.where
-        host, _, port = where.rpartition(":")
+        host, _, port = self.exchange.where.rpartition(":")
         reason = error.message.removeprefix(subject(cvm_id) + ": ")
         return APIUnreachableError(
-            f"{subject(cvm_id)}: the API at {where} has not answered any request ({reason}); "
-            "stopped rather than fail every id one by one. Check the base URL, the network or "
-            "proxy, and that the API is up, then run again",
+            f"{subject(cvm_id)}: no answer from the API at {self.exchange.base_url} to any "
+            f"request ({reason}); stopped rather than fail every id one by one: check that it "
+            "is up and reachable from here, and the base URL",
             host=host.strip("[]"),
             port=int(port) if port.isdigit() else None,
             reason=reason,

@@ -285,16 +285,16 @@ def test_all_sweeps_exactly_the_workspace(
     assert f"Swept {CVMS} ids" in capsys.readouterr().err
 
 
-def test_a_listing_that_fails_midway_keeps_page_one_in_the_partial_file_and_exits_1(
+def test_a_listing_that_fails_midway_keeps_page_one_in_the_partial_file_and_exits_4(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """If page 2 of the workspace fails, FILE is not written, page 1's records are in
-    FILE.partial, the message names the listing, and it exits 1."""
+    FILE.partial, the message names the listing, and it exits 4 (stopped early)."""
     output = tmp_path / "cvms.jsonl"
     with simulator_thread(cvms=150, api_key=SECRET_KEY) as simulator:
         simulator.script("paginated", Fault.OK, Fault.HTTP_500)
         code = run(simulator, "--max-attempts", "1", "sweep", "--all", "-o", str(output))
-    assert code == 1
+    assert code == 4
     assert not output.exists()
     records = jsonl((tmp_path / "cvms.jsonl.partial").read_text())
     assert sorted(record["cvm"]["id"] for record in records) == list(range(1, 101))
@@ -638,9 +638,13 @@ def test_help_shows_every_command_and_examples(capsys: pytest.CaptureFixture[str
     out = capsys.readouterr().out
     for text in ("get", "sweep", "diff", "serve", "demo", "PHALA_CLOUD_API_KEY", "examples:"):
         assert text in out
-    statuses = [line.strip() for line in out.partition("exit status:\n")[2].splitlines()]
-    assert [line.split()[0] for line in statuses] == ["0", "1", "2", "3", "130"]
-    assert "3    the API refused the credential (401/403 for the whole sweep)" in statuses
+    lines = [line.strip() for line in out.partition("exit status:\n")[2].splitlines()]
+    statuses = [line for line in lines if line[:1].isdigit()]
+    assert [line.split()[0] for line in statuses] == ["0", "1", "2", "3", "4", "130"]
+    assert "3    the API refused the credential (401); a 403 is about one CVM: exit 1" in statuses
+    assert "4    the sweep stopped before every id was attempted (the API unreachable, a" in (
+        statuses
+    )
     assert "143 stopped by SIGTERM" in statuses[-1]
 
 

@@ -11,18 +11,13 @@ from typing import Any
 import pytest
 from cli_support import jsonl
 
+from phala_async import CvmDifference, FieldChange, diff_snapshots
 from phala_async._cli import main
-from phala_async._cli_diff import (
-    Difference,
-    FieldChange,
-    compare,
-    field_changes,
-    flatten,
-    format_jsonl,
-    format_text,
-    selects,
-)
-from phala_async._cli_files import CSV_HEADER, StoredRecord, id_key
+from phala_async._cli_diff import format_jsonl, format_text
+from phala_async._cli_files import CSV_HEADER
+from phala_async._diff import field_changes, flatten, selects
+
+Difference = CvmDifference
 
 CVM: dict[str, Any] = {
     "id": 5,
@@ -48,6 +43,9 @@ def cvm(**changes: Any) -> dict[str, Any]:
 
 
 def ok_line(cvm_id: str, document: dict[str, Any]) -> str:
+    """An ok record; an integer id is also the CVM's own ``id``, as the API answers."""
+    if cvm_id.isdigit():
+        document = {**document, "id": int(cvm_id)}
     return json.dumps({"cvm_id": cvm_id, "ok": True, "cvm": document}) + "\n"
 
 
@@ -55,13 +53,15 @@ def failed_line(cvm_id: str) -> str:
     return json.dumps({"cvm_id": cvm_id, "ok": False, "error": ERROR}) + "\n"
 
 
-def records(*lines: str) -> dict[str, StoredRecord]:
-    """Records keyed as the command keys them, from JSON lines."""
-    parsed = [json.loads(line) for line in lines]
-    return {
-        id_key(p["cvm_id"]): StoredRecord(id_key(p["cvm_id"]), p["cvm_id"], p["ok"], line)
-        for p, line in zip(parsed, lines, strict=True)
-    }
+def records(*lines: str) -> list[dict[str, Any]]:
+    """The records of JSON lines, as ``json.loads`` gives them."""
+    return [json.loads(line) for line in lines]
+
+
+def compare(
+    old: list[dict[str, Any]], new: list[dict[str, Any]], *_: str, **options: Any
+) -> list[CvmDifference]:
+    return diff_snapshots(old, new, **options)
 
 
 # -- the comparison, without files -------------------------------------------------------------
@@ -140,8 +140,8 @@ def test_compare_reports_each_kind_of_difference() -> None:
         Difference("added", "5", "fresh"),
         Difference("removed", "2", "gone"),
         Difference("changed", "10", "web-5", (FieldChange("status", "running", "stopped"),)),
-        Difference("failed", "3", side="new", error=ERROR),
-        Difference("failed", "4", side="old", error=ERROR),
+        Difference("failed", "3", "web-5", side="new", error=ERROR),  # named by the ok side
+        Difference("failed", "4", "web-5", side="old", error=ERROR),
     ]
 
 

@@ -22,14 +22,15 @@ def test_ca_file_lets_a_sweep_trust_a_private_ca(tmp_path: Path) -> None:
 def test_an_untrusted_certificate_stops_the_sweep_and_names_the_option(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Without ``--ca-file``, the sweep stops after one request, and the message says what the
-    certificate failure was and to pass ``--ca-file``."""
+    """Without ``--ca-file``, the sweep stops after one request with exit 4 (stopped before every
+    id was attempted), and the message says what the certificate failure was and to pass
+    ``--ca-file``."""
     output = tmp_path / "out.jsonl"
     with simulator_thread(cvms=5, tls=True, api_key=SECRET_KEY) as sim:
         status = run(sim, "sweep", "1", "2", "3", "-o", str(output))
         connections = sim.connections
     err = capsys.readouterr().err
-    assert status == 1
+    assert status == 4
     assert "certificate of 127.0.0.1" in err
     assert "not trusted: unable to get local issuer certificate" in err
     assert "--ca-file" in err

@@ -63,13 +63,13 @@ def status_error(cls: type[Any], status: int) -> Any:
     [
         (report(ok=3), None, 0),
         (report(ok=2, failed={"NotFoundError": 1}), None, 1),
-        (report(ok=2, failure=status_error(InternalServerError, 500)), None, 1),
-        (report(ok=2, failure=APIConnectionError("TLS handshake failed")), None, 1),
+        (report(ok=2, failure=status_error(InternalServerError, 500)), None, 4),
+        (report(ok=2, failure=APIConnectionError("TLS handshake failed")), None, 4),
         (report(ok=2, failure=status_error(AuthenticationError, 401)), None, 3),
-        (report(failure=status_error(PermissionDeniedError, 403)), None, 3),
+        (report(failure=status_error(PermissionDeniedError, 403)), None, 4),
         (report(failed={"AuthenticationError": 5}), None, 3),
         (report(failed={"AuthenticationError": 2, "PermissionDeniedError": 3}), None, 3),
-        (report(failed={"PermissionDeniedError": 2, "InvalidCvmIdError": 1}), None, 3),
+        (report(failed={"PermissionDeniedError": 2, "InvalidCvmIdError": 1}), None, 1),
         (report(failed={"AuthenticationError": 2, "NotFoundError": 1}), None, 1),
         (report(ok=1, failed={"PermissionDeniedError": 2}), None, 1),
         (report(skipped=2, failed={"PermissionDeniedError": 1}), None, 1),
@@ -115,8 +115,12 @@ def test_a_failed_listing_is_described_without_the_word_request() -> None:
     )
 
 
-def test_file_note_says_where_the_records_are_and_what_to_run_next() -> None:
+def test_file_note_says_where_the_records_are_and_what_to_run_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The note names FILE when replaced, FILE.partial and --resume when not."""
+    monkeypatch.chdir(tmp_path)
+    Path("cvms.jsonl").write_bytes(GOOD)
     output = OutputFile("cvms.jsonl")
     assert file_note(output, replaced=True, failed=0) == "The records are in cvms.jsonl."
     assert file_note(output, replaced=True, failed=1) == (
@@ -125,6 +129,16 @@ def test_file_note_says_where_the_records_are_and_what_to_run_next() -> None:
     assert file_note(output, replaced=False, failed=0) == (
         "cvms.jsonl was left as it was; the records so far are in cvms.jsonl.partial: run the same "
         "command with --resume to continue."
+    )
+
+
+def test_file_note_does_not_say_left_as_it_was_of_a_file_that_never_existed(
+    tmp_path: Path,
+) -> None:
+    """With no FILE before the sweep, the note says it was not written."""
+    output = OutputFile(str(tmp_path / "day2.jsonl"))
+    assert file_note(output, replaced=False, failed=0).startswith(
+        f"{tmp_path / 'day2.jsonl'} was not written; the records so far are in "
     )
 
 
@@ -176,12 +190,20 @@ def test_a_credential_refused_for_the_listing_exits_3(
     assert "request:" not in err
 
 
-def test_403_for_every_id_exits_3(
+def test_403_for_every_id_exits_1_each_naming_its_cvm(
     served: PhalaSimulator, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Ids that all answer 403 (another workspace's) mean the credential is refused for them."""
-    assert run(served, "sweep", "31", "32") == 3
-    assert "(HTTP 403 for all 2 ids)" in capsys.readouterr().err
+    """Ids that all answer 403 are CVMs of another workspace, never a refused key: exit 1, and
+    each record names its CVM and 'not in workspace'."""
+    assert run(served, "sweep", "31", "32") == 1
+    out, err = capsys.readouterr()
+    assert "refused" not in err
+    errors = {record["cvm_id"]: record["error"] for record in jsonl(out)}
+    assert sorted(errors) == ["31", "32"]
+    for cvm_id, error in errors.items():
+        assert error["type"] == "PermissionDeniedError"
+        assert f"CVM '{cvm_id}'" in error["message"]
+        assert "not in workspace" in error["message"]
 
 
 def test_a_sweep_the_engine_ends_with_a_401_keeps_its_records_in_the_partial_file(

@@ -316,7 +316,7 @@ def test_ctrl_c_ends_the_watch_with_130_and_its_summary(
         (["watch", "--ids-file", os.devnull], f"no ids in {os.devnull}"),
         (
             ["watch", "1", "--fields", "status,statuss"],
-            "['statuss'] are not CvmDetail or CvmInfo fields",
+            "'statuss' is not a field of a CVM: did you mean 'status'?",
         ),
         (["watch", "1", "--rounds", "0"], "--rounds: must be > 0"),
         (["watch", "1", "--interval", "0"], "--interval: must be > 0"),

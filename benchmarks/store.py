@@ -1,0 +1,142 @@
+"""``python -m benchmarks.store``: what ``sweep --store`` costs, as users run it.
+
+Two figures, each against the shipped simulator (``phala-async serve`` in its own process) with
+ids as strings from a file, the command line end to end (process start included):
+
+- wall and CPU time: ``sweep --ids-file ids.txt -o FILE`` (A) against the same plus ``--store``
+  into a fresh database (B: the first snapshot, every record new, the dearest case) and into a
+  database that already holds the fleet (C: the nightly case, an unchanged fleet), in rounds of
+  A, B, C with the order rotating; the median of each and of the per-round ratios to A;
+- size: the database after one snapshot, and after a second snapshot of the unchanged fleet.
+
+Targets (issue 16): recording adds under 10% to the sweep's wall time; the unchanged second
+snapshot grows the database by under 10% of the first. Measured and printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+TIMEOUT = 600.0
+
+
+@contextmanager
+def simulator(cvms: int) -> Iterator[tuple[str, str]]:
+    """``phala-async serve`` on a free port: its base URL and key."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "phala_async", "serve", "--port", "0", "--cvms", str(cvms)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        text = ""
+        while "API key:" not in text:
+            line = process.stdout.readline()
+            if not line:
+                raise RuntimeError("the simulator did not start")
+            text += line
+        base_url = re.search(r"base URL: (\S+)", text)
+        api_key = re.search(r"API key:\s+(\S+)", text)
+        assert base_url
+        assert api_key
+        yield base_url.group(1), api_key.group(1)
+    finally:
+        process.terminate()
+        process.wait(TIMEOUT)
+
+
+def sweep(base_url: str, api_key: str, *args: str) -> tuple[float, float]:
+    """Wall and CPU (user + system) seconds of one ``phala-async sweep`` process; fails unless
+    it exits 0."""
+    command = [sys.executable, "-m", "phala_async", "--base-url", base_url, "--quiet", "sweep"]
+    env = {**os.environ, "PHALA_CLOUD_API_KEY": api_key}
+    cpu_before = _children_cpu()
+    started = time.perf_counter()
+    done = subprocess.run(
+        [*command, *args], env=env, capture_output=True, text=True, timeout=TIMEOUT, check=False
+    )
+    elapsed = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"sweep exited {done.returncode}: {done.stderr}")
+    return elapsed, _children_cpu() - cpu_before
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def size(path: Path) -> int:
+    """Bytes of an SQLite database and its WAL, if one is left."""
+    wal = Path(f"{path}-wal")
+    return path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.store", description=__doc__)
+    parser.add_argument("--ids", type=int, default=10_000, help="CVMs and ids (default 10000)")
+    parser.add_argument("--runs", type=int, default=5, help="A/B pairs (default 5)")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as scratch, simulator(args.ids) as (base_url, key):
+        work = Path(scratch)
+        ids = work / "ids.txt"
+        ids.write_text("".join(f"{cvm_id}\n" for cvm_id in range(1, args.ids + 1)))
+        common = ["--ids-file", str(ids), "-o", str(work / "cvms.jsonl")]
+        sweep(base_url, key, *common)  # warm up: imports compiled, the simulator's pages cached
+        nightly = work / "nightly.db"
+        sweep(base_url, key, *common, "--store", str(nightly))  # the first night's snapshot
+        runs: dict[str, list[tuple[float, float]]] = {"A": [], "B": [], "C": []}
+        for run in range(args.runs):
+            kinds = [
+                ("A", common),
+                ("B", [*common, "--store", str(work / f"fresh{run}.db")]),
+                ("C", [*common, "--store", str(nightly)]),
+            ]
+            shift = run % len(kinds)  # each kind goes first, second and third in turn
+            for label, extra in kinds[shift:] + kinds[:shift]:
+                runs[label].append(sweep(base_url, key, *extra))
+
+        database = work / "growth.db"
+        sweep(base_url, key, *common, "--store", str(database))
+        first = size(database)
+        sweep(base_url, key, *common, "--store", str(database))
+        second = size(database)
+
+    print(f"sweep of {args.ids} ids, {args.runs} rounds of A, B, C (order rotating), medians:")
+    names = {
+        "A": "-o FILE",
+        "B": "-o FILE --store NEW.db (first snapshot)",
+        "C": "-o FILE --store DB (an unchanged fleet's next snapshot)",
+    }
+    for label, name in names.items():
+        wall = statistics.median(run[0] for run in runs[label])
+        cpu = statistics.median(run[1] for run in runs[label])
+        print(f"  {label}  wall {wall:.3f} s, CPU {cpu:.3f} s   {name}")
+    for label in ("B", "C"):
+        pairs = list(zip(runs["A"], runs[label], strict=True))
+        wall = 100 * (statistics.median(b[0] / a[0] for a, b in pairs) - 1)
+        cpu = 100 * (statistics.median(b[1] / a[1] for a, b in pairs) - 1)
+        print(f"  {label} against A: {wall:+.1f}% wall (target < 10%), {cpu:+.1f}% CPU")
+    growth = 100 * (second - first) / first
+    print(f"database after one snapshot: {first:,} bytes; after a second, unchanged: {second:,}")
+    print(
+        f"  growth {growth:.1f}% of the first ({(second - first) / args.ids:.0f} bytes per CVM; "
+        f"target < 10%)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

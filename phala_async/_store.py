@@ -1,0 +1,454 @@
+"""History in SQLite: ``sweep --store PATH`` records each sweep as a snapshot, ``history`` lists
+them, ``diff PATH@N`` reads one back.
+
+The schema (``PRAGMA user_version`` is :data:`SCHEMA_VERSION`)::
+
+    snapshots         one row per recorded sweep: id (N of PATH@N), started_at, finished_at
+                      (UTC, RFC 3339), exit_status, ids, ok, failed, command
+    records           each distinct record once, by content: hash (SHA-256 of record, 16 bytes), cvm
+                      (the CVM's identity: its integer id when fetched, else the normalised id),
+                      cvm_id (as given), ok, vm_uuid, name, record (the JSON line ``sweep``
+                      writes)
+    snapshot_records  which records make up which snapshot: (snapshot, hash)
+
+A snapshot of an unchanged fleet adds a row to ``snapshots`` and one small row per CVM to
+``snapshot_records``; the records themselves are stored once. Each snapshot is written in one
+transaction, committed only by a sweep that attempted every id: a sweep that was refused,
+stopped early or killed records nothing, and the database stays as it was.
+
+SQLite is driven from a thread of its own (:class:`SnapshotWriter`), fed by a queue, so the event
+loop of the sweep never waits on the disk. The database is in WAL mode: ``history`` and ``diff``
+read it while a sweep writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import queue
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+import msgspec
+
+from ._ids import id_key
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "SnapshotInfo",
+    "SnapshotWriter",
+    "StoreError",
+    "StoredRow",
+    "cvm_history",
+    "is_store",
+    "list_snapshots",
+    "record_identity",
+    "rows_as_records",
+    "snapshot_records",
+    "split_snapshot_ref",
+]
+
+#: The schema version this code writes and reads (``PRAGMA user_version``).
+SCHEMA_VERSION = 1
+_SQLITE_MAGIC = b"SQLite format 3\0"
+# Records handed to the writer thread at a time. Large on purpose: while the thread inserts, it
+# takes the interpreter lock from the event loop row by row (measured: interleaving them costs
+# more CPU than it hides), so a sweep of up to this many ids is inserted after its last answer;
+# memory stays bounded by one batch.
+_BATCH = 50_000
+_BUSY_MS = 5000  # how long a reader waits for a checkpoint or a writer to let go
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS snapshots (
+    id INTEGER PRIMARY KEY,
+    started_at TEXT NOT NULL,
+    finished_at TEXT NOT NULL,
+    exit_status INTEGER NOT NULL,
+    ids INTEGER NOT NULL,
+    ok INTEGER NOT NULL,
+    failed INTEGER NOT NULL,
+    command TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS records (
+    hash BLOB NOT NULL UNIQUE,
+    cvm TEXT NOT NULL,
+    cvm_id TEXT NOT NULL,
+    ok INTEGER NOT NULL,
+    vm_uuid TEXT,
+    name TEXT,
+    record TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS snapshot_records (
+    snapshot INTEGER NOT NULL REFERENCES snapshots (id),
+    hash BLOB NOT NULL,
+    PRIMARY KEY (snapshot, hash)
+) WITHOUT ROWID;
+"""
+
+
+class StoreError(Exception):
+    """The database cannot be used: unreadable, not a store, a newer schema, a missing snapshot.
+    The message says which and what to do."""
+
+
+class SnapshotInfo(NamedTuple):
+    """One recorded sweep.
+
+    Attributes:
+        number: N, as ``PATH@N`` names it (1 is the first).
+        started_at: when the sweep began (UTC, RFC 3339).
+        finished_at: when it was recorded.
+        exit_status: the sweep's exit status (0 or 1: only those are recorded).
+        ids: records in the snapshot.
+        ok: CVMs fetched.
+        failed: ids that failed.
+        command: the command line that ran it, credentials masked.
+    """
+
+    number: int
+    started_at: str
+    finished_at: str
+    exit_status: int
+    ids: int
+    ok: int
+    failed: int
+    command: str
+
+
+class StoredRow(NamedTuple):
+    """One record of a snapshot, as stored: its identity and the JSON line."""
+
+    cvm: str
+    record: str
+
+
+def is_store(path: str) -> bool:
+    """Whether ``path`` is an SQLite database (by its first 16 bytes)."""
+    try:
+        with open(path, "rb") as file:
+            return file.read(len(_SQLITE_MAGIC)) == _SQLITE_MAGIC
+    except OSError:
+        return False
+
+
+def split_snapshot_ref(text: str) -> tuple[str, str] | None:
+    """``PATH@N`` or ``PATH@latest`` as ``(PATH, N or "latest")`` when PATH is a store; else None
+    (a plain file, whose name may hold an ``@``)."""
+    path, at, which = text.rpartition("@")
+    if not at or not path or not (which == "latest" or which.isdigit()):
+        return None
+    return (path, which) if is_store(path) else None
+
+
+def record_identity(record: Mapping[str, Any]) -> str:
+    """Which CVM a sweep record is about: the CVM's own integer id when it was fetched (the same
+    whichever form of id the sweep was given), else the normalised id it was given."""
+    cvm = record.get("cvm")
+    if record.get("ok") and isinstance(cvm, Mapping) and cvm.get("id") is not None:
+        return id_key(str(cvm["id"]))
+    return id_key(str(record.get("cvm_id")))
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _connect(path: str, *, create: bool) -> sqlite3.Connection:
+    if not create and not is_store(path):
+        raise StoreError(
+            f"{path} is not a snapshot store: pass the database a 'sweep --store' created"
+        )
+    try:
+        connection = sqlite3.connect(path, timeout=_BUSY_MS / 1000, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open the store {path} ({exc}): pick a writable path") from exc
+    try:
+        version = connection.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{path} has schema version {version}; this phala-async reads up to "
+                f"{SCHEMA_VERSION}: upgrade phala-async"
+            )
+        if create and version < SCHEMA_VERSION:
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.executescript(_SCHEMA)
+            connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        elif version == 0:
+            raise StoreError(f"{path} holds no snapshot yet: record one with 'sweep --store'")
+    except sqlite3.DatabaseError as exc:
+        connection.close()
+        raise StoreError(f"{path} is not a usable snapshot store ({exc})") from exc
+    except StoreError:
+        connection.close()
+        raise
+    return connection
+
+
+def list_snapshots(path: str) -> list[SnapshotInfo]:
+    """Every snapshot of the store at ``path``, the first first.
+
+    Raises:
+        StoreError: not a store, or unreadable.
+    """
+    connection = _connect(path, create=False)
+    try:
+        rows = connection.execute(
+            "SELECT id, started_at, finished_at, exit_status, ids, ok, failed, command "
+            "FROM snapshots ORDER BY id"
+        ).fetchall()
+    finally:
+        connection.close()
+    return [SnapshotInfo(*row) for row in rows]
+
+
+def snapshot_records(path: str, which: str) -> tuple[SnapshotInfo, list[StoredRow]]:
+    """Snapshot ``which`` (its number, or ``latest``) of the store at ``path`` and its records.
+
+    Raises:
+        StoreError: not a store, or no such snapshot.
+    """
+    snapshots = list_snapshots(path)
+    if not snapshots:
+        raise StoreError(f"{path} holds no snapshot yet: record one with 'sweep --store'")
+    if which == "latest":
+        info = snapshots[-1]
+    else:
+        found = [info for info in snapshots if info.number == int(which)]
+        if not found:
+            raise StoreError(
+                f"{path} has no snapshot {which}: it holds 1 to {snapshots[-1].number} "
+                f"(see 'phala-async history {path}')"
+            )
+        info = found[0]
+    connection = _connect(path, create=False)
+    try:
+        rows = connection.execute(
+            "SELECT r.cvm, r.record FROM snapshot_records AS s JOIN records AS r "
+            "ON r.hash = s.hash WHERE s.snapshot = ?",
+            (info.number,),
+        ).fetchall()
+    finally:
+        connection.close()
+    return info, [StoredRow(*row) for row in rows]
+
+
+def cvm_history(path: str, cvm_id: str) -> list[tuple[SnapshotInfo, StoredRow | None]]:
+    """What snapshot after snapshot said of one CVM (by its integer id, VM UUID, name, or the id a
+    sweep was given): a row per snapshot, None where the snapshot has no record of it.
+
+    Raises:
+        StoreError: not a store, or no snapshot knows that CVM.
+    """
+    key = id_key(cvm_id)
+    snapshots = list_snapshots(path)
+    connection = _connect(path, create=False)
+    try:
+        identities = {
+            row[0]
+            for row in connection.execute(
+                "SELECT DISTINCT cvm FROM records WHERE cvm = ? OR cvm_id = ? OR name = ? "
+                "OR replace(vm_uuid, '-', '') = ?",
+                (key, cvm_id, cvm_id, key.replace("-", "")),
+            )
+        }
+        if not identities:
+            raise StoreError(
+                f"no snapshot of {path} has a record of CVM {cvm_id!r}: pass its integer id, "
+                f"VM UUID or name as a sweep recorded it"
+            )
+        marks = ",".join("?" * len(identities))
+        rows = connection.execute(
+            f"SELECT s.snapshot, r.cvm, r.record FROM snapshot_records AS s "  # noqa: S608 - only ? marks
+            f"JOIN records AS r ON r.hash = s.hash WHERE r.cvm IN ({marks})",
+            tuple(identities),
+        ).fetchall()
+    finally:
+        connection.close()
+    by_snapshot = {number: StoredRow(cvm, record) for number, cvm, record in rows}
+    return [(info, by_snapshot.get(info.number)) for info in snapshots]
+
+
+# hash, cvm, cvm_id, ok, vm_uuid, name, record (UTF-8): a plain tuple, made once per record.
+_Row = tuple[bytes, str, str, bool, str | None, str | None, bytes]
+
+
+_record_head = msgspec.json.Decoder(dict[str, Any])
+
+
+class SnapshotWriter:
+    """Records one sweep as a snapshot, from a thread of its own.
+
+    :meth:`add` queues a record (a JSON line, as ``sweep --format jsonl`` writes it) and returns
+    at once; the thread inserts them in batches inside one open transaction. :meth:`commit` ends
+    the snapshot and commits it; :meth:`abandon` rolls it back, leaving the database as it was.
+
+    Raises:
+        StoreError: (from :meth:`open`, :meth:`commit`) the database cannot be used.
+    """
+
+    def __init__(self, path: str, command: str) -> None:
+        self.path = path
+        self._command = command
+        self._started_at = _now()
+        # Rows go to the thread a batch at a time: one wake-up per batch, not per record, keeps
+        # the thread from taking the interpreter from the event loop thousands of times.
+        self._queue: queue.SimpleQueue[list[_Row] | str | None] = queue.SimpleQueue()
+        self._batch: list[_Row] = []
+        self._thread = threading.Thread(target=self._run, name="phala_async store", daemon=True)
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._outcome: tuple[int, int, int, int] | None = None
+        self.snapshot: int | None = None
+
+    def open(self) -> SnapshotWriter:
+        """Open (or create) the database and begin the snapshot's transaction.
+
+        Raises:
+            StoreError: the database cannot be opened or is not a store.
+        """
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            self._thread.join()
+            raise (
+                self._error
+                if isinstance(self._error, StoreError)
+                else StoreError(f"cannot use the store {self.path} ({self._error})")
+            ) from self._error
+        return self
+
+    def add(
+        self,
+        line: str | bytes,
+        *,
+        cvm_id: str,
+        ok: bool,
+        cvm: str,
+        vm_uuid: str | None = None,
+        name: str | None = None,
+    ) -> None:
+        """Queue one record: its JSON ``line`` (text or UTF-8; newline optional), the id it was
+        given, whether it is ok, the CVM's identity (:func:`record_identity`), and its VM UUID
+        and name."""
+        data = (line.encode() if isinstance(line, str) else line).rstrip(b"\n")
+        digest = hashlib.sha256(data).digest()[:16]  # SHA-256 is hardware-accelerated
+        self._batch.append((digest, cvm, cvm_id, ok, vm_uuid, name, data))
+        if len(self._batch) >= _BATCH:
+            self._queue.put(self._batch)
+            self._batch = []
+
+    def add_line(self, line: str) -> None:
+        """Queue the record of a JSON ``line`` (a record ``sweep --format jsonl`` wrote)."""
+        decoded = _record_head.decode(line)
+        cvm = decoded.get("cvm") if decoded.get("ok") else None
+        cvm = cvm if isinstance(cvm, Mapping) else {}
+        self.add(
+            line,
+            cvm_id=str(decoded.get("cvm_id")),
+            ok=bool(decoded.get("ok")),
+            cvm=record_identity(decoded),
+            vm_uuid=cvm.get("vm_uuid"),
+            name=cvm.get("name"),
+        )
+
+    def commit(self, exit_status: int, *, ids: int, ok: int, failed: int) -> int:
+        """Record the snapshot with its outcome, commit it, and return its number.
+
+        Raises:
+            StoreError: it could not be written (a full disk); the database is as it was.
+        """
+        self._outcome = (exit_status, ids, ok, failed)
+        self._queue.put(self._batch)
+        self._batch = []
+        self._queue.put("commit")
+        self._thread.join()
+        if self._error is not None or self.snapshot is None:
+            raise StoreError(f"cannot record the snapshot in {self.path} ({self._error})")
+        return self.snapshot
+
+    def abandon(self) -> None:
+        """Record nothing: roll the snapshot back."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            connection = _connect(self.path, create=True)
+        except (StoreError, sqlite3.Error, OSError) as exc:  # handed to the caller of open()
+            self._error = exc
+            self._ready.set()
+            return
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            connection.close()
+            self._error = StoreError(f"the store {self.path} is busy or unwritable ({exc})")
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            self._write(connection)
+        except (sqlite3.Error, OSError) as exc:  # reported by commit()
+            self._error = exc
+        finally:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            connection.close()
+
+    def _write(self, connection: sqlite3.Connection) -> None:
+        # The snapshot's row comes first, so that its number is known; the transaction makes it
+        # all or nothing, and a rolled-back number is given again to the next snapshot.
+        number = connection.execute(
+            "INSERT INTO snapshots (started_at, finished_at, exit_status, ids, ok, failed, "
+            "command) VALUES (?, '', -1, 0, 0, 0, ?)",
+            (self._started_at, self._command),
+        ).lastrowid
+        # The records of the snapshot before: most of a nightly sweep's are among them, and need
+        # no insert (the common case of an unchanged fleet costs a lookup per CVM).
+        known = {
+            row[0]
+            for row in connection.execute(
+                "SELECT hash FROM snapshot_records WHERE snapshot = "
+                "(SELECT max(id) FROM snapshots WHERE id < ?)",
+                (number,),
+            )
+        }
+        while True:
+            item = self._queue.get()
+            if isinstance(item, list):
+                self._insert(connection, number, item, known)
+                continue
+            if item is None:
+                return  # abandoned: rolled back in _run
+            assert self._outcome is not None  # noqa: S101 - set before "commit" is queued
+            connection.execute(
+                "UPDATE snapshots SET finished_at = ?, exit_status = ?, ids = ?, ok = ?, "
+                "failed = ? WHERE id = ?",
+                (_now(), *self._outcome, number),
+            )
+            connection.execute("COMMIT")
+            self.snapshot = number
+            return
+
+    @staticmethod
+    def _insert(
+        connection: sqlite3.Connection, number: int | None, batch: list[_Row], known: set[bytes]
+    ) -> None:
+        connection.executemany(
+            "INSERT OR IGNORE INTO records (hash, cvm, cvm_id, ok, vm_uuid, name, record) "
+            "VALUES (?, ?, ?, ?, ?, ?, CAST(? AS TEXT))",
+            [row for row in batch if row[0] not in known],
+        )
+        connection.executemany(
+            "INSERT OR IGNORE INTO snapshot_records (snapshot, hash) VALUES (?, ?)",
+            [(number, row[0]) for row in batch],
+        )
+
+
+def rows_as_records(rows: Iterable[StoredRow]) -> Iterator[dict[str, Any]]:
+    """The decoded records of ``rows``."""
+    for row in rows:
+        yield _record_head.decode(row.record)
