@@ -160,16 +160,19 @@ class Window:
     (slow start), up to the ceiling or to the last size that overloaded the server; from there
     it grows by one request per round trip, and only while it is full, so an idle client does
     not inflate it. An overload signal (a retryable 5xx without ``Retry-After``, a timeout, a
-    429) for a request sent since the last decrease shrinks it by ``decrease``.
+    429 asking for a wait) for a request sent since the last decrease shrinks it by
+    ``decrease``.
 
     A 5xx or a timeout counts as overload only where it depends on the load: when requests sent
     with this many in flight fail clearly more often (by ``margin``) than requests sent with
     fewer (from half as many up). A server at its capacity fails exactly the requests beyond it,
     while a server failing at random (half its backends down) fails as many at every level, and
-    shrinking would only slow the client down. The shares are decayed, so they follow a server
-    that changes, and a level with few answers yet leans on the levels below it, so one unlucky
-    answer does not count.
-    A 429 always counts: the server says it.
+    shrinking would only slow the client down. The shares are decayed, and all of them halve
+    every few rounds, so they follow a server that changes; a level with few answers yet leans on
+    the levels below it, so one unlucky answer does not count, and without recent answers below
+    it there is nothing to compare with, so nothing is judged. A 429 that asks for a wait
+    (``Retry-After`` above 0) always counts: the server says it; a stray one without is the
+    pacer's to judge.
 
     Uncoordinated clients sharing one server converge to fair shares, as AIMD does.
     """
@@ -179,6 +182,7 @@ class Window:
         "_epoch",
         "_failures",
         "_limit",
+        "_since_halving",
         "_sent",
         "_threshold",
         "_waiters",
@@ -191,7 +195,9 @@ class Window:
     #: How much of a level's past each new answer at that level keeps.
     DECAY = 0.98
     #: Answers at the share of the levels below that a level's own answers are weighed with.
-    PRIOR = 2.0
+    PRIOR = 3.0
+    #: Recent answers below a level needed to compare it with them.
+    MIN_BELOW = 4.0
 
     def __init__(
         self, ceiling: int, *, initial: int = 4, decrease: float = 0.7, margin: float = 0.25
@@ -207,6 +213,7 @@ class Window:
         # Decayed counts of answers, and of overload among them, by requests in flight at send.
         self._sent = [0.0] * (ceiling + 2)
         self._failures = [0.0] * (ceiling + 2)
+        self._since_halving = 0
         #: How many times an overload shrank the window.
         self.decreases = 0
 
@@ -233,6 +240,9 @@ class Window:
     def notify_task_finished(self, ticket: Ticket) -> None:
         outcome = ticket.outcome
         level = ticket.level
+        self._since_halving += 1
+        if self._since_halving > 4 * self.ceiling:
+            self._halve()
         if outcome is _OK:
             self._sent[level] = self._sent[level] * self.DECAY + 1.0
             self._failures[level] *= self.DECAY
@@ -244,7 +254,7 @@ class Window:
             self._failures[level] = self._failures[level] * self.DECAY + 1.0
             if ticket.window_epoch == self._epoch and self._load_related(level):
                 self._shrink()
-        elif outcome is _THROTTLED and ticket.window_epoch == self._epoch:
+        elif outcome is _THROTTLED and ticket.retry_after and ticket.window_epoch == self._epoch:
             self._shrink()
         self._release()
 
@@ -254,9 +264,17 @@ class Window:
             return False  # a request sent alone: no load to blame
         low = max(1, level // 2)
         sent = sum(self._sent[low:level])
-        below = sum(self._failures[low:level]) / sent if sent else 0.0
+        if sent < self.MIN_BELOW:
+            return False  # nothing recent to compare with
+        below = sum(self._failures[low:level]) / sent
         here = (self._failures[level] + self.PRIOR * below) / (self._sent[level] + self.PRIOR)
         return here > below + self.margin
+
+    def _halve(self) -> None:
+        """Age every level's counts, so that levels no longer sent at fade out."""
+        self._since_halving = 0
+        self._sent = [count / 2 for count in self._sent]
+        self._failures = [count / 2 for count in self._failures]
 
     def _shrink(self) -> None:
         self._limit = self._threshold = max(1.0, self._limit * self.decrease)

@@ -509,9 +509,9 @@ def test_a_snapshot_serialises_to_json() -> None:
 async def test_a_snapshot_reports_the_window_in_force(
     adaptive: bool, windows: tuple[int, int]
 ) -> None:
-    """The snapshot's window is the adaptive window's limit, which a 429 shrinks, or
-    ``concurrency`` with adaptation off, which a 429 leaves alone."""
+    """The snapshot's window is the adaptive window's limit, which a 429 asking for a wait
+    shrinks, or ``concurrency`` with adaptation off, which a 429 leaves alone."""
     governor = Governor(concurrency=16, adaptive=adaptive)
     before = governor.snapshot().window
-    await _request(governor, _status(429))
+    await _request(governor, _status(429, retry_after=0.01))
     assert (before, governor.snapshot().window) == windows

@@ -326,8 +326,11 @@ def _send(window: Window) -> Ticket:
     return ticket
 
 
-def _end(window: Window, ticket: Ticket, outcome: Outcome) -> None:
+def _end(
+    window: Window, ticket: Ticket, outcome: Outcome, retry_after: float | None = None
+) -> None:
     ticket.outcome = outcome
+    ticket.retry_after = retry_after
     window.notify_task_finished(ticket)
 
 
@@ -383,51 +386,61 @@ def test_an_idle_window_does_not_grow() -> None:
 
 
 def test_a_429_of_the_current_epoch_shrinks_the_window_and_an_older_one_does_not() -> None:
-    """The first 429 of a full window of 10 shrinks it to 7; a 429 to another request sent
-    before that decrease changes nothing; a 429 to one sent after it shrinks it again."""
+    """The first 429 asking for a wait, of a full window of 10, shrinks it to 7; a 429 to
+    another request sent before that decrease changes nothing; a 429 to one sent after it
+    shrinks it again."""
     window = Window(20, initial=10)
     old = [_send(window) for _ in range(10)]
-    _end(window, old[0], Outcome.THROTTLED)
+    _end(window, old[0], Outcome.THROTTLED, 1.0)
     after_first = window.limit
-    _end(window, old[1], Outcome.THROTTLED)  # sent before the decrease
+    _end(window, old[1], Outcome.THROTTLED, 1.0)  # sent before the decrease
     after_older = window.limit
     _end(window, old[2], Outcome.OK)  # in flight 7, then 6: a place is free again
     _end(window, old[3], Outcome.OK)
     new = _send(window)
-    _end(window, new, Outcome.THROTTLED)
+    _end(window, new, Outcome.THROTTLED, 1.0)
     # The two successes came with the window full (8, then 7 in flight), so it grew to 7.3
     # before the third 429 took it to 5.
     assert (after_first, after_older, window.limit) == (7, 7, 5)
     assert window.decreases == 2
 
 
+def test_a_stray_429_without_retry_after_leaves_the_window_alone() -> None:
+    """A 429 that names no wait is the pacer's to judge: the window of 10 stays at 10."""
+    window = Window(20, initial=10)
+    tickets = [_send(window) for _ in range(10)]
+    _end(window, tickets[0], Outcome.THROTTLED)
+    assert (window.limit, window.decreases) == (10, 0)
+
+
 @pytest.mark.parametrize("outcome", [Outcome.OVERLOADED, Outcome.TIMEOUT])
 def test_a_failure_where_lighter_load_succeeds_shrinks_the_window(outcome: Outcome) -> None:
-    """A 5xx or a timeout of a request sent with 8 in flight, while requests sent with 4 or
-    fewer succeed, shrinks a window of 8 by ``decrease`` to 5."""
+    """Two 5xx or timeouts of requests sent with 8 in flight, while requests sent with 4 to 7
+    succeed, shrink a window of 8 by ``decrease`` to 5; the first alone is not evidence yet."""
     window = Window(8, initial=8)
-    for _ in range(20):
-        _end(window, _send(window), Outcome.OK)  # alone: level 1 succeeds
+    for _ in range(3):  # rounds of 7 in flight, all answered
+        for ticket in [_send(window) for _ in range(7)]:
+            _end(window, ticket, Outcome.OK)
     tickets = [_send(window) for _ in range(8)]
-    for ticket in tickets[:4]:
-        _end(window, ticket, Outcome.OK)
     _end(window, tickets[7], outcome)
+    after_one = window.limit
+    again = _send(window)  # the 8th in flight again, in the same epoch
+    _end(window, again, outcome)
+    assert (tickets[7].level, again.level) == (8, 8)
+    assert after_one == 8
     assert (window.limit, window.decreases) == (5, 1)
 
 
 def test_a_failure_no_likelier_than_at_half_the_load_leaves_the_window_alone() -> None:
-    """A 5xx of a request sent with 5 in flight, where requests sent with 1 or 2 in flight
-    failed as often, does not shrink the window."""
+    """5xx to requests sent with 5 in flight, where requests sent with 2 to 4 in flight fail
+    as often (every other one), never shrink the window."""
     window = Window(8, initial=8)
-    first = [_send(window) for _ in range(8)]
-    _end(window, first[7], Outcome.OVERLOADED)  # no history yet: counts as load, 8 -> 5
-    for ticket in first[:7]:  # sent before that decrease: recorded, never shrinking
-        _end(window, ticket, Outcome.OVERLOADED if ticket.level <= 2 else Outcome.OK)
-    second = [_send(window) for _ in range(5)]
-    before = window.limit
-    _end(window, second[4], Outcome.OVERLOADED)
-    assert [ticket.level for ticket in second] == [1, 2, 3, 4, 5]
-    assert (window.limit, window.decreases) == (before, 1)
+    for round_number in range(6):
+        tickets = [_send(window) for _ in range(5)]
+        for ticket in tickets:
+            failed = (ticket.level + round_number) % 2 == 0
+            _end(window, ticket, Outcome.OVERLOADED if failed else Outcome.OK)
+    assert (window.limit, window.decreases) == (8, 0)
 
 
 def test_random_5xx_at_every_level_do_not_shrink_the_window() -> None:
@@ -453,7 +466,7 @@ def test_the_window_stays_between_1_and_its_ceiling() -> None:
     with the window kept full grow it back to 6, not above."""
     window = Window(6, initial=6)
     for _ in range(30):
-        _end(window, _send(window), Outcome.THROTTLED)
+        _end(window, _send(window), Outcome.THROTTLED, 1.0)
     floor = window.limit
     limits = _rounds_kept_full(window, 60)
     assert floor == 1
