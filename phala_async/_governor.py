@@ -26,6 +26,7 @@ from ._limits import (
     HardCap,
     Limit,
     MaxInFlight,
+    PauseCheck,
     PauseGate,
     RatePacer,
     Ticket,
@@ -229,16 +230,17 @@ class Governor:
         self.first_contact = FirstContact(
             on_open=self._drop_first_contact, bound=first_contact_bound
         )
-        # Order matters. The first contact comes first: the requests it holds back have taken
-        # no send time from the pacer or the cap, so they do not burst past either when it
-        # opens. Pacing and the cap come before taking a place, and the pause last, so that
-        # nothing is sent during a pause however long the waits before it were.
-        limits: list[Limit] = [self.first_contact]
+        # Order matters. The first contact and the pause come first: the requests they hold
+        # back have taken no send time from the pacer or the cap, so they do not burst past
+        # either when the gate opens or the pause ends. Pacing and the cap come before taking a
+        # place, and the pause is checked again last, so that nothing is sent during a pause
+        # that began while a request waited for its turn.
+        limits: list[Limit] = [self.first_contact, self.gate]
         if self.pacer is not None:
             limits.append(self.pacer)
         if rate_limit is not None:
             limits.append(HardCap(rate_limit))
-        limits += [self.window, self.gate]
+        limits += [self.window, PauseCheck(self.gate)]
         self.limits: tuple[Limit, ...] = tuple(limits)
         self.started_hooks: tuple[Limit, ...] = (
             (self.pacer, self.window) if self.pacer is not None else (self.window,)

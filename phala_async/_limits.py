@@ -25,6 +25,7 @@ __all__ = [
     "HardCap",
     "Limit",
     "MaxInFlight",
+    "PauseCheck",
     "PauseGate",
     "RatePacer",
     "Ticket",
@@ -337,6 +338,25 @@ class PauseGate:
             self.pause_for(retry_after)
 
 
+class PauseCheck:
+    """The pause checked again just before sending, for a request whose turn came while a
+    pause began: it learns nothing itself (the :class:`PauseGate` does)."""
+
+    __slots__ = ("_gate",)
+
+    def __init__(self, gate: PauseGate) -> None:
+        self._gate = gate
+
+    def wait_task_can_start(self) -> Awaitable[None] | None:
+        return self._gate.wait_task_can_start()
+
+    def notify_task_started(self, ticket: Ticket) -> None:
+        pass
+
+    def notify_task_finished(self, ticket: Ticket) -> None:
+        pass
+
+
 class HardCap:
     """An account's known limit, in requests per second (aiolimiter's leaky bucket)."""
 
@@ -429,9 +449,12 @@ class RatePacer:
 
     Unpaced until the server throttles in earnest. Then the rate is set to ``decrease`` times the
     successes per second the client saw over the last ``window`` seconds (what the server
-    actually let through), and grows back by ``increase`` requests per second every second, the
-    same for every client, so clients sharing one limit drift toward equal shares, as additive
-    increase does. Sends are spaced evenly at the current rate rather than burst, so a
+    actually let through); once paced, a throttle lowers the rate in force by ``decrease``, at
+    most once a window (multiplicative decrease). Without throttles the rate grows by
+    ``increase`` requests per second, more the longer it stays calm (``increase * t * (1 + t /
+    (2 * window))`` after ``t`` calm seconds), the same for every client: clients sharing one
+    limit converge to equal shares, as AIMD does, and a share that another client freed is found
+    again within seconds. Sends are spaced evenly at the current rate rather than burst, so a
     fixed-window limit is not overrun at each window start.
 
     Throttling in earnest: the server asked for a wait (``Retry-After`` > 0), or at least
@@ -492,7 +515,8 @@ class RatePacer:
         """Requests per second allowed now; None while unpaced."""
         if self._base is None:
             return None
-        return self._base + self._increase * (self._clock() - self._since)
+        calm = self._clock() - self._since
+        return self._base + self._increase * calm * (1.0 + calm / (2 * self._window))
 
     @property
     def epoch(self) -> int:
@@ -527,17 +551,16 @@ class RatePacer:
         ):
             return  # stray throttles, too few to tell a limit from noise
         current = self.rate
-        if successes == 0:
+        if current is not None:
+            if now - self._since < self._window:
+                return  # one decrease a window: the last one has not taken effect yet
+            let_through = current  # paced: a share of the rate in force, as AIMD does
+        elif successes == 0:
             # Nothing got through lately, so there is no rate to learn from; the server's
-            # Retry-After pause holds requests meanwhile. Slow down only if already paced.
-            if current is None:
-                return
-            let_through = current / 2
+            # Retry-After pause holds requests meanwhile.
+            return
         else:
-            let_through = successes / self._window
-            if current is not None:
-                # Never faster than now, and at most half as fast per decrease.
-                let_through = min(current, max(let_through, current / 2 / self._decrease))
+            let_through = successes / self._window  # what the server let through
         self._base = max(1.0, self._decrease * let_through)
         self.paced = True
         self._since = now

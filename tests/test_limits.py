@@ -68,16 +68,22 @@ def test_burst_of_throttles_from_one_epoch_lowers_the_rate_once() -> None:
     assert pacer.epoch == epoch + 1
 
 
-def test_throttle_of_the_current_epoch_lowers_the_rate_again() -> None:
-    """A 429 to a request sent after the first decrease lowers the rate a second time."""
+def test_throttle_of_the_current_epoch_lowers_the_rate_again_a_window_later() -> None:
+    """A 429 to a request sent after the first decrease lowers the rate in force by 10% once a
+    window has passed since that decrease, and not before."""
     clock = FakeClock()
     pacer = _paced_after_successes(clock, 200)
     pacer.on_throttle(pacer.epoch, asked_to_wait=True)
-    first = pacer.rate
+    clock.now += 0.5
+    pacer.on_throttle(pacer.epoch, asked_to_wait=True)  # too soon: not taken effect yet
+    too_soon = pacer.decreases
+    clock.now += 0.5
+    grown = pacer.rate
     pacer.on_throttle(pacer.epoch, asked_to_wait=True)
+    assert too_soon == 1
     assert pacer.decreases == 2
-    assert first is not None
-    assert pacer.rate == pytest.approx(0.9 * first)
+    assert grown is not None
+    assert pacer.rate == pytest.approx(0.9 * grown)
 
 
 def test_stray_throttles_without_retry_after_leave_the_rate_alone() -> None:
@@ -104,8 +110,10 @@ def test_throttles_without_retry_after_pace_once_they_are_five_percent() -> None
     assert pacer.rate == pytest.approx(0.9 * 200)
 
 
-def test_one_decrease_at_most_halves_the_rate() -> None:
-    """When far fewer requests got through than the current rate, one throttle halves it."""
+def test_once_paced_a_decrease_is_a_share_of_the_rate_in_force() -> None:
+    """Paced, a throttle lowers the rate in force by 10% (multiplicative decrease, as AIMD),
+    however few requests got through meanwhile, so clients that share a limit keep their
+    proportions and converge to fair shares."""
     clock = FakeClock()
     pacer = _paced_after_successes(clock, 200)
     pacer.on_throttle(pacer.epoch, asked_to_wait=True)
@@ -116,22 +124,23 @@ def test_one_decrease_at_most_halves_the_rate() -> None:
         pacer.notify_task_finished(_ticket(Outcome.OK))
     grown = pacer.rate
     pacer.on_throttle(pacer.epoch, asked_to_wait=True)
-    assert grown == pytest.approx(180.0 + 2.0 * 6)
-    assert pacer.rate == pytest.approx(grown / 2)
+    assert grown == pytest.approx(180.0 + 2.0 * 6 * (1 + 6 / 2))
+    assert pacer.rate == pytest.approx(0.9 * grown)
 
 
 @pytest.mark.parametrize(
     ("increase", "after_ten_seconds"),
     [
-        pytest.param(2.0, 90.0 + 20.0, id="default-2-per-second"),
-        pytest.param(5.0, 90.0 + 50.0, id="5-per-second"),
+        pytest.param(2.0, 90.0 + 2.0 * 10 * 6, id="default-2-per-second"),
+        pytest.param(5.0, 90.0 + 5.0 * 10 * 6, id="5-per-second"),
     ],
 )
-def test_rate_grows_back_additively_without_throttles(
+def test_rate_grows_back_without_throttles_faster_the_longer_it_is_calm(
     increase: float, after_ten_seconds: float
 ) -> None:
     """Ten seconds without a throttle raise the rate by ``increase`` requests per second each
-    second, whatever the rate."""
+    second, and by more the longer it stays calm (``increase * t * (1 + t / 2)``), the same
+    for every rate, so a limit freed by another client is found again quickly."""
     clock = FakeClock()
     pacer = _paced_after_successes(clock, 100, increase=increase)
     pacer.on_throttle(pacer.epoch, asked_to_wait=True)
@@ -172,7 +181,7 @@ def test_a_learned_rate_is_not_lifted_by_calm() -> None:
     clock.now += 60.0
     assert pacer.delay() == 0.0
     assert pacer.paced is True
-    assert pacer.rate == pytest.approx(90.0 + 2.0 * 60)
+    assert pacer.rate == pytest.approx(90.0 + 2.0 * 60 * (1 + 60 / 2))
 
 
 @pytest.mark.parametrize(
@@ -208,6 +217,7 @@ def test_a_throttled_ticket_sent_before_a_decrease_does_not_lower_again() -> Non
     after_early = pacer.decreases
     late = _ticket(Outcome.THROTTLED, 1.0)
     pacer.notify_task_started(late)
+    clock.now += 1.0  # a window after the decrease
     pacer.notify_task_finished(late)
     assert (after_early, pacer.decreases) == (1, 2)
 
