@@ -27,13 +27,16 @@ from ._cli_watch import watch_command
 from ._client import PhalaClient
 from ._config import API_KEY_ENV, BASE_URL_ENV, DEFAULT_BASE_URL
 from ._errors import ConfigurationError
+from ._setup import build_client
 from ._version import __version__
 from ._versions import API_VERSION, API_VERSIONS
 
 __all__ = ["build_parser", "main"]
 
+# The client's options and their defaults, where they are defined.
 _DEFAULTS = {
-    name: parameter.default for name, parameter in inspect.signature(PhalaClient).parameters.items()
+    name: parameter.default
+    for name, parameter in inspect.signature(build_client).parameters.items()
 }
 _WATCH_INTERVAL = inspect.signature(PhalaClient.watch_cvms).parameters["interval"].default
 

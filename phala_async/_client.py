@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
-from collections.abc import AsyncIterable, Iterable, Sequence
-from ssl import SSLContext
+from collections.abc import AsyncIterable, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Literal, Self, TypeVar, cast, overload
 
@@ -14,31 +12,17 @@ import aiohttp
 
 from ._bulk import Abort, CvmStream, SweepResult, gather_in_order
 from ._config import (
-    check_api_version,
     check_positive,
-    check_trace_configs,
-    resolve_base_url,
-    resolve_credential,
-    resolve_proxy,
-    resolve_tls,
 )
 from ._errors import ClientClosedError, ConfigurationError
-from ._governor import Governor
-from ._http import Exchange
 from ._ids import normalize_cvm_id
 from ._limits import MaxInFlight
 from ._listing import CvmListing
-from ._metrics import answer_observer
 from ._models import CvmDetail, CvmPage, HostedCvm
 from ._models_v2026 import CvmInfo
-from ._pipeline import Pipeline, SharedSession
-from ._response import Decode
-from ._retry import RetryPolicy
-from ._session import SessionOptions
-from ._sharing import Flights, TTLCache
+from ._setup import build_client
 from ._stats import ClientStats
-from ._version import __version__
-from ._versions import API_VERSION, API_VERSIONS, AnyCvm, ApiVersion, shape_for
+from ._versions import API_VERSION, AnyCvm, ApiVersion
 from ._watch import DEFAULT_FAIL_ON, CvmWatch, wait_for_status
 
 __all__ = ["API_VERSION", "ClientStats", "PhalaClient"]
@@ -143,107 +127,15 @@ class PhalaClient(Generic[_D]):
         self: PhalaClient[AnyCvm], *, api_version: str, **options: Unpack[ClientOptions]
     ) -> None: ...
     def __init__(
-        self,
-        *,
-        api_version: ApiVersion | str = API_VERSION,
-        api_key: str | None = None,
-        token: str | None = None,
-        base_url: str | None = None,
-        timeout: float = 30.0,
-        max_attempts: int = 4,
-        concurrency: int = 16,
-        session: aiohttp.ClientSession | None = None,
-        backoff_initial: float = 0.5,
-        backoff_max: float = 8.0,
-        retry_after_cap: float = 60.0,
-        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
-        allow_insecure_http: bool = False,
-        adaptive: bool = True,
-        rate_limit: float | None = None,
-        retry_budget: bool = True,
-        cache_ttl: float = 0.0,
-        cache_size: int = 10_000,
-        ssl: SSLContext | None = None,
-        ca_file: str | os.PathLike[str] | None = None,
-        proxy: str | None = None,
-        trust_env: bool = True,
-        trace_configs: Sequence[aiohttp.TraceConfig] | None = None,
-        meter_provider: object | None = None,
+        self, *, api_version: ApiVersion | str = API_VERSION, **options: Unpack[ClientOptions]
     ) -> None:
-        check_positive("timeout", timeout)
-        check_positive("cache_size", cache_size, integer=True)
-        if (
-            isinstance(cache_ttl, bool)
-            or not isinstance(cache_ttl, (int, float))
-            or not 0 <= cache_ttl < float("inf")
-        ):
-            raise ConfigurationError(
-                f"cache_ttl must be a finite number of seconds >= 0 (0: no cache), "
-                f"not {cache_ttl!r}"
-            )
-        check_positive("concurrency", concurrency, integer=True)
-        check_positive("max_response_bytes", max_response_bytes, integer=True)
-        if rate_limit is not None:
-            check_positive("rate_limit", rate_limit)
-        if session is not None and not isinstance(session, aiohttp.ClientSession):
-            raise ConfigurationError(
-                f"session must be an aiohttp.ClientSession, not {type(session).__name__}"
-            )
-        if session is not None and (ssl, ca_file, proxy, trace_configs) != (None,) * 4:
-            raise ConfigurationError(
-                "ssl, ca_file, proxy and trace_configs configure the client's own session; "
-                "with session=, set them on your session (its connector, proxy, trace_configs)"
-            )
-        shape = shape_for(check_api_version(api_version, API_VERSIONS))
-        credential = resolve_credential(api_key, token)
-        self._credential_kind = credential.kind
-        self._base_url = resolve_base_url(base_url, allow_insecure_http=allow_insecure_http)
-        route = resolve_proxy(proxy, trust_env=trust_env, base_url=self._base_url)
-        policy = RetryPolicy(
-            max_attempts=max_attempts,
-            backoff_initial=backoff_initial,
-            backoff_max=backoff_max,
-            retry_after_cap=retry_after_cap,
-        )
-        self._concurrency = concurrency
-        governor = Governor(
-            concurrency=concurrency,
-            adaptive=adaptive,
-            rate_limit=rate_limit,
-            retry_budget=retry_budget,
-            retry_after_cap=policy.retry_after_cap,
-        )
-        exchange = Exchange(
-            base_url=self._base_url,
-            headers={
-                credential.header: credential.value,
-                "X-Phala-Version": shape.version,
-                "User-Agent": f"phala-async/{__version__}",
-                "Accept": "application/json",
-            },
-            timeout=float(timeout),
-            max_bytes=max_response_bytes,
-            proxy=route,
-            on_reconnect=governor.counters.reconnect,
-        )
-        options = SessionOptions(
-            concurrency=concurrency,
-            ssl=resolve_tls(ssl, ca_file),
-            trace_configs=check_trace_configs(trace_configs),
-            https=self._base_url.startswith("https:"),
-        )
-        self._pipeline = Pipeline(
-            shared=SharedSession(session, options, exchange.session_defaults()),
-            exchange=exchange,
-            governor=governor,
-            policy=policy,
-            flights=Flights(),
-            cache=TTLCache(float(cache_ttl), cache_size) if cache_ttl > 0 else None,
-            decode_cvm=shape.decode_cvm,
-            answers=answer_observer(meter_provider, self._base_url, governor.snapshot),
-        )
-        self._api_version: str = shape.version
-        self._decode_page: Decode[CvmPage] = shape.decode_page
+        setup = build_client(api_version=api_version, **options)
+        self._pipeline = setup.pipeline
+        self._base_url = setup.base_url
+        self._credential_kind = setup.credential_kind
+        self._concurrency = setup.concurrency
+        self._api_version = setup.api_version
+        self._decode_page = setup.decode_page
         self._sweeps: set[Abort] = set()
         self._is_view = False
 
