@@ -222,9 +222,9 @@ class APIConnectionError(PhalaError):
     or a body cut short. The message names the host and port and says why.
 
     Attributes:
-        no_answer: nothing came back at all: the connection could not be made, was closed
-            before any answer, or the attempt timed out (as opposed to a body cut short or an
-            answer that was not HTTP).
+        no_answer: nothing came back at all: the connection could not be made, was reset or
+            closed before any answer, or the attempt timed out (as opposed to a body cut short
+            or an answer that was not HTTP).
     """
 
     no_answer: bool = False

@@ -140,7 +140,7 @@ class RetryBudget:
 class Slot(Ticket):
     """One request's place: entered before it is sent, left with its outcome."""
 
-    __slots__ = ("_entered", "_governor", "_limits", "_sweep_limit")
+    __slots__ = ("_entered", "_finished", "_governor", "_limits", "_sweep_limit")
 
     def __init__(self, governor: Governor, sweep_limit: MaxInFlight | None) -> None:
         super().__init__()
@@ -148,6 +148,7 @@ class Slot(Ticket):
         self._sweep_limit = sweep_limit
         # The limits as they were on entry: the first contact leaves them once it is open.
         self._limits = governor.limits
+        self._finished = governor.finished_hooks
         self._entered = 0
 
     async def __aenter__(self) -> Slot:
@@ -183,8 +184,12 @@ class Slot(Ticket):
 
     def _leave(self) -> None:
         limits = self._limits
-        for index in range(self._entered - 1, -1, -1):
-            limits[index].notify_task_finished(self)
+        if self._entered == len(limits):
+            for limit in self._finished:  # the common case: only the limits that learn
+                limit.notify_task_finished(self)
+        else:
+            for index in range(self._entered - 1, -1, -1):
+                limits[index].notify_task_finished(self)
         self._entered = 0
         sweep_limit = self._sweep_limit
         if sweep_limit is not None:
@@ -208,6 +213,7 @@ class Governor:
     Attributes:
         limits: the limits a request passes, in order.
         started_hooks: the limits that want to know when a request goes out.
+        finished_hooks: the limits that learn from a request's ending, last entered first.
         counters: the client's counters.
     """
 
@@ -241,7 +247,9 @@ class Governor:
         if rate_limit is not None:
             limits.append(HardCap(rate_limit))
         limits += [self.window, PauseCheck(self.gate)]
-        self.limits: tuple[Limit, ...] = tuple(limits)
+        self.limits: tuple[Limit, ...] = ()
+        self.finished_hooks: tuple[Limit, ...] = ()
+        self._set_limits(tuple(limits))
         self.started_hooks: tuple[Limit, ...] = (
             (self.pacer, self.window) if self.pacer is not None else (self.window,)
         )
@@ -255,9 +263,17 @@ class Governor:
         """Whether any request of this client ever got an HTTP answer from the API."""
         return self._answered
 
+    def _set_limits(self, limits: tuple[Limit, ...]) -> None:
+        self.limits = limits
+        # Told when a request passed every limit ends, last entered first; a limit that learns
+        # nothing from an ending is left out, since this runs once per request.
+        self.finished_hooks = tuple(
+            limit for limit in reversed(limits) if not isinstance(limit, (PauseCheck, HardCap))
+        )
+
     def _drop_first_contact(self) -> None:
         # Once open it never closes: later requests need not pass it at all.
-        self.limits = tuple(limit for limit in self.limits if limit is not self.first_contact)
+        self._set_limits(tuple(limit for limit in self.limits if limit is not self.first_contact))
 
     def slot(self, sweep_limit: MaxInFlight | None = None) -> Slot:
         """A place for one request, under every limit (and a sweep's own limit)."""
@@ -265,14 +281,19 @@ class Governor:
 
     def learn(self, slot: Slot, error: BaseException | None) -> None:
         """Judge how a request ended, once, and count it (called as its slot is left)."""
+        if error is None:  # the common case, written out
+            slot.outcome = _OK
+            self.counters.answered()
+            self._answered = True
+            if self.budget is not None:
+                self.budget.record(True)
+            return
         outcome = slot.outcome = classify(error)
         status: int | None = None
         if isinstance(error, APIStatusError):
             status = error.status_code
             if outcome is _THROTTLED:
                 slot.retry_after = error.retry_after
-        elif error is None:
-            status = 200
         self.counters.answer(
             status=status,
             throttled=outcome is _THROTTLED,

@@ -287,8 +287,9 @@ class Exchange:
             return _no_answer(
                 f"{who}: {where}{route} closed the connection without answering", cvm_id
             ), exc
-        return APIConnectionError(
-            f"{who}: the connection to {where}{route} failed: {_why(exc)}", cvm_id=cvm_id
+        # Reset, broken pipe and the like before any answer: nothing came back.
+        return _no_answer(
+            f"{who}: the connection to {where}{route} failed: {_why(exc)}", cvm_id
         ), exc
 
     def _proxy_refused(

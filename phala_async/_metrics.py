@@ -36,6 +36,8 @@ logger = logging.getLogger("phala_async")
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
 
 _INSTALL = "pip install 'phala-async[otel]'"
+#: The global meter providers OpenTelemetry's API has before an application sets one.
+_UNSET_PROVIDERS = frozenset({"_ProxyMeterProvider", "NoOpMeterProvider"})
 
 
 class _Answered(Protocol):
@@ -114,7 +116,8 @@ def answer_observer(
     """The observer of a new client, with its metrics registered when OpenTelemetry is there.
 
     Args:
-        meter_provider: an ``opentelemetry.metrics.MeterProvider``; None: the global one.
+        meter_provider: an ``opentelemetry.metrics.MeterProvider``; None: the global one, if
+            the application had set one when the client was made (else nothing is recorded).
         base_url: the API prefix; only its host and port are recorded.
         read_stats: a bound method that takes the client's stats snapshot; it is held weakly.
 
@@ -135,8 +138,12 @@ def answer_observer(
             ) from None
         return AnswerObserver(None, server)
     if meter_provider is None:
-        meter = metrics.get_meter("phala_async", __version__)
-    elif isinstance(meter_provider, metrics.MeterProvider):
+        meter_provider = metrics.get_meter_provider()
+        # Nothing set the global provider yet (OpenTelemetry's own stand-in, or its no-op): an
+        # application that installed the API but exports no metrics pays nothing per request.
+        if type(meter_provider).__name__ in _UNSET_PROVIDERS:
+            return AnswerObserver(None, server)
+    if isinstance(meter_provider, metrics.MeterProvider):
         meter = meter_provider.get_meter("phala_async", __version__)
     else:
         raise ConfigurationError(

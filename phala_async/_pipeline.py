@@ -35,7 +35,7 @@ from ._models_v2026 import AnyCvm
 from ._response import Decode, interpret
 from ._retry import RetryPolicy, give_up, retrying
 from ._session import SessionOptions, open_session
-from ._sharing import Flights, Orphaned, TTLCache
+from ._sharing import Flight, Flights, Orphaned, TTLCache
 
 __all__ = ["Fetched", "Pipeline", "SharedSession", "Sweeping"]
 
@@ -142,17 +142,31 @@ class Pipeline:
         """
         counters = self.governor.counters
         try:
-            cache = self.cache
-            if sweep is None and cache is not None and not fresh:
-                cached = cache.get(segment)
-                if cached is not None:
-                    counters.cache_hit()
-                    counters.call_ended(None)
-                    return cached, 0
-            if self.deadline is None:
-                fetched = await self._joined(segment, cvm_id, sweep)
+            flights = self.flights
+            if sweep is not None and self.deadline is None and flights.get(segment) is None:
+                # A sweep's id that nobody else asks for: the common case, written out.
+                flight = flights.open(segment)
+                try:
+                    fetched = await self.attempts(
+                        f"/cvms/{segment}", cvm_id, self.decode_cvm, sweep
+                    )
+                except BaseException as exc:
+                    flights.land(flight, error=exc)
+                    raise
+                self._landed(flight, fetched)
             else:
-                fetched = await self._within_deadline(self._joined(segment, cvm_id, sweep), cvm_id)
+                cache = self.cache
+                if sweep is None and cache is not None and not fresh:
+                    cached = cache.get(segment)
+                    if cached is not None:
+                        counters.cache_hit()
+                        counters.call_ended(None)
+                        return cached, 0
+                joined = self._joined(segment, cvm_id, sweep)
+                if self.deadline is None:
+                    fetched = await joined
+                else:
+                    fetched = await self._within_deadline(joined, cvm_id)
         except BaseException as exc:
             counters.call_ended(exc)
             raise
@@ -169,15 +183,12 @@ class Pipeline:
             elif flight is None:
                 flight = flights.open(segment)
                 try:
-                    fetched = await self.attempts(
-                        f"/cvms/{segment}", cvm_id, self.decode_cvm, sweep
-                    )
+                    path = f"/cvms/{segment}"
+                    fetched = await self.attempts(path, cvm_id, self.decode_cvm, sweep)
                 except BaseException as exc:
                     flights.land(flight, error=exc)
                     raise
-                if self.cache is not None:
-                    self.cache.put(segment, fetched[0])
-                flights.land(flight, fetched)
+                self._landed(flight, fetched)
                 return fetched
             else:
                 self.governor.counters.coalesce()
@@ -185,6 +196,12 @@ class Pipeline:
                 return await flights.wait(flight, cvm_id)
             except Orphaned:
                 continue  # the sweep running it was closed: ask again
+
+    def _landed(self, flight: Flight[Fetched], fetched: Fetched) -> None:
+        """A sweep's flight got its CVM: cache it, and hand it to whoever joined."""
+        if self.cache is not None:
+            self.cache.put(flight.key, fetched[0])
+        self.flights.land(flight, fetched)
 
     async def _stored(self, segment: str, cvm_id: str | int) -> Fetched:
         fetched = await self.attempts(f"/cvms/{segment}", cvm_id, self.decode_cvm, None)
@@ -302,7 +319,8 @@ class Pipeline:
                 raise ClientClosedError(cvm_id=cvm_id)
             sending = self.exchange.get(session, path, cvm_id, shared.owns_session)
             if self.answers.recording or logger.isEnabledFor(logging.DEBUG):
-                logger.debug("GET %s (%s)", path, subject(cvm_id))
+                if logger.isEnabledFor(logging.DEBUG):
+                    logger.debug("GET %s (%s)", path, subject(cvm_id))
                 answer = await self.answers.observe(sending, path)
             else:
                 answer = await sending

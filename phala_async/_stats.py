@@ -106,10 +106,14 @@ class Counters:
         self.requests += 1
         self.in_flight += 1
 
+    def answered(self) -> None:
+        """A request ended with a usable answer."""
+        self.in_flight -= 1
+
     def answer(
         self, *, status: int | None, throttled: bool, overloaded: bool, timeout: bool
     ) -> None:
-        """A request ended: its status (None without one) and what it meant."""
+        """A request ended with an error: its status (None without one) and what it meant."""
         self.in_flight -= 1
         if status == 429:
             self.rate_limited += 1
