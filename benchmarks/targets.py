@@ -20,16 +20,16 @@ from benchmarks.summaries import INT_IDS
 
 Results = dict[str, Any]
 
-#: How a value and a threshold of each unit are written.
+#: How a value, a threshold, and the min and max of a spread of each unit are written.
 UNITS = {
-    "x": ("{:.2f}x", "{:g}x"),
-    "%": ("{:.1%}", "{:.0%}"),
-    "+%": ("{:+.1%}", "{:.0%}"),
-    "MB": ("{:+.1f} MB", "{:g} MB"),
-    "s": ("{:.2f} s", "{:g} s"),
-    "req/id": ("{:.2f} req/id", "{:g} req/id"),
-    "exit": ("exit {:g}", "exit {:g}"),
-    "connections": ("{:g} connections", "{:g} connections"),
+    "x": ("{:.2f}x", "{:g}x", "{:.2f}"),
+    "%": ("{:.1%}", "{:.0%}", "{:.1%}"),
+    "+%": ("{:+.1%}", "{:.0%}", "{:+.1%}"),
+    "MB": ("{:+.1f} MB", "{:g} MB", "{:+.1f}"),
+    "s": ("{:.2f} s", "{:g} s", "{:.2f}"),
+    "req/id": ("{:.2f} req/id", "{:g} req/id", "{:.2f}"),
+    "exit": ("exit {:g}", "exit {:g}", "{:g}"),
+    "connections": ("{:g} connections", "{:g} connections", "{:g}"),
 }
 DIRECTIONS = {">=": operator.ge, "<=": operator.le, "<": operator.lt, "==": operator.eq}
 
@@ -393,16 +393,16 @@ TARGETS = (
 
 def evaluate(target: Target, results: Results) -> dict[str, Any]:
     """``target`` against ``results``: its row of the report, with PASS, FAIL or n/a."""
-    value_form, threshold_form = UNITS[target.unit]
+    value_form, threshold_form, bare_form = UNITS[target.unit]
     direction = "" if target.direction == "==" else f"{target.direction} "
     goal = f"{direction}{threshold_form.format(target.threshold)}{target.goal}"
     reading = target.measure(results)
     if reading is None:
         return _row(target.name, goal, "not measured", "n/a", "")
     measured = reading.before + value_form.format(reading.value) + reading.detail
-    if reading.low is not None and reading.high is not None:
-        low, high = (value_form.format(v) for v in (reading.low, reading.high))
-        measured += f" ({low} to {high})"
+    if reading.low is not None and reading.high is not None and reading.low != reading.high:
+        low, high = (bare_form.format(v) for v in (reading.low, reading.high))
+        measured += f" (min-max {low} to {high})"
     passed = DIRECTIONS[target.direction](reading.value, target.threshold) and reading.holds
     return _row(
         reading.name or target.name, goal, measured, "PASS" if passed else "FAIL", reading.note
