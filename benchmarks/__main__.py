@@ -133,6 +133,7 @@ def run(
                 "cli_ids": sizes.cli_ids,
                 "goodput_ids": sizes.goodput_ids,
                 "rounds": rounds,
+                "contention_rounds": 1 if args.quick else args.contention_rounds,
                 "concurrency": args.concurrency,
                 "clients": runnable,
                 "quick": args.quick,

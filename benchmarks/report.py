@@ -210,7 +210,10 @@ def render(results: dict[str, Any]) -> str:
     if results.get("rate_limit"):
         lines += _section("Rate limits", table(results["rate_limit"]["summary"], RATES))
     if results.get("contention"):
-        heading = "Contention: servers that push back or never answer, concurrency 32"
+        heading = (
+            "Contention: servers that push back or never answer, concurrency 32, "
+            f"{options.get('contention_rounds', 1)} interleaved round(s)"
+        )
         lines += _section(heading, table(results["contention"]["summary"], CONTENTION))
     if results.get("memory"):
         lines += _section("Memory", table(results["memory"]["per_size"], MEMORY))
