@@ -18,12 +18,20 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks import decode, report, sections
+from benchmarks import contention, decode, environment, report, sections, summaries, targets
 from benchmarks.harness import running_server
 from benchmarks.peers import CLIENTS, DEFAULT_CLIENTS
 
 RESULTS_PATH = Path(__file__).with_name("RESULTS.md")
-SECTIONS = ("throughput", "command_line", "goodput", "rate_limit", "memory", "decode")
+SECTIONS = (
+    "throughput",
+    "command_line",
+    "goodput",
+    "rate_limit",
+    "contention",
+    "memory",
+    "decode",
+)
 #: Ten times slower than the others and only references: run in the first rounds only.
 SLOW_CLIENTS = ("httpx", "phala-cloud")
 #: The clients also run over range() ints, the second row of the CPU target.
@@ -46,6 +54,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--rate-rounds", type=int, default=2, help="rounds of the rate-limit sweeps (default 2)"
+    )
+    parser.add_argument(
+        "--contention-rounds",
+        type=int,
+        default=2,
+        help="rounds of the contention section (default 2)",
     )
     parser.add_argument("--ids", type=int, default=10_000, help="ids per throughput run")
     parser.add_argument("--concurrency", type=int, default=32, help="requests in flight")
@@ -75,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[list[str], set[str]]:
     """Validate the options; return the clients and the sections to run."""
-    for name in ("rounds", "ids", "concurrency", "rate_rounds"):
+    for name in ("rounds", "ids", "concurrency", "rate_rounds", "contention_rounds"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.write_results and (args.quick or args.rounds < 3):
@@ -109,16 +123,17 @@ def run(
     runnable = [client for client in clients if client not in skipped]
     results: dict[str, Any] = {
         "meta": {
-            "date": report.now(),
-            "machine": report.machine(),
-            "versions": report.versions(),
-            "load_before": report.load_average(),
+            "date": environment.now(),
+            "machine": environment.machine(),
+            "versions": environment.versions(),
+            "load_before": environment.load_average(),
             "options": {
                 "argv": argv,
                 "ids": sizes.ids,
                 "cli_ids": sizes.cli_ids,
                 "goodput_ids": sizes.goodput_ids,
                 "rounds": rounds,
+                "contention_rounds": 1 if args.quick else args.contention_rounds,
                 "concurrency": args.concurrency,
                 "clients": runnable,
                 "quick": args.quick,
@@ -148,7 +163,7 @@ def run(
                 )
                 results["throughput"] = {
                     "rounds": all_rounds,
-                    "summary": report.summarize_throughput(all_rounds),
+                    "summary": summaries.summarize_throughput(all_rounds),
                 }
                 server_shares += [
                     run["server_cpu_s"] / run["wall_s"]
@@ -162,28 +177,36 @@ def run(
                 )
                 results["command_line"] = {
                     "runs": runs,
-                    "summary": report.summarize_commands(runs),
+                    "summary": summaries.summarize_commands(runs),
                 }
             if "memory" in chosen:
                 runs = sections.memory(
                     server, sizes.memory_sizes, concurrency=args.concurrency, progress=_progress
                 )
-                results["memory"] = {**report.summarize_memory(runs), "runs": runs}
+                results["memory"] = {**summaries.summarize_memory(runs), "runs": runs}
         if "goodput" in chosen:
             runs = sections.goodput(workdir, sizes, rounds=rounds, progress=_progress)
-            results["goodput"] = {"runs": runs, "summary": report.summarize_scenarios(runs)}
+            results["goodput"] = {"runs": runs, "summary": summaries.summarize_scenarios(runs)}
         if "rate_limit" in chosen:
             runs = sections.rate_limit(workdir, sizes, rounds=rate_rounds, progress=_progress)
-            results["rate_limit"] = {"runs": runs, "summary": report.summarize_scenarios(runs)}
+            results["rate_limit"] = {"runs": runs, "summary": summaries.summarize_scenarios(runs)}
+        if "contention" in chosen:
+            runs = contention.contention(
+                workdir,
+                contention.QUICK_CONTENTION if args.quick else contention.ContentionSizes(),
+                rounds=1 if args.quick else args.contention_rounds,
+                progress=_progress,
+            )
+            results["contention"] = {"runs": runs, "summary": summaries.summarize_contention(runs)}
     results["server_busiest"] = max(server_shares) if server_shares else None
     if "decode" in chosen:
         _progress("decode", None)
         results["decode"] = decode.run(
             repeat=3 if args.quick else 7, min_seconds=0.02 if args.quick else 0.2
         )
-    results["meta"]["load_after"] = report.load_average()
-    results["notes"] = report.run_notes(results)
-    results["targets"] = report.targets(results)
+    results["meta"]["load_after"] = environment.load_average()
+    results["notes"] = summaries.run_notes(results)
+    results["targets"] = targets.targets(results)
     return results
 
 
@@ -202,11 +225,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     clients, chosen = _check(parser, args)
-    results = run(args, clients, chosen, argv)
-    text = report.render(results)
-    print(text)
+    encoded = json.dumps(run(args, clients, chosen, argv), indent=2) + "\n"
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        Path(args.json).write_text(encoded)
+    # The report is made from the JSON alone, as `python -m benchmarks.report out.json` makes it.
+    text = report.render(json.loads(encoded))
+    print(text)
     if args.write_results:
         RESULTS_PATH.write_text(report.replace_report(RESULTS_PATH.read_text(), text))
         print(f"wrote {RESULTS_PATH}", file=sys.stderr)

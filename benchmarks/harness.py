@@ -16,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +71,23 @@ def running_server(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def server_stats(server: Server) -> dict[str, Any] | None:
+    """The simulator's counters (``--control``: total requests and answers by status), or None
+    for a server that keeps none."""
+    if server.impl != "simulator":
+        return None
+    root = server.base_url.removesuffix("/api/v1")
+    # The URL is the benchmark server's own, http://127.0.0.1:<port>: no other scheme can come in.
+    stats_url = f"{root}/_simulator/stats"
+    request = urllib.request.Request(stats_url, headers={"X-API-Key": server.api_key})  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310
+            stats: dict[str, Any] = json.loads(answer.read())
+    except OSError:
+        return None
+    return stats
 
 
 def run_client(
@@ -136,6 +154,59 @@ def run_scenario(
     report = _run_reporting(command, server, label, ids, timeout)
     report["label"] = label
     return report
+
+
+def run_scenarios_together(
+    server: Server,
+    ids_files: Sequence[Path],
+    *,
+    concurrency: int,
+    options: Mapping[str, Any],
+    python: str = sys.executable,
+    timeout: float = CLIENT_TIMEOUT,
+) -> list[dict[str, Any]]:
+    """Start one ``benchmarks.scenario_client`` per file at once, all against ``server``; wait
+    for every one (each killed after ``timeout``) and return their reports in file order."""
+    command = [
+        python,
+        "-m",
+        "benchmarks.scenario_client",
+        "--base-url",
+        server.base_url,
+        "--api-key",
+        server.api_key,
+        "--concurrency",
+        str(concurrency),
+        "--options",
+        json.dumps(dict(options)),
+        "--ids-file",
+    ]
+    processes = [
+        subprocess.Popen(
+            [*command, str(path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=_repo_root(),
+        )
+        for path in ids_files
+    ]
+    deadline = time.monotonic() + timeout
+    reports = []
+    for path, process in zip(ids_files, processes, strict=True):
+        try:
+            out, err = process.communicate(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+            reports.append(_failed(str(path), 0, f"timed out after {timeout:.0f}s"))
+            continue
+        if process.returncode != 0 or not out.strip():
+            tail = err.strip().splitlines()[-1:] or ["no output"]
+            reports.append(_failed(str(path), 0, f"exit {process.returncode}: {tail[0]}"))
+        else:
+            reports.append(json.loads(out.strip().splitlines()[-1]))
+    return reports
 
 
 def run_command(

@@ -7,7 +7,7 @@
 - :func:`rate_limit`: sweeps against a token bucket and the simulator's fixed window;
 - :func:`memory`: peak RSS of a small and a large sweep.
 
-Each returns the raw runs; ``report.py`` summarises them.
+Each returns the raw runs; ``summaries.py`` summarises them. ``contention.py`` is a section too.
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ def command_line(
     env.update(PHALA_CLOUD_API_KEY=server.api_key, PHALA_CLOUD_API_PREFIX=server.base_url)
     commands = {
         "phala-async sweep": [
-            *_phala_async_command(),
+            *phala_async_command(),
             "sweep",
             "--ids-file",
             str(ids_file),
@@ -166,7 +166,7 @@ def command_line(
     return runs
 
 
-def _phala_async_command() -> list[str]:
+def phala_async_command() -> list[str]:
     """The installed ``phala-async`` script beside this interpreter, else ``python -m``."""
     script = Path(sys.executable).with_name("phala-async")
     return [str(script)] if script.is_file() else [sys.executable, "-m", "phala_async"]

@@ -12,8 +12,9 @@ Two implementations serve the same bodies, those of :class:`phala_async.testing.
   pool of simulator documents with the id put in, so 100,000 CVMs cost no more to serve than 100.
   Its CPU per request is a fraction of any client's, so the clients, not the server, are what a
   run measures. ``--bucket-rate`` puts a token bucket in front of it (:class:`TokenBucket`).
-- ``simulator``: the simulator itself (aiohttp.web), with its latency, fault and rate-limit
-  options. Faithful, but it costs about as much CPU per request as a client.
+- ``simulator``: the simulator itself (aiohttp.web), with its latency, fault, rate-limit and
+  capacity options, and with ``--control`` its counters at ``/_simulator/stats``. Faithful,
+  but it costs about as much CPU per request as a client.
 
 Both run on uvloop when it is installed.
 """
@@ -244,7 +245,10 @@ def simulator_options(args: argparse.Namespace) -> dict[str, Any]:
         "faults": args.faults.split(",") if args.faults else (),
         "rate_limit": args.rate_limit,
         "rate_limit_retry_after": 1,
+        "capacity": args.capacity,
         "seed": args.seed,
+        # The control API's counters (GET /_simulator/stats) are what a run reads of the server.
+        "control": args.control,
     }
 
 
@@ -263,6 +267,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fault-rate", type=float, default=0.0, help="simulator: fault share")
     parser.add_argument("--faults", default="", help="simulator: comma-separated fault kinds")
     parser.add_argument("--rate-limit", type=float, help="simulator: fixed-window limit per second")
+    parser.add_argument(
+        "--capacity", type=int, help="simulator: requests served at once; one more is a 503"
+    )
+    parser.add_argument(
+        "--control", action="store_true", help="simulator: serve the control API's counters"
+    )
     parser.add_argument("--seed", type=int, default=0, help="simulator: seed of data and faults")
     parser.add_argument("--max-seconds", type=float, default=3600.0, help="stop after this long")
     parser.add_argument("--no-uvloop", action="store_true", help="use the default event loop")

@@ -4,7 +4,8 @@ Only the structure of its output is checked (every request accounted for, every 
 never a speed: speed targets are measured by ``make bench`` and reported, not asserted. The peers
 that need the benchmark environment (httpx, pydantic, phala-cloud, uvloop) are not installed here,
 so the run covers phala-async and the bare aiohttp loop, which need only the project's own
-dependencies. The pure pieces (the token bucket, the report's markers) are tested directly.
+dependencies; the contention section runs every case once at tiny sizes. The pure pieces (the
+token bucket, the report's markers, a target row) are tested directly.
 """
 
 from __future__ import annotations
@@ -20,7 +21,17 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 CLIENTS = ("phala-async", "phala-async-noretry", "aiohttp")
 ROWS = (*CLIENTS, "phala-async (int ids)", "aiohttp (int ids)")
-TARGETS = 13
+CONTENTION_CASES = (
+    "capacity 8",
+    "storm's fault-free pair",
+    "50% 503 storm",
+    "shared key, K=1",
+    "shared key, K=2",
+    "silent server",
+    "closed port",
+    "accept and close",
+    "dead API",
+)
 RATE_CASES = (
     "token bucket 100/s",
     "token bucket 200/s",
@@ -54,11 +65,15 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=240,
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    return {"stdout": done.stdout, "results": json.loads((out / "results.json").read_text())}
+    return {
+        "stdout": done.stdout,
+        "json_path": out / "results.json",
+        "results": json.loads((out / "results.json").read_text()),
+    }
 
 
 @pytest.mark.slow
@@ -185,8 +200,10 @@ def test_decode_times_phala_async_and_skips_absent_peers(quick_run: dict[str, An
 @pytest.mark.slow
 def test_every_target_is_reported_with_a_verdict(quick_run: dict[str, Any]) -> None:
     """Every target is listed, PASS, FAIL or n/a, in the JSON and in the printed report."""
+    from benchmarks.targets import TARGETS
+
     targets = quick_run["results"]["targets"]
-    assert len(targets) == TARGETS
+    assert len(targets) == len(TARGETS)
     assert {target["status"] for target in targets} <= {"PASS", "FAIL", "n/a"}
     for target in targets:
         assert target["target"] in quick_run["stdout"]
@@ -205,6 +222,7 @@ def test_printed_report_is_markdown_with_every_section(quick_run: dict[str, Any]
         "The command line, end to end",
         "Goodput under faults",
         "Rate limits",
+        "Contention",
         "Memory",
         "Decode",
     ):
@@ -213,6 +231,93 @@ def test_printed_report_is_markdown_with_every_section(quick_run: dict[str, Any]
         assert f"\n| {row} |" in stdout
     assert "aiohttp " in stdout
     assert "Not a result" in stdout
+
+
+@pytest.mark.slow
+def test_every_contention_case_ran_once_in_order(quick_run: dict[str, Any]) -> None:
+    """The quick round runs each contention case once, in the section's order, with no run that
+    failed to report."""
+    runs = quick_run["results"]["contention"]["runs"]
+    assert [run["label"] for run in runs] == list(CONTENTION_CASES)
+    assert [run for run in runs if "failed" in run or "problem" in run] == []
+
+
+@pytest.mark.slow
+def test_simulator_cases_count_the_servers_requests(quick_run: dict[str, Any]) -> None:
+    """Against the simulator, requests and 503s are the server's count: at least one request
+    per id, 503s only where the server sends them, and none at all from a fault-free one."""
+    summary = quick_run["results"]["contention"]["summary"]
+    for label in ("capacity 8", "storm's fault-free pair", "50% 503 storm", "dead API"):
+        assert summary[label]["requests_per_id"]["median"] >= 1.0, label
+    assert summary["storm's fault-free pair"]["share_503"]["median"] == 0.0
+    assert summary["dead API"]["share_503"]["median"] == 1.0
+    assert summary["capacity 8"]["ok_share"]["median"] == 1.0
+    assert summary["capacity 8"]["goodput"]["median"] > 0
+    assert summary["50% 503 storm"]["wall_vs_fault_free"]["median"] > 0
+
+
+@pytest.mark.slow
+def test_shared_key_cases_report_their_use_of_the_one_bucket(quick_run: dict[str, Any]) -> None:
+    """K processes on one bucket fetched every id between them and report the share of the
+    limit used and of 429s."""
+    summary = quick_run["results"]["contention"]["summary"]
+    for label in ("shared key, K=1", "shared key, K=2"):
+        entry = summary[label]
+        assert entry["ok_share"]["median"] == 1.0, label
+        assert entry["limit_used"]["median"] > 0, label
+        assert 0 <= entry["share_429"]["median"] < 1, label
+
+
+@pytest.mark.slow
+def test_command_cases_report_an_exit_status_and_the_connections_counted(
+    quick_run: dict[str, Any],
+) -> None:
+    """The end-to-end sweeps against a silent server, a closed port and a closing server each
+    report one exit status; the closing server counted at least one connection."""
+    summary = quick_run["results"]["contention"]["summary"]
+    for label in ("silent server", "closed port", "accept and close"):
+        assert len(summary[label]["exit_statuses"]) == 1, label
+        assert summary[label]["wall_s"]["median"] > 0, label
+    assert summary["accept and close"]["connections"]["median"] >= 1
+
+
+@pytest.mark.slow
+def test_report_is_made_from_the_json_alone(quick_run: dict[str, Any]) -> None:
+    """``python -m benchmarks.report results.json`` prints the report the run printed."""
+    done = subprocess.run(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "benchmarks.report", str(quick_run["json_path"])],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.rstrip("\n") == quick_run["stdout"].rstrip("\n")
+
+
+@pytest.mark.parametrize(
+    ("value", "status"),
+    [(0.97, "PASS"), (0.5, "FAIL"), (None, "n/a")],
+    ids=["met", "missed", "absent"],
+)
+def test_a_target_row_compares_its_reading_with_its_threshold(
+    value: float | None, status: str
+) -> None:
+    """One row of the table is PASS at its threshold, FAIL below it, and n/a unmeasured, with
+    the goal and the measured value written in the row's unit."""
+    from benchmarks.targets import Reading, Target, evaluate
+
+    target = Target(
+        "a ratio",
+        lambda _: None if value is None else Reading(value, " (a vs b)"),
+        0.97,
+        ">=",
+        "x",
+    )
+    row = evaluate(target, {})
+    assert (row["goal"], row["status"]) == (">= 0.97x", status)
+    assert row["measured"] == ("not measured" if value is None else f"{value:.2f}x (a vs b)")
 
 
 def test_token_bucket_lets_its_burst_through_then_its_rate() -> None:
