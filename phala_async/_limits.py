@@ -323,7 +323,13 @@ class PauseGate:
             await asyncio.sleep(delay)
 
     def wait_task_can_start(self) -> Awaitable[None] | None:
-        return self.wait() if self._until > self._clock() else None
+        until = self._until
+        if not until:
+            return None  # no pause since the last one ended: no need to read the clock
+        if until > self._clock():
+            return self.wait()
+        self._until = 0.0
+        return None
 
     def notify_task_started(self, ticket: Ticket) -> None:
         pass

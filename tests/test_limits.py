@@ -676,3 +676,29 @@ async def test_hard_cap_holds_a_send_beyond_its_rate() -> None:
     assert sixth is not None
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(sixth, timeout=0.005)
+
+
+def test_the_pause_reads_no_clock_once_it_is_over() -> None:
+    """After a pause has ended and been seen to end, a request passing the gate costs no clock
+    read; a new pause is seen again."""
+    reads = 0
+    clock = FakeClock()
+
+    def counted() -> float:
+        nonlocal reads
+        reads += 1
+        return clock()
+
+    gate = PauseGate(counted)
+    gate.pause_for(1.0)
+    clock.now += 2.0
+    assert gate.wait_task_can_start() is None  # reads the clock, sees the pause is over
+    before = reads
+    for _ in range(10):
+        assert gate.wait_task_can_start() is None
+    quiet_reads = reads - before
+    gate.pause_for(1.0)
+    waiter = gate.wait_task_can_start()
+    assert quiet_reads == 0
+    assert waiter is not None
+    waiter.close()  # type: ignore[attr-defined]  # a coroutine never awaited
