@@ -27,8 +27,8 @@ import msgspec
 import pytest
 
 from phala_async import CvmDetail
-from phala_async._cli import main
 from phala_async._ids import normalize_cvm_id
+from phala_async.cli import main
 from phala_async.testing import PhalaSimulator
 
 SECRET_KEY = "phak_cli-test-key-0123456789abcdef"

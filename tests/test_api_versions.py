@@ -13,8 +13,8 @@ import msgspec
 import pytest
 
 from phala_async import ConfigurationError, CvmDetail, CvmInfo, DecodeError, PhalaClient
-from phala_async._cli import main
 from phala_async._models_v2026 import decode_cvm_info
+from phala_async.cli import main
 from phala_async.testing import PhalaSimulator
 from tests.cli_support import SECRET_KEY, jsonl, simulator_thread
 

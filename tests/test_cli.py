@@ -40,11 +40,11 @@ from cli_support import (
 )
 
 from phala_async import CvmResult, NotFoundError
-from phala_async._cli import build_parser, main
-from phala_async._cli_common import make_client, plural
-from phala_async._cli_output import CSV_COLUMNS, Redactor, record_writer
-from phala_async._cli_progress import Tally, format_progress, format_summary
 from phala_async._client import ClientStats
+from phala_async.cli import build_parser, main
+from phala_async.cli._common import make_client, plural
+from phala_async.cli._output import CSV_COLUMNS, Redactor, record_writer
+from phala_async.cli._progress import Tally, format_progress, format_summary
 from phala_async.testing import Fault, PhalaSimulator
 
 

@@ -12,10 +12,10 @@ import pytest
 from cli_support import jsonl
 
 from phala_async import CvmDifference, FieldChange, diff_snapshots
-from phala_async._cli import main
-from phala_async._cli_diff import format_jsonl, format_text
-from phala_async._cli_files import CSV_HEADER
 from phala_async._diff import field_changes, flatten, selects
+from phala_async.cli import main
+from phala_async.cli._diff import format_jsonl, format_text
+from phala_async.cli._files import CSV_HEADER
 
 Difference = CvmDifference
 

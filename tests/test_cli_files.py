@@ -22,8 +22,8 @@ from cli_support import (
     served_fixture,  # noqa: F401 - a fixture
 )
 
-from phala_async._cli_common import UsageError
-from phala_async._cli_files import (
+from phala_async.cli._common import UsageError
+from phala_async.cli._files import (
     CSV_HEADER,
     OutputFile,
     RecordFile,

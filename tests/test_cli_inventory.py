@@ -30,11 +30,11 @@ from cli_support import (
     wait_until,
 )
 
-from phala_async._cli import main
-from phala_async._cli_guard import SAME_FAILURE_LIMIT
-from phala_async._cli_output import TABLE_COLUMNS, format_table_row
-from phala_async._cli_progress import fit_line
 from phala_async._errors import with_tls_hint
+from phala_async.cli import main
+from phala_async.cli._guard import SAME_FAILURE_LIMIT
+from phala_async.cli._output import TABLE_COLUMNS, format_table_row
+from phala_async.cli._progress import fit_line
 from phala_async.testing import PhalaSimulator
 
 IDS = 40

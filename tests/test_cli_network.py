@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from cli_support import SECRET_KEY, jsonl, run, simulator_thread
 
-from phala_async._cli import main
+from phala_async.cli import main
 
 
 def test_ca_file_lets_a_sweep_trust_a_private_ca(tmp_path: Path) -> None:

@@ -21,8 +21,8 @@ from cli_support import (
     served_fixture,  # noqa: F401 - the `served` fixture
 )
 
-from phala_async._cli import main
-from phala_async._cli_summary import sweep_why
+from phala_async.cli import main
+from phala_async.cli._summary import sweep_why
 from phala_async.testing import PhalaSimulator
 
 SUMMARY_KEYS = [

@@ -29,12 +29,12 @@ from phala_async import (
     PermissionDeniedError,
     PhalaClient,
 )
-from phala_async._cli import main
-from phala_async._cli_common import Stop
-from phala_async._cli_files import OutputFile
-from phala_async._cli_progress import Tally
-from phala_async._cli_sweep import SweepReport, describe_failure, exit_status, file_note
 from phala_async._client import ClientStats
+from phala_async.cli import main
+from phala_async.cli._common import Stop
+from phala_async.cli._files import OutputFile
+from phala_async.cli._progress import Tally
+from phala_async.cli._sweep import SweepReport, describe_failure, exit_status, file_note
 from phala_async.testing import PhalaSimulator
 
 GOOD = b'{"cvm_id":"1","ok":true,"cvm":{"id":1}}\n' * 3  # yesterday's inventory

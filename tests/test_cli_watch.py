@@ -40,8 +40,8 @@ from cli_support import (
 )
 
 from phala_async import CvmDetail, CvmEvent, InternalServerError
-from phala_async._cli_output import Redactor
-from phala_async._cli_watch import event_json, event_text, format_watch_summary
+from phala_async.cli._output import Redactor
+from phala_async.cli._watch import event_json, event_text, format_watch_summary
 from phala_async.testing import PhalaSimulator
 
 INTERVAL = "0.05"  # seconds between rounds

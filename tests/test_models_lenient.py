@@ -11,8 +11,8 @@ import pytest
 from aiohttp import web
 
 from phala_async import DecodeError
-from phala_async._cli import main
 from phala_async._models import decode_cvm, decode_page
+from phala_async.cli import main
 from tests.cli_support import SECRET_KEY, jsonl
 
 REQUIRED = {"id": 7, "name": "web-00007", "status": "running", "app_id": "a" * 40}

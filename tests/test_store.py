@@ -23,7 +23,6 @@ from cli_support import (
     wait_until,
 )
 
-from phala_async._cli import main
 from phala_async._store import (
     SCHEMA_VERSION,
     SnapshotWriter,
@@ -33,6 +32,7 @@ from phala_async._store import (
     snapshot_records,
     split_snapshot_ref,
 )
+from phala_async.cli import main
 from phala_async.testing import PhalaSimulator
 
 IDS = [str(cvm_id) for cvm_id in range(1, 31)]

@@ -17,8 +17,8 @@ import aiohttp
 import pytest
 
 from phala_async import testing
-from phala_async._sim_data import canonical_key
 from phala_async.testing import Fault, PhalaSimulator
+from phala_async.testing._data import canonical_key
 
 StartSimulator = Callable[..., Awaitable[PhalaSimulator]]
 Answer = tuple[int, Mapping[str, str], bytes]

@@ -10,8 +10,8 @@ import aiohttp
 import pytest
 
 from phala_async import PhalaClient
-from phala_async._sim_data import cvm_identity
 from phala_async.testing import PhalaSimulator
+from phala_async.testing._data import cvm_identity
 
 
 @pytest.fixture

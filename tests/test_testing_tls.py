@@ -159,7 +159,7 @@ def test_bad_tls_configuration_fails_at_construction(config: dict[str, Any], mes
 def test_missing_trustme_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without trustme installed, tls=True raises ImportError naming the extra to install."""
     monkeypatch.setitem(sys.modules, "trustme", None)  # makes `import trustme` fail
-    monkeypatch.delitem(sys.modules, "phala_async._sim_tls", raising=False)
+    monkeypatch.delitem(sys.modules, "phala_async.testing._tls", raising=False)
     with pytest.raises(ImportError, match=r"pip install 'phala-async\[testing\]'"):
         PhalaSimulator(tls=True)
     assert PhalaSimulator().cvm_ids  # plain HTTP needs no trustme

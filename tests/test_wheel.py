@@ -128,14 +128,14 @@ def test_wheel_holds_the_package_and_licence_and_nothing_else(wheel: Path) -> No
 
 def test_wheel_check_names_missing_and_unexpected_files(tmp_path: Path) -> None:
     """A wheel lacking a module and holding a test fails the check, which names both."""
-    names = expected_wheel_files(ROOT, __version__) - {f"{PACKAGE}/_sim_data.py"}
+    names = expected_wheel_files(ROOT, __version__) - {f"{PACKAGE}/testing/_data.py"}
     names |= {"tests/conftest.py"}
     bad = tmp_path / "bad.whl"
     with zipfile.ZipFile(bad, "w") as archive:
         for name in names:
             archive.writestr(name, "License-Expression: Apache-2.0\nLicense-File: LICENSE\n")
     assert wheel_problems(bad, ROOT, __version__) == [
-        f"missing: {PACKAGE}/_sim_data.py",
+        f"missing: {PACKAGE}/testing/_data.py",
         "unexpected: tests/conftest.py",
     ]
 

@@ -2,7 +2,8 @@
 ``serve``, ``demo``.
 
 :func:`main` parses the arguments, runs one command and returns the exit status (see
-:data:`_EPILOG`). Each command lives in its own ``_cli_*`` module; this one holds the parser.
+:data:`_EPILOG`). Each command lives in its own private module of ``phala_async.cli``; this one
+holds the parser.
 Credentials never appear in anything the command line prints.
 """
 
@@ -15,20 +16,21 @@ import sys
 from collections.abc import Callable, Collection, Sequence
 from typing import Any, NoReturn
 
-from ._cli_common import EXIT_OK, EXIT_USAGE, PROG, Stop, StoppedBySignal, UsageError
-from ._cli_diff import diff_command
-from ._cli_get import get_command
-from ._cli_history import history_command
-from ._cli_output import Redactor, logging_to_stderr, print_error
-from ._cli_sim import demo_command, serve_command
-from ._cli_summary import add_summary_option
-from ._cli_sweep import sweep_command
-from ._cli_watch import watch_command
-from ._client import PhalaClient
-from ._config import API_KEY_ENV, BASE_URL_ENV, DEFAULT_BASE_URL
-from ._errors import ConfigurationError
-from ._version import __version__
-from ._versions import API_VERSION, API_VERSIONS
+from phala_async._client import PhalaClient
+from phala_async._config import API_KEY_ENV, BASE_URL_ENV, DEFAULT_BASE_URL
+from phala_async._errors import ConfigurationError
+from phala_async._version import __version__
+from phala_async._versions import API_VERSION, API_VERSIONS
+
+from ._common import EXIT_OK, EXIT_USAGE, PROG, Stop, StoppedBySignal, UsageError
+from ._diff import diff_command
+from ._get import get_command
+from ._history import history_command
+from ._output import Redactor, logging_to_stderr, print_error
+from ._sim import demo_command, serve_command
+from ._summary import add_summary_option
+from ._sweep import sweep_command
+from ._watch import watch_command
 
 __all__ = ["build_parser", "main"]
 

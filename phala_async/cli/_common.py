@@ -14,11 +14,11 @@ import sys
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from ._client import PhalaClient
-from ._config import API_KEY_ENV
-from ._errors import ConfigurationError
-from ._models_v2026 import AnyCvm
-from ._versions import API_VERSION
+from phala_async._client import PhalaClient
+from phala_async._config import API_KEY_ENV
+from phala_async._errors import ConfigurationError
+from phala_async._models_v2026 import AnyCvm
+from phala_async._versions import API_VERSION
 
 __all__ = [
     "EXIT_FAILED",

@@ -12,17 +12,18 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import TextIO
 
-from ._bulk import CvmResult
-from ._cli_common import plural
-from ._client import ClientStats, PhalaClient
-from ._errors import (
+from phala_async._bulk import CvmResult
+from phala_async._client import ClientStats, PhalaClient
+from phala_async._errors import (
     APIConnectionError,
     APIStatusError,
     AuthenticationError,
     PermissionDeniedError,
     PhalaError,
 )
-from ._models_v2026 import AnyCvm
+from phala_async._models_v2026 import AnyCvm
+
+from ._common import plural
 
 __all__ = [
     "REDRAW_INTERVAL",

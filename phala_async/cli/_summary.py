@@ -24,10 +24,11 @@ from typing import Any
 
 import msgspec
 
-from ._cli_common import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, plural
-from ._cli_output import print_error
-from ._cli_progress import Tally
-from ._stats import ClientStats
+from phala_async._stats import ClientStats
+
+from ._common import EXIT_FAILED, EXIT_OK, EXIT_REFUSED, plural
+from ._output import print_error
+from ._progress import Tally
 
 __all__ = [
     "WATCH_KINDS",

@@ -8,11 +8,14 @@ import asyncio
 import sys
 from typing import TYPE_CHECKING, Any
 
-from ._cli_common import EXIT_OK, PROG, Stop, UsageError, client_options, run_command
-from ._cli_files import OutputFile
-from ._cli_output import NullWriter, RecordWriter, Redactor, record_writer
-from ._cli_progress import Tally
-from ._cli_sweep import (
+from phala_async._client import PhalaClient
+from phala_async._config import API_KEY_ENV
+
+from ._common import EXIT_OK, PROG, Stop, UsageError, client_options, run_command
+from ._files import OutputFile
+from ._output import NullWriter, RecordWriter, Redactor, record_writer
+from ._progress import Tally
+from ._sweep import (
     SweepReport,
     finish,
     run_sweep,
@@ -20,11 +23,9 @@ from ._cli_sweep import (
     uncancel,
     workspace_ids,
 )
-from ._client import PhalaClient
-from ._config import API_KEY_ENV
 
 if TYPE_CHECKING:
-    from .testing import PhalaSimulator
+    from phala_async.testing import PhalaSimulator
 
 __all__ = [
     "DEMO_FAULT_RATE",
@@ -45,7 +46,9 @@ DEMO_RATE_LIMIT = 200.0
 
 
 def _simulator(**options: Any) -> PhalaSimulator:
-    from .testing import PhalaSimulator  # aiohttp.web is loaded only for these two commands
+    from phala_async.testing import (
+        PhalaSimulator,  # aiohttp.web is loaded only for these two commands
+    )
 
     return PhalaSimulator(host="127.0.0.1", **options)
 
@@ -76,7 +79,7 @@ def serve_command(args: argparse.Namespace, redact: Redactor) -> int:
 
 
 async def _serve(simulator: PhalaSimulator) -> int:
-    from ._sim_control import CONTROL_PREFIX
+    from phala_async.testing._control import CONTROL_PREFIX
 
     async with simulator:
         url, key = simulator.base_url, simulator.api_key

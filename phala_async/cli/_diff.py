@@ -15,10 +15,7 @@ from typing import Any
 
 import msgspec
 
-from ._cli_common import UsageError
-from ._cli_files import RecordFile, StoredRecord
-from ._cli_output import CSV_COLUMNS, CVM_COLUMNS, Redactor, print_error
-from ._diff import (
+from phala_async._diff import (
     DIFFERENCE_KINDS,
     CvmDifference,
     check_field_paths,
@@ -26,7 +23,11 @@ from ._diff import (
     field_paths,
     pair_records,
 )
-from ._store import StoreError, rows_as_records, snapshot_records, split_snapshot_ref
+from phala_async._store import StoreError, rows_as_records, snapshot_records, split_snapshot_ref
+
+from ._common import UsageError
+from ._files import RecordFile, StoredRecord
+from ._output import CSV_COLUMNS, CVM_COLUMNS, Redactor, print_error
 
 __all__ = [
     "Side",

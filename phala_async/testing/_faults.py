@@ -12,7 +12,7 @@ import weakref
 
 from aiohttp import web
 
-from phala_async import _sim_data as data
+from . import _data as data
 
 __all__ = [
     "DEFAULT_FAULTS",

@@ -6,8 +6,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._bulk import SweepResult
-from ._cli_common import (
+from phala_async._bulk import SweepResult
+from phala_async._client import PhalaClient
+from phala_async._models_v2026 import AnyCvm
+
+from ._common import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_REFUSED,
@@ -16,11 +19,9 @@ from ._cli_common import (
     refused_message,
     run_command,
 )
-from ._cli_files import parse_ids
-from ._cli_output import Redactor, print_cvms, print_error
-from ._cli_progress import Tally, refusal
-from ._client import PhalaClient
-from ._models_v2026 import AnyCvm
+from ._files import parse_ids
+from ._output import Redactor, print_cvms, print_error
+from ._progress import Tally, refusal
 
 __all__ = ["get_command"]
 

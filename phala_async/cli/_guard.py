@@ -7,10 +7,11 @@ with ``APIUnreachableError``); the sweep's consumer acts on them.
 
 from __future__ import annotations
 
-from ._bulk import CvmResult
-from ._cli_progress import Tally
-from ._errors import NotFoundError, PhalaError
-from ._response import BASE_URL_HINT
+from phala_async._bulk import CvmResult
+from phala_async._errors import NotFoundError, PhalaError
+from phala_async._response import BASE_URL_HINT
+
+from ._progress import Tally
 
 __all__ = ["SAME_FAILURE_LIMIT", "WrongBaseURLError", "early_end", "unreached"]
 

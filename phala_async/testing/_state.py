@@ -1,6 +1,6 @@
 """The CVMs a ``phala_async.testing.PhalaSimulator`` serves, and how a path segment finds one.
 
-Pure state, no I/O: the server in ``testing.py`` asks ``lookup`` and ``page`` for answers, and the
+Pure state, no I/O: the server (``_simulator``) asks ``lookup`` and ``page`` for answers, and the
 simulator's ``add_cvms``, ``remove_cvm`` and ``update_cvm`` change it between requests.
 
 Ids follow one auto-increment sequence, as the API's database gives them: the workspace's CVMs are
@@ -22,8 +22,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from phala_async import _sim_data as data
-from phala_async._sim_v2026 import BASIC, info_document
+from . import _data as data
+from ._v2026 import BASIC, info_document
 
 __all__ = ["Workspace"]
 

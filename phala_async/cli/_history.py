@@ -10,10 +10,11 @@ from typing import Any
 
 import msgspec
 
-from ._cli_common import UsageError, plural
-from ._cli_output import Redactor
-from ._diff import field_changes
-from ._store import SnapshotInfo, StoredRow, StoreError, cvm_history, list_snapshots
+from phala_async._diff import field_changes
+from phala_async._store import SnapshotInfo, StoredRow, StoreError, cvm_history, list_snapshots
+
+from ._common import UsageError, plural
+from ._output import Redactor
 
 __all__ = ["format_cvm_history", "format_snapshots", "history_command"]
 

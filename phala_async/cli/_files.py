@@ -14,9 +14,10 @@ from typing import NamedTuple, TextIO
 
 import msgspec
 
-from ._cli_common import PROG, UsageError
-from ._cli_output import CSV_COLUMNS
-from ._ids import id_key
+from phala_async._ids import id_key
+
+from ._common import PROG, UsageError
+from ._output import CSV_COLUMNS
 
 __all__ = [
     "CSV_HEADER",

@@ -13,9 +13,9 @@ from typing import Protocol, TextIO
 
 import msgspec
 
-from ._bulk import CvmResult
-from ._errors import APIStatusError
-from ._models_v2026 import AnyCvm, CvmInfo
+from phala_async._bulk import CvmResult
+from phala_async._errors import APIStatusError
+from phala_async._models_v2026 import AnyCvm, CvmInfo
 
 __all__ = [
     "CSV_COLUMNS",

@@ -14,7 +14,13 @@ from typing import Any, TextIO
 
 import msgspec
 
-from ._cli_common import (
+from phala_async._client import PhalaClient
+from phala_async._diff import check_field_paths
+from phala_async._errors import AuthenticationError, PhalaError, subject
+from phala_async._models_v2026 import AnyCvm
+from phala_async._watch import CvmEvent, CvmWatch
+
+from ._common import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_REFUSED,
@@ -26,16 +32,11 @@ from ._cli_common import (
     refused_message,
     run_command,
 )
-from ._cli_files import given_ids
-from ._cli_output import Redactor, print_error
-from ._cli_progress import Tally, refusal
-from ._cli_summary import WATCH_KINDS, save_summary, watch_summary, watch_why
-from ._cli_sweep import describe_failure
-from ._client import PhalaClient
-from ._diff import check_field_paths
-from ._errors import AuthenticationError, PhalaError, subject
-from ._models_v2026 import AnyCvm
-from ._watch import CvmEvent, CvmWatch
+from ._files import given_ids
+from ._output import Redactor, print_error
+from ._progress import Tally, refusal
+from ._summary import WATCH_KINDS, save_summary, watch_summary, watch_why
+from ._sweep import describe_failure
 
 __all__ = [
     "EventWriter",

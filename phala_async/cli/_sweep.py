@@ -13,8 +13,15 @@ import sys
 from collections.abc import AsyncIterator, Callable, Container, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from ._bulk import CvmResult
-from ._cli_common import (
+from phala_async._bulk import CvmResult
+from phala_async._client import ClientStats, PhalaClient
+from phala_async._errors import APIStatusError, DecodeError, PhalaError, subject
+from phala_async._listing import CvmListing
+from phala_async._models import HostedCvm
+from phala_async._models_v2026 import AnyCvm, CvmInfo
+from phala_async._store import SnapshotWriter, StoreError
+
+from ._common import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_REFUSED,
@@ -28,10 +35,10 @@ from ._cli_common import (
     refused_message,
     run_command,
 )
-from ._cli_files import OutputFile, Resumed, given_ids, id_key, resume_from
-from ._cli_guard import WrongBaseURLError, early_end, unreached
-from ._cli_lock import OutputBusyError, holding
-from ._cli_output import (
+from ._files import OutputFile, Resumed, given_ids, id_key, resume_from
+from ._guard import WrongBaseURLError, early_end, unreached
+from ._lock import OutputBusyError, holding
+from ._output import (
     JsonLinesWriter,
     NullWriter,
     RecordWriter,
@@ -40,14 +47,8 @@ from ._cli_output import (
     print_error,
     record_writer,
 )
-from ._cli_progress import ProgressLine, Tally, format_summary, refusal
-from ._cli_summary import save_summary, sweep_summary, sweep_why
-from ._client import ClientStats, PhalaClient
-from ._errors import APIStatusError, DecodeError, PhalaError, subject
-from ._listing import CvmListing
-from ._models import HostedCvm
-from ._models_v2026 import AnyCvm, CvmInfo
-from ._store import SnapshotWriter, StoreError
+from ._progress import ProgressLine, Tally, format_summary, refusal
+from ._summary import save_summary, sweep_summary, sweep_why
 
 __all__ = [
     "AlreadyOk",
