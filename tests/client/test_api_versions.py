@@ -11,12 +11,12 @@ from pathlib import Path
 import aiohttp
 import msgspec
 import pytest
+from cli_support import SECRET_KEY, jsonl, simulator_thread
 
 from phala_async import ConfigurationError, CvmDetail, CvmInfo, DecodeError, PhalaClient
 from phala_async._models_v2026 import decode_cvm_info
 from phala_async.cli import main
 from phala_async.testing import PhalaSimulator
-from tests.cli_support import SECRET_KEY, jsonl, simulator_thread
 
 
 def test_an_unknown_version_is_a_configuration_error_naming_the_supported_ones() -> None:

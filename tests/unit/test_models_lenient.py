@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from cli_support import SECRET_KEY, jsonl
 
 from phala_async import DecodeError
 from phala_async._models import decode_cvm, decode_page
 from phala_async.cli import main
-from tests.cli_support import SECRET_KEY, jsonl
 
 REQUIRED = {"id": 7, "name": "web-00007", "status": "running", "app_id": "a" * 40}
 SIZES = {"vcpu": 2, "memory": 2048, "disk_size": 40}

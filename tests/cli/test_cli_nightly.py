@@ -29,7 +29,7 @@ from cli_support import (
 
 from phala_async.testing import PhalaSimulator
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def readme_block(language: str, containing: str) -> str:

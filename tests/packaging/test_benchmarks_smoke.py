@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CLIENTS = ("phala-async", "phala-async-noretry", "aiohttp")
 ROWS = (*CLIENTS, "phala-async (int ids)", "aiohttp (int ids)")
 TARGETS = 13

@@ -26,12 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from tests.cli_support import TIMEOUT, subprocess_env
+from cli_support import TIMEOUT, subprocess_env
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SDK_DIR = ROOT / ".cache" / "npm-sdk"
 TS_SDK = "@phala/cloud@0.2.9"
 TS_ENTRY = SDK_DIR / "node_modules" / "@phala" / "cloud" / "dist" / "index.mjs"

@@ -13,8 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
-from tests.cli_support import TIMEOUT, subprocess_env
+from cli_support import TIMEOUT, subprocess_env
 
 pytestmark = pytest.mark.slow
 

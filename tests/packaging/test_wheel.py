@@ -3,8 +3,8 @@ nothing else, and there it runs the CLI and serves the simulator without the sou
 
 The wheel is built here, from a fresh sdist as `make dist` builds it: a stale one is never tested.
 Each test runs from an empty temporary directory, so nothing can be imported from the source tree.
-Run as a script, ``python tests/test_wheel.py WHEEL`` prints the wheel's file list and exits 1 if a
-file is missing or unexpected (`make dist` does this).
+Run as a script, ``python tests/packaging/test_wheel.py WHEEL`` prints the wheel's file list and
+exits 1 if a file is missing or unexpected (`make dist` does this).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pytest
 
 from phala_async import __version__
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = "phala_async"
 BUILD_TIMEOUT = 300  # seconds: building, or pip fetching the dependencies on a cold cache
 RUN_TIMEOUT = 60  # seconds any command of the installed package may run
