@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -173,3 +174,16 @@ class Terminal(io.StringIO):
 
     def isatty(self) -> bool:
         return True
+
+
+def answers(base_url: str, path: str = "/cvms/1") -> dict[str, Any] | None:
+    """The JSON a simulator URL answers with the test key, or None when nothing answers."""
+    request = urllib.request.Request(  # noqa: S310 - a loopback http URL
+        base_url + path, headers={"X-API-Key": "phak_simulator_test_key"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=2) as response:  # noqa: S310
+            answer: dict[str, Any] = json.load(response)
+            return answer
+    except OSError:
+        return None

@@ -1,5 +1,6 @@
 """The real command in a subprocess (``python -m phala_async``) against a simulator on 127.0.0.1:
-a refused key, signals (SIGINT, SIGTERM, SIGKILL then ``--resume``) and a closed stdout.
+``get``, ``sweep``, ``serve`` and ``demo`` as users run them, usage errors, signals (SIGINT,
+SIGTERM, SIGKILL then ``--resume``) and a closed stdout.
 
 The simulator answers slowly (``latency``) and the sweep runs at low concurrency, so that a signal
 sent once a few records are on disk lands mid-sweep; every wait is bounded by TIMEOUT.
@@ -7,16 +8,24 @@ sent once a few records are on disk lands mid-sweep; every wait is bounded by TI
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import queue
 import signal
 import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
 from cli_support import (
+    CVMS,
+    SECRET_KEY,
     TIMEOUT,
-    WRONG_KEY,
+    answers,
     by_id,
+    documented,
     fetches,
     jsonl,
     lines_in,
@@ -24,9 +33,13 @@ from cli_support import (
     no_credentials_fixture,  # noqa: F401 - an autouse fixture
     posix_only,
     run_module,
+    served_fixture,  # noqa: F401 - a fixture
     simulator_thread,
+    subprocess_env,
     wait_until,
 )
+
+from phala_async.testing import PhalaSimulator
 
 YESTERDAY = "".join(
     json.dumps({"cvm_id": str(n), "ok": True, "cvm": {"id": n, "name": f"cvm-{n}"}}) + "\n"
@@ -40,35 +53,20 @@ def complete_records(path: Path) -> list[dict[str, object]]:
     return jsonl(text[: text.rfind("\n") + 1])
 
 
-def test_a_wrong_key_leaves_an_existing_file_byte_for_byte(tmp_path: Path) -> None:
-    """`--api-key wrong sweep --all -o keep.jsonl` exits 3, keep.jsonl keeps its 1,000 lines, and
-    stderr names where the key came from, never the key."""
-    keep = tmp_path / "keep.jsonl"
-    keep.write_bytes(YESTERDAY)
-    with simulator_thread(cvms=20) as simulator:
-        done = run_module(
-            "--api-key", WRONG_KEY, "--base-url", simulator.base_url,
-            "sweep", "--all", "-o", str(keep),
-        )  # fmt: skip
-    assert done.returncode == 3, done.stderr
-    assert keep.read_bytes() == YESTERDAY
-    assert "the API refused the API key from --api-key (HTTP 401 Unauthorized)" in done.stderr
-    assert WRONG_KEY not in done.stdout + done.stderr
-
-
 @posix_only
 @pytest.mark.parametrize(
-    ("sent", "status", "name"),
-    [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")],
-    ids=["sigint", "sigterm"],
+    ("sent", "status", "name", "file_before"),
+    [(signal.SIGINT, 130, "Ctrl-C", False), (signal.SIGTERM, 143, "SIGTERM", True)],
+    ids=["sigint-no-file", "sigterm-file"],
 )
 def test_a_signal_stops_the_sweep_with_its_status_the_summary_and_file_untouched(
-    tmp_path: Path, sent: signal.Signals, status: int, name: str
+    tmp_path: Path, sent: signal.Signals, status: int, name: str, file_before: bool
 ) -> None:
-    """SIGINT or SIGTERM mid-sweep: exit 130 or 143, the summary, FILE as it was, and only
-    complete ok records in FILE.partial."""
+    """SIGINT or SIGTERM mid-sweep: exit 130 or 143, a summary saying how to continue, FILE as it
+    was (or still absent), and only complete ok records in FILE.partial."""
     output, partial = tmp_path / "cvms.jsonl", tmp_path / "cvms.jsonl.partial"
-    output.write_bytes(YESTERDAY)
+    if file_before:
+        output.write_bytes(YESTERDAY)
     with (
         simulator_thread(cvms=400, latency=0.02) as simulator,
         module_process(
@@ -81,14 +79,17 @@ def test_a_signal_stops_the_sweep_with_its_status_the_summary_and_file_untouched
         process.send_signal(sent)
         _, err = process.communicate(timeout=TIMEOUT)
     assert process.returncode == status, err
-    assert output.read_bytes() == YESTERDAY
+    if file_before:
+        assert output.read_bytes() == YESTERDAY
+    else:
+        assert not output.exists()
     text = partial.read_text()
     assert text.endswith("\n")
     records = jsonl(text)
     assert 5 <= len(records) < 400
     assert all(record["ok"] for record in records)
     assert f"Interrupted by {name} after {len(records)} of 400 ids" in err
-    assert "run the same command with --resume to continue" in err
+    assert f"the records so far are in {partial}: run the same command with --resume" in err
 
 
 @posix_only
@@ -141,18 +142,91 @@ def test_a_closed_stdout_ends_quietly_with_status_0() -> None:
     assert err == ""
 
 
-def test_all_over_apps_of_three_instances_gives_one_record_per_cvm(tmp_path: Path) -> None:
-    """`sweep --all` in a subprocess, over a workspace whose apps run three instances each,
-    writes one ok record per CVM and fetches each once."""
-    output = tmp_path / "all.jsonl"
-    with simulator_thread(cvms=12, instances_per_app=3) as simulator:
-        done = run_module(
-            "--api-key", simulator.api_key, "--base-url", simulator.base_url,
-            "sweep", "--all", "-o", str(output),
-        )  # fmt: skip
-        records = jsonl(output.read_text())
-        fetched = [fetches(simulator, str(record["cvm_id"])) for record in records]
+def test_get_runs_as_a_subprocess(served: PhalaSimulator) -> None:
+    """`python -m phala_async get` prints the CVM and the failure, and exits 1."""
+    done = run_module("--base-url", served.base_url, "--api-key", SECRET_KEY, "get", "7", "999")
+    assert done.returncode == 1
+    assert jsonl(done.stdout) == [documented(served, 7)]
+    assert "CVM '999': HTTP 404 Not Found" in done.stderr
+
+
+def test_sweep_runs_as_a_subprocess_with_the_key_from_the_environment(
+    served: PhalaSimulator,
+) -> None:
+    """`python -m phala_async sweep --all --format csv` with PHALA_CLOUD_API_KEY writes every
+    workspace CVM as a CSV row to stdout, and prints no secret."""
+    done = run_module(
+        "sweep", "--all", "--format", "csv", "--base-url", served.base_url,
+        PHALA_CLOUD_API_KEY=SECRET_KEY,
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert sorted(record["cvm"]["id"] for record in records) == list(range(1, 13))  # type: ignore[index]
-    assert len({record["cvm"]["app_id"] for record in records}) == 4  # type: ignore[index]
-    assert fetched == [1] * 12
+    rows = list(csv.DictReader(io.StringIO(done.stdout)))
+    assert sorted(int(row["id"]) for row in rows) == served.cvm_ids
+    for row in rows:
+        assert row["name"] == served.cvm(int(row["id"]))["name"]
+    assert f"Swept {CVMS} ids" in done.stderr
+    assert SECRET_KEY not in done.stdout + done.stderr
+
+
+def test_bad_usage_exits_2_as_a_subprocess() -> None:
+    """`python -m phala_async get 1` with no credentials exits 2 and says how to pass one."""
+    done = run_module("get", "1")
+    assert done.returncode == 2
+    assert "--api-key" in done.stderr
+    assert done.stdout == ""
+
+
+@posix_only
+def test_serve_as_a_subprocess_prints_a_base_url_that_answers() -> None:
+    """`serve --port 0` prints its base URL and test key; the URL serves CVMs until SIGTERM."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "phala_async", "serve", "--port", "0", "--cvms", "5"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=subprocess_env(),
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    assert process.stdout is not None
+
+    def read_lines() -> None:
+        for line in process.stdout or ():
+            lines.put(line)
+
+    reader = threading.Thread(target=read_lines)
+    reader.start()
+    try:
+        printed: list[str] = []
+        while not printed or not printed[-1].startswith("try:"):
+            printed.append(lines.get(timeout=TIMEOUT))
+        banner = "".join(printed)
+        base_url = next(line for line in printed if line.startswith("base URL:")).split()[-1]
+        assert base_url.startswith("http://127.0.0.1:")
+        assert base_url.endswith("/api/v1")
+        assert "API key:  phak_simulator_test_key" in banner
+        assert f"--base-url {base_url}" in printed[-1]
+        cvm, page = answers(base_url, "/cvms/3"), answers(base_url, "/cvms/paginated")
+        assert cvm is not None
+        assert cvm["id"] == 3
+        assert page is not None
+        assert page["total"] == 5
+        process.terminate()
+        assert process.wait(TIMEOUT) == 0
+    finally:
+        process.kill()
+        process.wait(TIMEOUT)
+        reader.join(TIMEOUT)
+        for stream in (process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def test_demo_as_a_subprocess_writes_records_only_with_output(tmp_path: Path) -> None:
+    """`python -m phala_async demo --cvms 200 -o FILE` exits 0 and writes 200 ok records."""
+    output = tmp_path / "demo.jsonl"
+    done = run_module("demo", "--cvms", "200", "-o", str(output))
+    assert done.returncode == 0, done.stderr
+    records = jsonl(output.read_text())
+    assert sorted(record["cvm"]["id"] for record in records) == list(range(1, 201))
+    assert "200 ok, 0 failed" in done.stderr
+    assert done.stdout == ""

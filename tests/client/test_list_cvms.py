@@ -122,14 +122,25 @@ async def test_a_failed_page_is_retried(workspace: Workspace) -> None:
     assert client.stats.retries == 1
 
 
-async def test_a_refused_credential_raises_with_no_cvm_id(workspace: Workspace) -> None:
-    """A wrong key raises AuthenticationError for the list itself (cvm_id None)."""
-    _, client = await workspace(3, api_key="phak_wrong_key_for_this_test")
+async def test_a_refused_credential_raises_once_and_ends_the_listing(workspace: Workspace) -> None:
+    """A wrong key raises AuthenticationError for the list itself (cvm_id None, 401), and the
+    listing then ends instead of asking again."""
+    simulator, client = await workspace(3, api_key="phak_wrong_key_for_this_test")
+    listing = client.list_cvms()
     with pytest.raises(AuthenticationError) as caught:
-        async for _ in client.list_cvms():
-            pass
-    assert caught.value.cvm_id is None
-    assert caught.value.status_code == 401
+        await anext(listing)
+    assert (caught.value.cvm_id, caught.value.status_code) == (None, 401)
+    assert [item async for item in listing] == []
+    assert (listing.total, simulator.requests["paginated"]) == (None, 1)
+
+
+async def test_the_listing_total_is_the_workspace_size(workspace: Workspace) -> None:
+    """``list_cvms().total`` is the workspace's size once the first entry is read."""
+    _, client = await workspace(7)
+    listing = client.list_cvms(page_size=3)
+    await anext(listing)
+    assert listing.total == 7
+    assert len([item async for item in listing]) == 6
 
 
 async def test_a_sweep_fed_from_the_listing_reads_pages_lazily(workspace: Workspace) -> None:

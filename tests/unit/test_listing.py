@@ -4,12 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-import pytest
-
-from phala_async import AuthenticationError, PhalaClient
 from phala_async._listing import CvmListing
 from phala_async._models import CvmPage, HostedCvm, VmInfo
-from phala_async.testing import PhalaSimulator
 
 
 def entry(n: int) -> HostedCvm:
@@ -56,28 +52,3 @@ async def test_aclose_stops_further_pages() -> None:
     await listing.aclose()
     assert [item async for item in listing] == []
     assert asked == [1]
-
-
-async def test_list_cvms_exposes_the_workspace_total() -> None:
-    """``client.list_cvms().total`` is the simulator's workspace size after the first entry."""
-    async with (
-        PhalaSimulator(cvms=7, forbidden=2) as simulator,
-        PhalaClient(api_key=simulator.api_key, base_url=simulator.base_url) as client,
-    ):
-        listing = client.list_cvms(page_size=3)
-        await anext(listing)
-        assert listing.total == 7
-        assert len([item async for item in listing]) == 6
-
-
-async def test_a_failed_page_ends_the_listing() -> None:
-    """A refused first page raises, and the listing then ends instead of asking again."""
-    async with (
-        PhalaSimulator(cvms=3) as simulator,
-        PhalaClient(api_key="phak_wrong_key_for_this_test", base_url=simulator.base_url) as client,
-    ):
-        listing = client.list_cvms()
-        with pytest.raises(AuthenticationError):
-            await anext(listing)
-        assert [item async for item in listing] == []
-        assert (listing.total, simulator.requests["paginated"]) == (None, 1)
