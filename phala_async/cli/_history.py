@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-from phala_async._diff import field_changes
+from phala_async._changes import field_changes
 from phala_async._store import SnapshotInfo, StoredRow, StoreError, cvm_history, list_snapshots
 
 from ._common import UsageError, plural

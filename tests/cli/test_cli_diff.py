@@ -1,5 +1,6 @@
-"""``phala-async diff OLD NEW``: the comparison as plain functions, then the command on crafted
-pairs of sweep outputs (exit 0 when equal, 1 when not, 2 when it cannot compare)."""
+"""``phala-async diff OLD NEW``: the comparison as plain functions (what changed within one CVM is
+in ``tests/unit/test_changes.py``), then the command on crafted pairs of sweep outputs (exit 0
+when equal, 1 when not, 2 when it cannot compare)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import pytest
 from cli_support import jsonl
 
 from phala_async import CvmDifference, FieldChange, diff_snapshots
-from phala_async._diff import field_changes, flatten, selects
 from phala_async.cli import main
 from phala_async.cli._diff import format_jsonl, format_text
 from phala_async.cli._files import CSV_HEADER
@@ -65,56 +65,6 @@ def compare(
 
 
 # -- the comparison, without files -------------------------------------------------------------
-
-
-def test_flatten_names_nested_fields_by_path_and_keeps_lists_whole() -> None:
-    """Nested objects become dotted paths; a list is one value."""
-    assert flatten({"a": 1, "t": {"n": "x", "r": None}, "l": [1, 2], "e": {}}) == {
-        "a": 1,
-        "t.n": "x",
-        "t.r": None,
-        "l": [1, 2],
-        "e": {},
-    }
-
-
-@pytest.mark.parametrize(
-    ("path", "fields", "ignore", "counts"),
-    [
-        ("status", [], [], True),
-        ("teepod.name", ["teepod"], [], True),
-        ("teepod_id", ["teepod"], [], False),
-        ("status", ["teepod"], [], False),
-        ("public_urls", [], ["public_urls"], False),
-        ("teepod.name", ["teepod"], ["teepod.name"], False),
-    ],
-    ids=[
-        "all-count",
-        "path-covers-nested",
-        "prefix-is-not-a-path",
-        "not-listed",
-        "ignored",
-        "both",
-    ],
-)
-def test_selects_by_path_prefix(
-    path: str, fields: list[str], ignore: list[str], counts: bool
-) -> None:
-    """A field counts when under a --fields path (or there are none) and under no --ignore."""
-    assert selects(path, fields, ignore) is counts
-
-
-def test_field_changes_lists_each_changed_field_with_old_and_new() -> None:
-    """Changed, added and removed fields come out by path, in path order."""
-    old = cvm()
-    new = cvm(status="stopped", teepod__region_identifier="eu-central", vcpu=None)
-    del new["public_urls"]
-    assert field_changes(old, new) == (
-        FieldChange("public_urls", CVM["public_urls"], None),
-        FieldChange("status", "running", "stopped"),
-        FieldChange("teepod.region_identifier", "us-west", "eu-central"),
-        FieldChange("vcpu", 2, None),
-    )
 
 
 def test_compare_reports_each_kind_of_difference() -> None:

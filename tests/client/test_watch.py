@@ -6,20 +6,16 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
-import msgspec
 import pytest
 
 from phala_async import (
     ConfigurationError,
-    CvmDetail,
     CvmEvent,
     NotFoundError,
     PhalaClient,
     StatusTimeoutError,
 )
-from phala_async._watch import diff_cvms, flatten
 from phala_async.testing import Fault, PhalaSimulator
 
 INTERVAL = 0.05  # seconds between rounds: the tests drive changes between two rounds
@@ -214,40 +210,6 @@ async def test_wait_for_status_raises_at_once_on_404(
         with pytest.raises(NotFoundError):
             await client.wait_for_status(999, "running", timeout=5, interval=0.05)
         assert sim.requests["999"] == 1
-
-
-def _cvm(**changes: Any) -> CvmDetail:
-    base: dict[str, Any] = {
-        "id": 1,
-        "name": "api-1",
-        "status": "running",
-        "app_id": "a" * 40,
-        "vcpu": 2,
-        "memory": 2048,
-        "disk_size": 20,
-        "in_progress": False,
-        "teepod": {"id": 3, "name": "prod5", "region_identifier": "us-west"},
-    }
-    return msgspec.convert({**base, **changes}, CvmDetail)
-
-
-def test_diff_names_nested_fields_by_path() -> None:
-    """A nested field that changed is named by its path, with its old and new values."""
-    after = _cvm(teepod={"id": 3, "name": "prod5", "region_identifier": "eu"})
-    assert diff_cvms(_cvm(), after) == {"teepod.region_identifier": ("us-west", "eu")}
-
-
-def test_diff_ignores_volatile_fields_by_default_but_not_when_asked() -> None:
-    """``in_progress`` is ignored unless ``fields`` names it."""
-    after = _cvm(in_progress=True)
-    assert diff_cvms(_cvm(), after) == {}
-    assert diff_cvms(_cvm(), after, frozenset({"in_progress"})) == {"in_progress": (False, True)}
-
-
-def test_flatten_keeps_lists_whole() -> None:
-    """Lists are compared as whole values, not element by element."""
-    cvm = _cvm(public_urls=[{"app": "https://a", "instance": "https://i"}])
-    assert flatten(cvm)["public_urls"] == [{"app": "https://a", "instance": "https://i"}]
 
 
 async def test_max_rounds_ends_the_watch_after_that_many_rounds(
