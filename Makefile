@@ -17,12 +17,12 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e ".[dev]"
-	# The official Python SDK, for tests/test_official_sdks.py: its hard dependency pysha3 does not
+	# The official Python SDK, for tests/testing/test_official_sdks.py: its hard dependency pysha3 does not
 	# build on 3.11+ and is used only by a function never called, so it is installed alone.
 	$(BIN)/python -m pip install -q --no-deps "phala-cloud==0.2.0"
 	touch $@
 
-# The official TypeScript SDK, for tests/test_official_sdks.py, in a test-only cache; skipped
+# The official TypeScript SDK, for tests/testing/test_official_sdks.py, in a test-only cache; skipped
 # (the test then skips, outside CI) where npm is not installed.
 NPM_SDK := .cache/npm-sdk
 $(NPM_SDK)/node_modules/@phala/cloud/package.json:
@@ -61,12 +61,12 @@ clean:
 	rm -rf $(VENV) $(VENV313) .mypy_cache .pytest_cache .ruff_cache build dist .cache
 
 # What a release uploads: the sdist and the wheel built from it, their metadata checked by twine,
-# and the wheel's file list checked against the package (tests/test_wheel.py, run as a script).
+# and the wheel's file list checked against the package (tests/packaging/test_wheel.py, run as a script).
 dist: venv
 	rm -rf dist
 	$(BIN)/python -m build --outdir dist .
 	$(BIN)/twine check --strict dist/*
-	$(BIN)/python tests/test_wheel.py dist/*.whl
+	$(BIN)/python tests/packaging/test_wheel.py dist/*.whl
 
 demo: venv
 	$(BIN)/phala-async demo --cvms 1000

@@ -15,8 +15,9 @@ bounded in concurrency and memory::
 """
 
 from ._bulk import CvmFailed, CvmOk, CvmResult, CvmStream, SweepResult
+from ._changes import FieldChange
 from ._client import API_VERSION, ClientStats, PhalaClient
-from ._diff import CvmDifference, FieldChange, SweepRecord, diff_snapshots
+from ._diff import CvmDifference, SweepRecord, diff_snapshots
 from ._errors import (
     APIConnectionError,
     APIProxyError,

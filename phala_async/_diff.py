@@ -1,6 +1,6 @@
 """Compare two sweeps CVM by CVM: :func:`diff_snapshots`, the comparison behind ``phala-async
 diff``, and :func:`check_field_paths`, which turns a misspelt field path into an error with a
-suggestion.
+suggestion. What changed in one CVM is :func:`phala_async._changes.field_changes`.
 
 Records are paired by the CVM they are about, not by the id as typed: a fetched CVM by its own
 integer ``id`` (the same whether it was swept by integer id, VM UUID, name or app id), a failed
@@ -18,6 +18,7 @@ from typing import Any, NamedTuple, TypeAlias
 import msgspec
 
 from ._bulk import CvmResult
+from ._changes import FieldChange, field_changes, record_identity
 from ._errors import APIStatusError, ConfigurationError
 from ._ids import id_key
 from ._models import CvmDetail
@@ -25,16 +26,12 @@ from ._models import CvmDetail
 __all__ = [
     "DIFFERENCE_KINDS",
     "CvmDifference",
-    "FieldChange",
     "SweepRecord",
     "check_field_paths",
     "compare_paired",
     "diff_snapshots",
-    "field_changes",
     "field_paths",
-    "flatten",
     "pair_records",
-    "selects",
 ]
 
 #: The kinds of difference, in the order a report lists them.
@@ -44,15 +41,6 @@ DIFFERENCE_KINDS = ("added", "removed", "changed", "failed")
 #: of the shape ``phala-async sweep`` writes (``{"cvm_id", "ok", "cvm"}`` or ``{"cvm_id", "ok",
 #: "error"}``), as ``json.loads`` of one of its lines gives it.
 SweepRecord: TypeAlias = CvmResult | Mapping[str, Any]
-
-
-class FieldChange(NamedTuple):
-    """One field that differs: its path (``teepod.region_identifier``), old and new value (None
-    where the field is absent)."""
-
-    path: str
-    old: Any
-    new: Any
 
 
 class CvmDifference(NamedTuple):
@@ -117,47 +105,6 @@ def check_field_paths(paths: Iterable[str], *, known: Collection[str] = _FIELD_P
         )
 
 
-def flatten(value: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested objects as ``{"a.b": value}``; lists are values as a whole."""
-    flat: dict[str, Any] = {}
-    for key, item in value.items():
-        path = f"{prefix}{key}"
-        if isinstance(item, Mapping) and item:
-            flat.update(flatten(item, path + "."))
-        else:
-            flat[path] = item
-    return flat
-
-
-def _covers(pattern: str, path: str) -> bool:
-    return path == pattern or path.startswith(pattern + ".")
-
-
-def selects(path: str, fields: Sequence[str], ignore: Sequence[str]) -> bool:
-    """Whether a change of ``path`` counts: it is under one of ``fields`` (all count when there
-    are none) and under none of ``ignore``. ``teepod`` covers ``teepod.name``."""
-    if fields and not any(_covers(field, path) for field in fields):
-        return False
-    return not any(_covers(pattern, path) for pattern in ignore)
-
-
-def field_changes(
-    old: Mapping[str, Any],
-    new: Mapping[str, Any],
-    *,
-    fields: Sequence[str] = (),
-    ignore: Sequence[str] = (),
-) -> tuple[FieldChange, ...]:
-    """The fields of two CVMs that differ, by path, in path order: those under one of
-    ``fields`` (all when empty) and under none of ``ignore`` (``teepod`` covers ``teepod.name``)."""
-    flat_old, flat_new = flatten(old), flatten(new)
-    return tuple(
-        FieldChange(path, flat_old.get(path), flat_new.get(path))
-        for path in sorted(flat_old.keys() | flat_new.keys())
-        if flat_old.get(path) != flat_new.get(path) and selects(path, fields, ignore)
-    )
-
-
 def _as_mapping(record: SweepRecord) -> Mapping[str, Any]:
     if isinstance(record, Mapping):
         return record
@@ -191,7 +138,7 @@ def pair_records(
             cvm = _cvm(record)
             if cvm is None or cvm.get("id") is None:
                 continue
-            identity = id_key(str(cvm["id"]))
+            identity = record_identity(record)
             aliases[typed] = identity
             for name in _ALIASES:
                 if cvm.get(name):

@@ -33,6 +33,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
+from ._changes import record_identity
 from ._ids import id_key
 
 __all__ = [
@@ -44,7 +45,6 @@ __all__ = [
     "cvm_history",
     "is_store",
     "list_snapshots",
-    "record_identity",
     "rows_as_records",
     "snapshot_records",
     "split_snapshot_ref",
@@ -140,15 +140,6 @@ def split_snapshot_ref(text: str) -> tuple[str, str] | None:
     if not at or not path or not (which == "latest" or which.isdigit()):
         return None
     return (path, which) if is_store(path) else None
-
-
-def record_identity(record: Mapping[str, Any]) -> str:
-    """Which CVM a sweep record is about: the CVM's own integer id when it was fetched (the same
-    whichever form of id the sweep was given), else the normalised id it was given."""
-    cvm = record.get("cvm")
-    if record.get("ok") and isinstance(cvm, Mapping) and cvm.get("id") is not None:
-        return id_key(str(cvm["id"]))
-    return id_key(str(record.get("cvm_id")))
 
 
 def _now() -> str:

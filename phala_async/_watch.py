@@ -2,8 +2,8 @@
 :func:`wait_for_status`.
 
 Neither knows the client: a watch runs over a sweep callable and, for a whole workspace, a
-listing callable; ``wait_for_status`` over a fetch callable. What counts as a change is the pure
-:func:`diff_cvms`.
+listing callable; ``wait_for_status`` over a fetch callable. What counts as a change is
+:func:`diff_cvms`, the shared :func:`phala_async._changes.field_changes` with the watch's choices.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any, Literal, Self, TypeAlias, TypeVar
 import msgspec
 
 from ._bulk import CvmStream, SweepResult
+from ._changes import field_changes
 from ._errors import (
     APIConnectionError,
     APIStatusError,
@@ -44,7 +45,6 @@ __all__ = [
     "CvmWatch",
     "EventKind",
     "diff_cvms",
-    "flatten",
     "wait_for_status",
 ]
 
@@ -98,26 +98,10 @@ class CvmEvent(msgspec.Struct, frozen=True, kw_only=True):
     error: PhalaError | None = None
 
 
-def flatten(cvm: AnyCvm) -> dict[str, Any]:
-    """A CVM as JSON values, nested objects flattened by path (``teepod.region_identifier``);
-    lists stay whole."""
-    flat: dict[str, Any] = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict):
-            for key, inner in value.items():
-                walk(f"{prefix}.{key}" if prefix else key, inner)
-        else:
-            flat[prefix] = value
-
-    walk("", msgspec.to_builtins(cvm))
-    return flat
-
-
 def diff_cvms(
     before: AnyCvm, after: AnyCvm, fields: frozenset[str] | None = None
 ) -> dict[str, tuple[Any, Any]]:
-    """Each field that differs, mapped to ``(old, new)``.
+    """Each field that differs, mapped to ``(old, new)``: :func:`field_changes` as a watch asks it.
 
     Args:
         before: the CVM as it was.
@@ -125,18 +109,14 @@ def diff_cvms(
         fields: the fields that count (a name counts its nested fields too: ``teepod`` counts
             ``teepod.name``); None: every field but :data:`VOLATILE_FIELDS`.
     """
-    old, new = flatten(before), flatten(after)
-    changes: dict[str, tuple[Any, Any]] = {}
-    for path in sorted(old.keys() | new.keys()):
-        top = path.partition(".")[0]
-        if fields is None:
-            if top in VOLATILE_FIELDS:
-                continue
-        elif path not in fields and top not in fields:
-            continue
-        if old.get(path) != new.get(path):
-            changes[path] = (old.get(path), new.get(path))
-    return changes
+    changes = field_changes(
+        msgspec.to_builtins(before),
+        msgspec.to_builtins(after),
+        fields=sorted(fields or ()),
+        ignore=sorted(VOLATILE_FIELDS) if fields is None else (),
+        empty_is_value=False,  # an object emptied or filled shows as its fields, not as `{}`
+    )
+    return {change.path: (change.old, change.new) for change in changes}
 
 
 def check_fields(fields: Iterable[str] | None) -> frozenset[str] | None:

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,8 @@ import msgspec
 import pytest
 
 from phala_async import CvmDetail
-from phala_async._cli import main
 from phala_async._ids import normalize_cvm_id
+from phala_async.cli import main
 from phala_async.testing import PhalaSimulator
 
 SECRET_KEY = "phak_cli-test-key-0123456789abcdef"
@@ -173,3 +174,16 @@ class Terminal(io.StringIO):
 
     def isatty(self) -> bool:
         return True
+
+
+def answers(base_url: str, path: str = "/cvms/1") -> dict[str, Any] | None:
+    """The JSON a simulator URL answers with the test key, or None when nothing answers."""
+    request = urllib.request.Request(  # noqa: S310 - a loopback http URL
+        base_url + path, headers={"X-API-Key": "phak_simulator_test_key"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=2) as response:  # noqa: S310
+            answer: dict[str, Any] = json.load(response)
+            return answer
+    except OSError:
+        return None

@@ -238,14 +238,18 @@ async def test_closing_the_client_ends_a_waiting_sweep_with_client_closed_error(
     async with PhalaSimulator(cvms=IDS, latency=0.05) as simulator:
         client = PhalaClient(api_key=simulator.api_key, base_url=simulator.base_url, concurrency=4)
         results: list[CvmResult] = []
+        two_read = asyncio.Event()  # closed once the sweep is surely running, without a sleep
 
         async def consume() -> None:
             async with client.stream_cvms(range(1, IDS + 1)) as stream:
                 async for result in stream:
                     results.append(result)
+                    if len(results) >= 2:
+                        two_read.set()
 
         task = asyncio.create_task(consume())
-        await asyncio.sleep(0.2)
+        async with asyncio.timeout(10):
+            await two_read.wait()
         closed_at = time.perf_counter()
         await client.aclose()
         with pytest.raises(ClientClosedError):
@@ -256,7 +260,7 @@ async def test_closing_the_client_ends_a_waiting_sweep_with_client_closed_error(
         f"\nclient closed under a waiting sweep: {len(results)} of {IDS} results, the sweep "
         f"ended {ended_after * 1000:.1f} ms after aclose()"
     )
-    assert 0 < len(results) < IDS
+    assert 2 <= len(results) < IDS
     assert ended_after < STOP_BOUND
     assert _workers() == []
 

@@ -1,5 +1,5 @@
 """A dead API: the retry budget keeps a sweep from multiplying traffic. The budget's decisions are
-tested without a server in ``tests/test_limits.py`` and ``tests/test_governor.py``."""
+tested without a server in ``tests/unit/test_limits.py`` and ``tests/unit/test_governor.py``."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Rate limits: an unpublished limit found and kept by adaptive pacing, and a hard cap kept by the
-limiter. The pacer's decisions are tested on a fake clock in ``tests/test_limits.py``; how much
+limiter. The pacer's decisions are tested on a fake clock in ``tests/unit/test_limits.py``; how much
 of a limit a sweep uses, with pacing and without, is measured by ``make bench``."""
 
 from __future__ import annotations
