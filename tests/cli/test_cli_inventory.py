@@ -58,6 +58,7 @@ def slow_fixture() -> Iterator[PhalaSimulator]:
 
 
 @posix_only
+@pytest.mark.slow  # processes run one after another
 def test_a_second_sweep_on_one_file_exits_4_at_once_naming_the_first(
     slow: PhalaSimulator, tmp_path: Path
 ) -> None:
@@ -81,6 +82,7 @@ def test_a_second_sweep_on_one_file_exits_4_at_once_naming_the_first(
 
 
 @posix_only
+@pytest.mark.slow  # processes run one after another
 def test_resume_takes_the_same_lock(slow: PhalaSimulator, tmp_path: Path) -> None:
     """--resume on a FILE another sweep is writing exits 4 and leaves its partial file alone."""
     output = tmp_path / "cvms.jsonl"
@@ -94,6 +96,7 @@ def test_resume_takes_the_same_lock(slow: PhalaSimulator, tmp_path: Path) -> Non
 
 
 @posix_only
+@pytest.mark.slow  # processes run one after another
 def test_a_sigkilled_holder_leaves_no_lock_behind(slow: PhalaSimulator, tmp_path: Path) -> None:
     """After the holder is SIGKILLed, the next sweep on FILE takes the lock and completes."""
     output = tmp_path / "cvms.jsonl"

@@ -90,6 +90,7 @@ def test_the_script_uses_no_gnu_only_date() -> None:
 
 
 @posix_only
+@pytest.mark.slow  # processes run one after another
 def test_against_a_dead_api_it_exits_1_with_a_clear_line_and_diffs_nothing(
     tmp_path: Path, yesterday: bytes
 ) -> None:
@@ -104,6 +105,7 @@ def test_against_a_dead_api_it_exits_1_with_a_clear_line_and_diffs_nothing(
 
 
 @posix_only
+@pytest.mark.slow  # processes run one after another
 def test_against_a_refusing_api_it_exits_3(
     served: PhalaSimulator, tmp_path: Path, yesterday: bytes
 ) -> None:
@@ -116,6 +118,7 @@ def test_against_a_refusing_api_it_exits_3(
 
 
 @posix_only
+@pytest.mark.slow  # processes run one after another
 def test_against_a_healthy_api_it_exits_0_with_the_report(
     served: PhalaSimulator, tmp_path: Path, yesterday: bytes
 ) -> None:

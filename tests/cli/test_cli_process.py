@@ -221,6 +221,7 @@ def test_serve_as_a_subprocess_prints_a_base_url_that_answers() -> None:
                 stream.close()
 
 
+@pytest.mark.slow  # processes run one after another
 def test_demo_as_a_subprocess_writes_records_only_with_output(tmp_path: Path) -> None:
     """`python -m phala_async demo --cvms 200 -o FILE` exits 0 and writes 200 ok records."""
     output = tmp_path / "demo.jsonl"

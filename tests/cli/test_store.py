@@ -199,6 +199,7 @@ def test_a_sigkill_mid_sweep_leaves_the_store_consistent(store: Path) -> None:
 
 
 @posix_only
+@pytest.mark.slow  # processes run one after another
 def test_a_second_writer_of_a_store_exits_4_naming_the_first(store: Path) -> None:
     """While one sweep records into a store, a second one on it exits 4 at once."""
     with simulator_thread(cvms=30, api_key=SECRET_KEY, latency=0.05) as slow:

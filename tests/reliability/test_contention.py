@@ -224,6 +224,7 @@ async def test_an_api_that_answered_before_is_retried_not_called_unreachable(
     assert {type(result.error) for result in results} == {APIConnectionError}
 
 
+@pytest.mark.slow  # twelve seconds of a 100/s limit
 async def test_two_clients_on_one_limit_share_it_fairly(
     client_for: Callable[..., PhalaClient],
 ) -> None:
