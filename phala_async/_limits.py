@@ -458,7 +458,7 @@ class RatePacer:
     actually let through); once paced, a throttle lowers the rate in force by ``decrease``, at
     most once a window (multiplicative decrease). Without throttles the rate grows by
     ``increase`` requests per second, more the longer it stays calm (``increase * t * (1 + t /
-    (2 * window))`` after ``t`` calm seconds), the same for every client: clients sharing one
+    (4 * window))`` after ``t`` calm seconds), the same for every client: clients sharing one
     limit converge to equal shares, as AIMD does, and a share that another client freed is found
     again within seconds. Sends are spaced evenly at the current rate rather than burst, so a
     fixed-window limit is not overrun at each window start.
@@ -522,7 +522,7 @@ class RatePacer:
         if self._base is None:
             return None
         calm = self._clock() - self._since
-        return self._base + self._increase * calm * (1.0 + calm / (2 * self._window))
+        return self._base + self._increase * calm * (1.0 + calm / (4 * self._window))
 
     @property
     def epoch(self) -> int:

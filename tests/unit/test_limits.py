@@ -124,22 +124,22 @@ def test_once_paced_a_decrease_is_a_share_of_the_rate_in_force() -> None:
         pacer.notify_task_finished(_ticket(Outcome.OK))
     grown = pacer.rate
     pacer.on_throttle(pacer.epoch, asked_to_wait=True)
-    assert grown == pytest.approx(180.0 + 2.0 * 6 * (1 + 6 / 2))
+    assert grown == pytest.approx(180.0 + 2.0 * 6 * (1 + 6 / 4))
     assert pacer.rate == pytest.approx(0.9 * grown)
 
 
 @pytest.mark.parametrize(
     ("increase", "after_ten_seconds"),
     [
-        pytest.param(2.0, 90.0 + 2.0 * 10 * 6, id="default-2-per-second"),
-        pytest.param(5.0, 90.0 + 5.0 * 10 * 6, id="5-per-second"),
+        pytest.param(2.0, 90.0 + 2.0 * 10 * 3.5, id="default-2-per-second"),
+        pytest.param(5.0, 90.0 + 5.0 * 10 * 3.5, id="5-per-second"),
     ],
 )
 def test_rate_grows_back_without_throttles_faster_the_longer_it_is_calm(
     increase: float, after_ten_seconds: float
 ) -> None:
     """Ten seconds without a throttle raise the rate by ``increase`` requests per second each
-    second, and by more the longer it stays calm (``increase * t * (1 + t / 2)``), the same
+    second, and by more the longer it stays calm (``increase * t * (1 + t / 4)``), the same
     for every rate, so a limit freed by another client is found again quickly."""
     clock = FakeClock()
     pacer = _paced_after_successes(clock, 100, increase=increase)
@@ -181,7 +181,7 @@ def test_a_learned_rate_is_not_lifted_by_calm() -> None:
     clock.now += 60.0
     assert pacer.delay() == 0.0
     assert pacer.paced is True
-    assert pacer.rate == pytest.approx(90.0 + 2.0 * 60 * (1 + 60 / 2))
+    assert pacer.rate == pytest.approx(90.0 + 2.0 * 60 * (1 + 60 / 4))
 
 
 @pytest.mark.parametrize(
