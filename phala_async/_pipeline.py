@@ -142,31 +142,17 @@ class Pipeline:
         """
         counters = self.governor.counters
         try:
-            flights = self.flights
-            if sweep is not None and self.deadline is None and flights.get(segment) is None:
-                # A sweep's id that nobody else asks for: the common case, written out.
-                flight = flights.open(segment)
-                try:
-                    fetched = await self.attempts(
-                        f"/cvms/{segment}", cvm_id, self.decode_cvm, sweep
-                    )
-                except BaseException as exc:
-                    flights.land(flight, error=exc)
-                    raise
-                self._landed(flight, fetched)
-            else:
-                cache = self.cache
-                if sweep is None and cache is not None and not fresh:
-                    cached = cache.get(segment)
-                    if cached is not None:
-                        counters.cache_hit()
-                        counters.call_ended(None)
-                        return cached, 0
-                joined = self._joined(segment, cvm_id, sweep)
-                if self.deadline is None:
-                    fetched = await joined
-                else:
-                    fetched = await self._within_deadline(joined, cvm_id)
+            cache = self.cache
+            if sweep is None and cache is not None and not fresh:
+                cached = cache.get(segment)
+                if cached is not None:
+                    counters.cache_hit()
+                    counters.call_ended(None)
+                    return cached, 0
+            joined = self._joined(segment, cvm_id, sweep)
+            fetched = await (
+                joined if self.deadline is None else self._within_deadline(joined, cvm_id)
+            )
         except BaseException as exc:
             counters.call_ended(exc)
             raise
