@@ -13,7 +13,7 @@ So a sweep holds at most ``concurrency + max_parked`` ids at once whatever the i
 from __future__ import annotations
 
 import asyncio
-import contextlib
+from collections import deque
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
@@ -125,6 +125,72 @@ _EXHAUSTED: Final = _Marker("<ids exhausted>")
 _DONE: Final = _Marker("<sweep done>")
 
 
+class _Results:
+    """The results on their way to the consumer: first in, first out, at most ``maxsize`` held
+    (a worker with a result waits for room), read by one consumer.
+
+    ``asyncio.Queue`` does this and more (task accounting, many readers) at twice the cost, and
+    this runs once per id.
+    """
+
+    __slots__ = ("_items", "_maxsize", "_reader", "_writers")
+
+    def __init__(self, maxsize: int) -> None:
+        self._items: deque[SweepResult | _Marker] = deque()
+        self._maxsize = maxsize
+        self._reader: asyncio.Future[None] | None = None
+        self._writers: deque[asyncio.Future[None]] = deque()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def offer(self, item: SweepResult | _Marker) -> bool:
+        """Add ``item`` if there is room and return True; else add nothing and return False."""
+        items = self._items
+        if len(items) >= self._maxsize:
+            return False
+        items.append(item)
+        reader = self._reader
+        if reader is not None:
+            self._reader = None
+            if not reader.done():
+                reader.set_result(None)
+        return True
+
+    async def put(self, item: SweepResult | _Marker) -> None:
+        """Add ``item``, waiting for room."""
+        while not self.offer(item):
+            writer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._writers.append(writer)
+            try:
+                await writer
+            except asyncio.CancelledError:
+                if writer.done() and not writer.cancelled():
+                    self._wake_writer()  # woken as the cancellation landed: pass it on
+                elif writer in self._writers:
+                    self._writers.remove(writer)
+                raise
+
+    async def get(self) -> SweepResult | _Marker:
+        """The oldest item, waiting for one."""
+        items = self._items
+        while not items:
+            reader = self._reader = asyncio.get_running_loop().create_future()
+            await reader
+        item = items.popleft()
+        if self._writers:
+            self._wake_writer()
+        return item
+
+    def _wake_writer(self) -> None:
+        writers = self._writers
+        while writers:
+            writer = writers.popleft()
+            if not writer.done():
+                writer.set_result(None)
+                return
+
+
 class CvmStream(AsyncIterator[SweepResult]):
     """An async iterator of :data:`SweepResult` (a :class:`CvmOk` or a :class:`CvmFailed`), one
     per distinct id, in completion order.
@@ -181,7 +247,7 @@ class CvmStream(AsyncIterator[SweepResult]):
         self._turns = MaxInFlight(concurrency)
         self._ids_lock = asyncio.Lock()
         self._ids_exhausted = False
-        self._queue: asyncio.Queue[SweepResult | _Marker] = asyncio.Queue(maxsize=concurrency)
+        self._results = _Results(concurrency)
         self._seen: set[str] = set()
         self._workers: list[asyncio.Task[None]] = []
         self._parked: set[asyncio.Task[None]] = set()  # workers whose id waits for a retry
@@ -242,12 +308,12 @@ class CvmStream(AsyncIterator[SweepResult]):
         if self._finished:
             raise StopAsyncIteration
         self._start()
-        if self._abort_error is not None and self._queue.empty():
+        if self._abort_error is not None and not self._results:
             self._finished = True
             await self._stop_workers()
             raise self._abort_error
         try:
-            item = await self._queue.get()
+            item = await self._results.get()
         except asyncio.CancelledError:
             await self.aclose()
             raise
@@ -268,8 +334,7 @@ class CvmStream(AsyncIterator[SweepResult]):
         """
         self._finished = True
         await self._stop_workers()
-        with contextlib.suppress(asyncio.QueueFull):
-            self._queue.put_nowait(_DONE)
+        self._results.offer(_DONE)
         if self._async_ids is not None:
             closer = getattr(self._async_ids, "aclose", None)
             if closer is not None:
@@ -291,9 +356,8 @@ class CvmStream(AsyncIterator[SweepResult]):
             if task is not current:
                 task.cancel()
         if not self._finished:
-            # A full queue means the consumer is not waiting; it sees _abort_error once drained.
-            with contextlib.suppress(asyncio.QueueFull):
-                self._queue.put_nowait(_DONE)
+            # No room means the consumer is not waiting; it sees _abort_error once drained.
+            self._results.offer(_DONE)
 
     # -- the workers -------------------------------------------------------------------------
 
@@ -340,7 +404,7 @@ class CvmStream(AsyncIterator[SweepResult]):
         self._unregister()
 
     async def _work(self) -> None:
-        queue = self._queue
+        results = self._results
         turns = self._turns
         parked = self._parked
         me = asyncio.current_task()
@@ -348,8 +412,16 @@ class CvmStream(AsyncIterator[SweepResult]):
             waiter = turns.wait_task_can_start()
             if waiter is not None:
                 await waiter
+            sync_ids = self._sync_ids
             while not self._finished:
-                cvm_id = await self._next_id()
+                if sync_ids is not None and not self._ids_exhausted:
+                    # _next_id() written out for a plain iterable: it runs once per id.
+                    cvm_id = next(sync_ids, _EXHAUSTED)
+                    if cvm_id is _EXHAUSTED:
+                        self._ids_exhausted = True
+                        break
+                else:
+                    cvm_id = await self._next_id()
                 if isinstance(cvm_id, _Marker):
                     break
                 try:
@@ -366,11 +438,8 @@ class CvmStream(AsyncIterator[SweepResult]):
                     await self._fail(cvm_id, exc)
                 else:
                     result = CvmOk(cvm_id=cvm_id, cvm=cvm, attempts=attempts)
-                    # _put() written out: this runs once per id.
-                    if queue.full():
-                        await queue.put(result)
-                    else:
-                        queue.put_nowait(result)
+                    if not results.offer(result):  # _put() written out: it runs once per id
+                        await results.put(result)
                 if me in parked:
                     # The id waited for a retry and gave the turn away: wait for one again.
                     parked.discard(me)
@@ -400,16 +469,13 @@ class CvmStream(AsyncIterator[SweepResult]):
             await self._put(CvmFailed(cvm_id=cvm_id, error=error, attempts=error.attempts))
 
     async def _put(self, result: SweepResult) -> None:
-        queue = self._queue
-        if queue.full():
-            await queue.put(result)
-        else:
-            queue.put_nowait(result)
+        if not self._results.offer(result):
+            await self._results.put(result)
 
     async def _one_less(self) -> None:
         self._busy -= 1
         if self._busy == 0 and self._abort_error is None:
-            await self._queue.put(_DONE)
+            await self._results.put(_DONE)
 
     async def _next_id(self) -> str | int | _Marker:
         if self._ids_exhausted:

@@ -7,7 +7,9 @@ The request path reads::
         answer = await send()          # an exception leaving the block is the outcome
 
 and a retry asks :meth:`Governor.admit_retry` first. The limits, in the order a request passes
-them: the first contact, the rate pacer, the hard cap, the adaptive window, the pause.
+them: the first contact, the rate pacer, the hard cap, the adaptive window, the pause. The
+pipeline calls the slot's :meth:`~Slot.enter` and :meth:`~Slot.leave` itself, which the ``async
+with`` does too: when no limit holds the request back, that makes no coroutine at all.
 """
 
 from __future__ import annotations
@@ -111,6 +113,14 @@ class RetryBudget:
         if success:
             self._successes += 1
 
+    def record_success(self) -> None:
+        """:meth:`record` of a success, written out: it runs once per request."""
+        self.answered = True
+        outcomes = self._outcomes
+        if len(outcomes) != outcomes.maxlen or not outcomes[0]:
+            self._successes += 1  # else the success dropped off the window is replaced
+        outcomes.append(True)
+
     @property
     def success_ratio(self) -> float:
         """Share of the recorded outcomes that succeeded (1.0 when none is recorded)."""
@@ -140,37 +150,93 @@ class RetryBudget:
 class Slot(Ticket):
     """One request's place: entered before it is sent, left with its outcome."""
 
-    __slots__ = ("_entered", "_finished", "_governor", "_limits", "_sweep_limit")
+    __slots__ = ("_entered", "_governor", "_limits", "_sweep_limit")
 
     def __init__(self, governor: Governor, sweep_limit: MaxInFlight | None) -> None:
-        super().__init__()
+        # Ticket.__init__ written out: this runs once per request.
+        self.outcome = _UNKNOWN
+        self.retry_after = None
+        self.level = self.window_epoch = self.rate_epoch = 0
         self._governor = governor
         self._sweep_limit = sweep_limit
         # The limits as they were on entry: the first contact leaves them once it is open.
         self._limits = governor.limits
-        self._finished = governor.finished_hooks
         self._entered = 0
 
-    async def __aenter__(self) -> Slot:
-        # Written out rather than a loop over hooks: this runs once per request.
+    def enter(self) -> Awaitable[None] | None:
+        """Take the place: None when every limit let it in at once (the common case, with no
+        coroutine made), else an awaitable that waits for the others and takes it.
+
+        A place taken must be left with :meth:`leave`, whatever happens next.
+        """
         sweep_limit = self._sweep_limit
         if sweep_limit is not None:
             waiter = sweep_limit.wait_task_can_start()
             if waiter is not None:
-                await waiter
-        try:
-            for limit in self._limits:
-                waiter = limit.wait_task_can_start()
-                if waiter is not None:
-                    await waiter
-                self._entered += 1
-        except BaseException:
-            self._leave()
-            raise
+                return self._enter_after(waiter, sweep_limit_first=True)
+        for limit in self._limits:
+            waiter = limit.wait_task_can_start()
+            if waiter is not None:
+                return self._enter_after(waiter)
+            self._entered += 1
         governor = self._governor
         for limit in governor.started_hooks:
             limit.notify_task_started(self)
         governor.counters.request()
+        return None
+
+    async def _enter_after(
+        self, waiter: Awaitable[None], *, sweep_limit_first: bool = False
+    ) -> None:
+        """Wait for the limit that held the request back, then pass the others."""
+        if sweep_limit_first:
+            # Nothing is taken yet, so a cancellation here has nothing to give back (the
+            # waiter itself passes on a place granted as it landed).
+            await waiter
+        try:
+            if not sweep_limit_first:
+                await waiter
+                self._entered += 1
+            for limit in self._limits[self._entered :]:
+                waiting = limit.wait_task_can_start()
+                if waiting is not None:
+                    await waiting
+                self._entered += 1
+        except BaseException:
+            self._leave()
+            raise
+        self._started()
+
+    def _started(self) -> None:
+        governor = self._governor
+        for limit in governor.started_hooks:
+            limit.notify_task_started(self)
+        governor.counters.request()
+
+    def leave(self, error: BaseException | None) -> None:
+        """Give the place back; ``error`` is how the request ended (None: an answer that was
+        a success)."""
+        governor = self._governor
+        limits = self._limits
+        if error is None and self._entered == len(limits) and limits is governor.limits:
+            # The common case written out: only the limits that learn from a success hear.
+            self.outcome = _OK
+            governor.learn_success()
+            for limit in governor.success_hooks:
+                limit.notify_task_finished(self)
+            self._entered = 0
+            sweep_limit = self._sweep_limit
+            if sweep_limit is not None:
+                sweep_limit.release()
+                self._sweep_limit = None
+            return
+        governor.learn(self, error)
+        self._leave()
+
+    async def __aenter__(self) -> Slot:
+        entering = self.enter()
+        if entering is not None:
+            await entering
         return self
 
     async def __aexit__(
@@ -179,15 +245,15 @@ class Slot(Ticket):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._governor.learn(self, exc)
-        self._leave()
+        self.leave(exc)
 
     def _leave(self) -> None:
         limits = self._limits
-        if self._entered == len(limits):
-            for limit in self._finished:  # the common case: only the limits that learn
+        governor = self._governor
+        if self._entered == len(limits) and limits is governor.limits:
+            for limit in governor.finished_hooks:  # only the limits that learn
                 limit.notify_task_finished(self)
-        else:
+        else:  # some limits were not passed, or the first contact has opened since
             for index in range(self._entered - 1, -1, -1):
                 limits[index].notify_task_finished(self)
         self._entered = 0
@@ -214,6 +280,7 @@ class Governor:
         limits: the limits a request passes, in order.
         started_hooks: the limits that want to know when a request goes out.
         finished_hooks: the limits that learn from a request's ending, last entered first.
+        success_hooks: those of them that learn from a success.
         counters: the client's counters.
     """
 
@@ -249,6 +316,7 @@ class Governor:
         limits += [self.window, PauseCheck(self.gate)]
         self.limits: tuple[Limit, ...] = ()
         self.finished_hooks: tuple[Limit, ...] = ()
+        self.success_hooks: tuple[Limit, ...] = ()
         self._set_limits(tuple(limits))
         self.started_hooks: tuple[Limit, ...] = (
             (self.pacer, self.window) if self.pacer is not None else (self.window,)
@@ -270,6 +338,10 @@ class Governor:
         self.finished_hooks = tuple(
             limit for limit in reversed(limits) if not isinstance(limit, (PauseCheck, HardCap))
         )
+        # A success teaches the pause nothing (only a throttle's Retry-After does).
+        self.success_hooks = tuple(
+            limit for limit in self.finished_hooks if not isinstance(limit, PauseGate)
+        )
 
     def _drop_first_contact(self) -> None:
         # Once open it never closes: later requests need not pass it at all.
@@ -279,14 +351,18 @@ class Governor:
         """A place for one request, under every limit (and a sweep's own limit)."""
         return Slot(self, sweep_limit)
 
+    def learn_success(self) -> None:
+        """Count a request that ended with a success (called as its slot is left)."""
+        self.counters.answered()
+        self._answered = True
+        if self.budget is not None:
+            self.budget.record_success()
+
     def learn(self, slot: Slot, error: BaseException | None) -> None:
         """Judge how a request ended, once, and count it (called as its slot is left)."""
-        if error is None:  # the common case, written out
+        if error is None:
             slot.outcome = _OK
-            self.counters.answered()
-            self._answered = True
-            if self.budget is not None:
-                self.budget.record(True)
+            self.learn_success()
             return
         outcome = slot.outcome = classify(error)
         status: int | None = None

@@ -78,6 +78,7 @@ class Exchange:
 
     __slots__ = (
         "_base_url",
+        "_deadlines",
         "_headers",
         "_max_bytes",
         "_on_reconnect",
@@ -101,7 +102,8 @@ class Exchange:
         self._base_url = base_url
         self._headers = headers
         self._timeout_seconds = timeout
-        # No aiohttp timer at all: each attempt is bounded by our own _AttemptTimer in get().
+        # No aiohttp timer at all: each attempt is bounded by our own deadlines in get().
+        self._deadlines = _Deadlines(timeout)
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=None, sock_read=None)
         self._max_bytes = max_bytes
         self._on_reconnect = on_reconnect
@@ -132,6 +134,7 @@ class Exchange:
         for name in Exchange.__slots__:
             setattr(other, name, getattr(self, name))
         other._timeout_seconds = timeout
+        other._deadlines = _Deadlines(timeout)
         return other
 
     def session_defaults(self) -> dict[str, Any]:
@@ -182,7 +185,7 @@ class Exchange:
                 # Our own timer rather than aiohttp's: aiohttp's can turn a cancellation that
                 # lands as the timer fires into a TimeoutError (aio-libs/aiohttp#5979), which
                 # would be retried instead of stopping the sweep.
-                with _AttemptTimer(self._timeout_seconds):
+                with self._deadlines.attempt():
                     try:
                         # Written out rather than in a helper: this runs once per request.
                         if not has_defaults:
@@ -196,7 +199,10 @@ class Exchange:
                             request = session.get(url, allow_redirects=False)
                         else:
                             request = session.get(url, allow_redirects=False, **self._via)
-                        async with request as response:
+                        # Awaited, not entered: ``async with`` would add four coroutines a
+                        # request; release() is all its exit does once the body is read.
+                        response = await request
+                        try:
                             length = response.content_length
                             if (
                                 length is not None
@@ -206,7 +212,9 @@ class Exchange:
                                 body = await response.read()
                             else:
                                 body = await self._read_capped(response, cvm_id)
-                            return Answer(response.status, response.headers, body)
+                        finally:
+                            response.release()
+                        return Answer(response.status, response.headers, body)
                     except (OSError, aiohttp.ServerDisconnectedError) as exc:
                         if (
                             resend
@@ -423,24 +431,74 @@ def _line_limit(exc: aiohttp.ClientResponseError) -> int | None:
     return None
 
 
-class _AttemptTimer:
-    """Bounds one attempt: ``asyncio.timeout``'s rule (a cancellation from outside always wins
-    over the timeout), in a plain ``with`` and one timer handle, since it runs per request and
-    ``asyncio.timeout`` costs about 4 us there."""
+class _Deadlines:
+    """Bounds the attempts of one exchange, all with the same timeout, with one timer between
+    them rather than one each: ``asyncio.timeout``'s rule (a cancellation from outside always
+    wins over the timeout), in a plain ``with``.
 
-    __slots__ = ("_cancelling", "_expired", "_handle", "_task")
+    Attempts start in the order their deadlines fall, so the one timer waits for the oldest
+    attempt still running; when it fires it cancels every attempt past its deadline and waits
+    for the next. An attempt costs a dict entry, where a timer handle each (or
+    ``asyncio.timeout``) cost 2-4 us per request.
+    """
+
+    __slots__ = ("_handle", "_loop", "_running", "seconds")
 
     def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._running: dict[_Attempt, None] = {}  # in start order, so in deadline order
+        self._handle: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def attempt(self) -> _Attempt:
+        """The bound of one attempt, from now, for the current task."""
         task = asyncio.current_task()
         if task is None:  # pragma: no cover - the client only runs inside tasks
             raise RuntimeError("a request must run inside an asyncio task")
+        loop = task.get_loop()
+        if loop is not self._loop:  # first use, or a new event loop: start afresh
+            self._loop, self._running, self._handle = loop, {}, None
+        attempt = _Attempt(self, task, loop.time() + self.seconds)
+        self._running[attempt] = None
+        if self._handle is None:
+            self._handle = loop.call_at(attempt.deadline, self._expire)
+        return attempt
+
+    def done(self, attempt: _Attempt) -> None:
+        """``attempt`` ended: forget it."""
+        running = self._running
+        running.pop(attempt, None)
+        if not running and self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _expire(self) -> None:
+        self._handle = None
+        loop = self._loop
+        assert loop is not None  # noqa: S101 - set before any timer
+        now = loop.time()
+        running = self._running
+        for attempt in list(running):
+            if attempt.deadline > now:
+                self._handle = loop.call_at(attempt.deadline, self._expire)
+                return
+            del running[attempt]
+            attempt.expire()
+
+
+class _Attempt:
+    """One attempt's bound (see :class:`_Deadlines`)."""
+
+    __slots__ = ("_cancelling", "_deadlines", "_expired", "_task", "deadline")
+
+    def __init__(self, deadlines: _Deadlines, task: asyncio.Task[Any], deadline: float) -> None:
+        self._deadlines = deadlines
         self._task = task
         self._cancelling = task.cancelling()
         self._expired = False
-        loop = task.get_loop()
-        self._handle = loop.call_at(loop.time() + seconds, self._expire)
+        self.deadline = deadline
 
-    def _expire(self) -> None:
+    def expire(self) -> None:
         self._expired = True
         self._task.cancel()
 
@@ -453,10 +511,7 @@ class _AttemptTimer:
         exc: BaseException | None,
         tb: object,
     ) -> None:
-        self._handle.cancel()
-        if (
-            self._expired
-            and self._task.uncancel() <= self._cancelling
-            and exc_type is asyncio.CancelledError
-        ):
+        if not self._expired:
+            self._deadlines.done(self)
+        elif self._task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
             raise TimeoutError from exc

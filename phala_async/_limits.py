@@ -182,6 +182,7 @@ class Window:
         "_active",
         "_epoch",
         "_failures",
+        "_halving_every",
         "_limit",
         "_sent",
         "_since_halving",
@@ -215,6 +216,7 @@ class Window:
         self._sent = [0.0] * (ceiling + 2)
         self._failures = [0.0] * (ceiling + 2)
         self._since_halving = 0
+        self._halving_every = 4 * ceiling
         #: How many times an overload shrank the window.
         self.decreases = 0
 
@@ -242,15 +244,23 @@ class Window:
         outcome = ticket.outcome
         level = ticket.level
         self._since_halving += 1
-        if self._since_halving > 4 * self.ceiling:
+        if self._since_halving > self._halving_every:
             self._halve()
         if outcome is _OK:
-            self._sent[level] = self._sent[level] * self.DECAY + 1.0
-            self._failures[level] *= self.DECAY
-            if self._active >= int(self._limit):  # the window is full: it may grow
-                step = 1.0 if self._limit < self._threshold else 1.0 / self._limit
-                self._limit = min(float(self.ceiling), self._limit + step)
-        elif outcome is _OVERLOADED or outcome is _TIMEOUT:
+            sent = self._sent
+            sent[level] = sent[level] * self.DECAY + 1.0
+            failures = self._failures
+            if failures[level]:  # mostly 0.0, which decays to itself
+                failures[level] *= self.DECAY
+            limit = self._limit
+            if self._active >= int(limit) and limit < self.ceiling:  # full: it may grow
+                step = 1.0 if limit < self._threshold else 1.0 / limit
+                self._limit = min(float(self.ceiling), limit + step)
+            self._active -= 1
+            if self._waiters:
+                self._wake()
+            return
+        if outcome is _OVERLOADED or outcome is _TIMEOUT:
             self._sent[level] = self._sent[level] * self.DECAY + 1.0
             self._failures[level] = self._failures[level] * self.DECAY + 1.0
             if ticket.window_epoch == self._epoch and self._load_related(level):
@@ -284,6 +294,9 @@ class Window:
 
     def _release(self) -> None:
         self._active -= 1
+        self._wake()
+
+    def _wake(self) -> None:
         waiters = self._waiters
         while self._active < self._limit and waiters.wake_one():
             self._active += 1

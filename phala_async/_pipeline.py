@@ -299,7 +299,11 @@ class Pipeline:
         session = shared.session
         if session is None or shared.closed or shared.loop is not asyncio.get_running_loop():
             session = shared.open()
-        async with self.governor.slot(None if sweep is None else sweep.limit):
+        slot = self.governor.slot(None if sweep is None else sweep.limit)
+        entering = slot.enter()
+        if entering is not None:
+            await entering
+        try:
             # The pause may have outlasted the client.
             if shared.closed:
                 raise ClientClosedError(cvm_id=cvm_id)
@@ -310,9 +314,14 @@ class Pipeline:
                 answer = await self.answers.observe(sending, path)
             else:
                 answer = await sending
-            return interpret(
+            value = interpret(
                 answer.status, answer.headers, answer.body, cvm_id=cvm_id, decode=decode
             )
+        except BaseException as exc:
+            slot.leave(exc)  # the way it ended is the outcome the limits learn from
+            raise
+        slot.leave(None)
+        return value
 
     async def _within_deadline(self, call: Awaitable[_T], cvm_id: str | int | None) -> _T:
         """Run ``call`` until the deadline, from now.

@@ -99,11 +99,9 @@ def open_session(options: SessionOptions, **defaults: Any) -> aiohttp.ClientSess
     counting it, and on a new connection.
     """
     warm_malloc()
-    connector = PoolConnector(
-        limit=options.concurrency,
-        limit_per_host=options.concurrency,
-        ssl=tls_context(options),
-    )
+    # Every request goes to the one API host, so ``limit`` alone bounds the pool; a per-host
+    # limit as well would cost two set updates a request and bound nothing more.
+    connector = PoolConnector(limit=options.concurrency, ssl=tls_context(options))
     session = aiohttp.ClientSession(
         connector=connector,
         trace_configs=list(options.trace_configs) or None,
