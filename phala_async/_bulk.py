@@ -45,9 +45,10 @@ __all__ = [
     "gather_in_order",
 ]
 
-#: Fetches one id ``(cvm_id as given, normalised segment, the sweep)``: the CVM and the attempts
-#: it took, or raises its error.
-Fetch: TypeAlias = Callable[[str | int, str, "CvmStream"], Awaitable[tuple[AnyCvm, int]]]
+#: Fetches one id ``(normalised segment, cvm_id as given, the sweep)``: the CVM and the attempts
+#: it took, or raises its error (the client's :meth:`Pipeline.cvm
+#: <phala_async._pipeline.Pipeline.cvm>`).
+Fetch: TypeAlias = Callable[[str, str | int, "CvmStream"], Awaitable[tuple[AnyCvm, int]]]
 #: Ends a running sweep with an error (the client is closing).
 Abort: TypeAlias = Callable[[PhalaError], Awaitable[None]]
 
@@ -170,6 +171,16 @@ class _Results:
                 elif writer in self._writers:
                     self._writers.remove(writer)
                 raise
+
+    def take(self) -> SweepResult | _Marker | None:
+        """The oldest item, or None when there is none yet."""
+        items = self._items
+        if not items:
+            return None
+        item = items.popleft()
+        if self._writers:
+            self._wake_writer()
+        return item
 
     async def get(self) -> SweepResult | _Marker:
         """The oldest item, waiting for one."""
@@ -307,16 +318,20 @@ class CvmStream(AsyncIterator[SweepResult]):
     async def __anext__(self) -> SweepResult:
         if self._finished:
             raise StopAsyncIteration
-        self._start()
-        if self._abort_error is not None and not self._results:
+        if not self._started:
+            self._start()
+        results = self._results
+        if self._abort_error is not None and not results:
             self._finished = True
             await self._stop_workers()
             raise self._abort_error
-        try:
-            item = await self._results.get()
-        except asyncio.CancelledError:
-            await self.aclose()
-            raise
+        item = results.take()
+        if item is None:
+            try:
+                item = await results.get()
+            except asyncio.CancelledError:
+                await self.aclose()
+                raise
         if isinstance(item, CvmResult):
             return item
         self._finished = True
@@ -433,7 +448,7 @@ class CvmStream(AsyncIterator[SweepResult]):
                     continue
                 self._seen.add(segment)
                 try:
-                    cvm, attempts = await self._fetch(cvm_id, segment, self)
+                    cvm, attempts = await self._fetch(segment, cvm_id, self)
                 except PhalaError as exc:
                     await self._fail(cvm_id, exc)
                 else:

@@ -302,9 +302,8 @@ class PhalaClient(Generic[_D]):
         # A sweep narrower than the client gets a limit of its own, so that its retries too
         # stay within its concurrency.
         limit = MaxInFlight(sweep_concurrency) if sweep_concurrency < self._concurrency else None
-        pipeline = self._pipeline
         return CvmStream(
-            lambda cvm_id, segment, sweep: pipeline.cvm(segment, cvm_id, sweep=sweep),
+            self._pipeline.cvm,
             ids,
             concurrency=sweep_concurrency,
             limit=limit,

@@ -27,7 +27,7 @@ from ._errors import (
     PhalaError,
     subject,
 )
-from ._governor import Governor
+from ._governor import Governor, Slot
 from ._http import Exchange
 from ._limits import MaxInFlight
 from ._metrics import AnswerObserver
@@ -129,7 +129,7 @@ class Pipeline:
     deadline: float | None = None
 
     async def cvm(
-        self, segment: str, cvm_id: str | int, *, fresh: bool = False, sweep: Sweeping | None = None
+        self, segment: str, cvm_id: str | int, sweep: Sweeping | None = None, *, fresh: bool = False
     ) -> Fetched:
         """One CVM, from start to end; counted once in the client's stats, however it ends.
 
@@ -299,7 +299,7 @@ class Pipeline:
         session = shared.session
         if session is None or shared.closed or shared.loop is not asyncio.get_running_loop():
             session = shared.open()
-        slot = self.governor.slot(None if sweep is None else sweep.limit)
+        slot = Slot(self.governor, None if sweep is None else sweep.limit)
         entering = slot.enter()
         if entering is not None:
             await entering
