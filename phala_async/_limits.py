@@ -78,36 +78,33 @@ class Limit(Protocol):
         """The request ended; ``ticket.outcome`` says how."""
 
 
-class _Waiters:
-    """Tasks waiting for their turn, woken one at a time in arrival order."""
+class _Waiters(deque["asyncio.Future[None]"]):
+    """Tasks waiting for their turn, woken one at a time in arrival order.
 
-    __slots__ = ("_futures",)
+    A deque of their futures, so that asking whether anyone waits (once per request) is the
+    deque's own truth test.
+    """
 
-    def __init__(self) -> None:
-        self._futures: deque[asyncio.Future[None]] = deque()
-
-    def __bool__(self) -> bool:
-        return bool(self._futures)
+    __slots__ = ()
 
     async def wait(self, *, give_back: Callable[[], None]) -> None:
         """Wait to be woken; ``give_back`` passes the turn on if a cancellation lands just as
         this waiter was woken."""
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._futures.append(waiter)
+        self.append(waiter)
         try:
             await waiter
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
                 give_back()
-            elif waiter in self._futures:  # a waker may have dropped it already
-                self._futures.remove(waiter)
+            elif waiter in self:  # a waker may have dropped it already
+                self.remove(waiter)
             raise
 
     def wake_one(self) -> bool:
         """Wake the longest waiting task still there; False when none was."""
-        futures = self._futures
-        while futures:
-            waiter = futures.popleft()
+        while self:
+            waiter = self.popleft()
             if not waiter.done():
                 waiter.set_result(None)
                 return True

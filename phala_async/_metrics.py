@@ -53,10 +53,13 @@ _Answer = TypeVar("_Answer", bound=_Answered)
 class AnswerObserver:
     """Times each request of one client, logs its answer at DEBUG and records its metrics."""
 
-    __slots__ = ("_attributes", "_duration", "_requests")
+    __slots__ = ("_attributes", "_duration", "_requests", "recording")
 
     def __init__(self, meter: Any | None, server: str) -> None:
         self._attributes = {"server.address": server}
+        #: Whether metrics are recorded (else only the DEBUG log asks for :meth:`observe`); an
+        #: attribute rather than a property, since the request path reads it every time.
+        self.recording = meter is not None
         self._duration: Any | None = None
         self._requests: Any | None = None
         if meter is not None:
@@ -71,11 +74,6 @@ class AnswerObserver:
                 unit="{request}",
                 description="Requests answered, by status class (2xx, 4xx, 5xx; none: no answer)",
             )
-
-    @property
-    def recording(self) -> bool:
-        """Whether metrics are recorded (else only the DEBUG log asks for :meth:`observe`)."""
-        return self._duration is not None
 
     async def observe(self, sending: Awaitable[_Answer], path: str) -> _Answer:
         """Await ``sending`` (one request), then log and record its answer or its failure.
