@@ -174,12 +174,14 @@ class Slot(Ticket):
             waiter = sweep_limit.wait_task_can_start()
             if waiter is not None:
                 return self._enter_after(waiter, sweep_limit_first=True)
-        for limit in self._limits:
+        governor = self._governor
+        for entered, limit in enumerate(governor.quick_limits):
             waiter = limit.wait_task_can_start()
             if waiter is not None:
+                self._entered = entered
                 return self._enter_after(waiter)
-            self._entered += 1
-        governor = self._governor
+        # Nothing waited, so the pause checked first still holds for the check again last.
+        self._entered = len(self._limits)
         for limit in governor.started_hooks:
             limit.notify_task_started(self)
         governor.counters.request()
@@ -221,7 +223,10 @@ class Slot(Ticket):
         if error is None and self._entered == len(limits) and limits is governor.limits:
             # The common case written out: only the limits that learn from a success hear.
             self.outcome = _OK
-            governor.learn_success()
+            governor.counters.answered()  # Governor.learn's success, written out
+            governor.answered = True
+            if governor.budget is not None:
+                governor.budget.record_success()
             for limit in governor.success_hooks:
                 limit.notify_task_finished(self)
             self._entered = 0
@@ -281,6 +286,9 @@ class Governor:
         started_hooks: the limits that want to know when a request goes out.
         finished_hooks: the limits that learn from a request's ending, last entered first.
         success_hooks: those of them that learn from a success.
+        quick_limits: the limits a request that waits for none passes (all but the pause's
+            second check).
+        answered: whether any request of this client ever got an HTTP answer from the API.
         counters: the client's counters.
     """
 
@@ -317,6 +325,7 @@ class Governor:
         self.limits: tuple[Limit, ...] = ()
         self.finished_hooks: tuple[Limit, ...] = ()
         self.success_hooks: tuple[Limit, ...] = ()
+        self.quick_limits: tuple[Limit, ...] = ()
         self._set_limits(tuple(limits))
         self.started_hooks: tuple[Limit, ...] = (
             (self.pacer, self.window) if self.pacer is not None else (self.window,)
@@ -324,12 +333,8 @@ class Governor:
         # The window spans a few rounds of requests in flight, so that one stall (a long GC
         # pause, a network blip) does not look like a down API.
         self.budget = RetryBudget(window=max(100, 4 * concurrency)) if retry_budget else None
-        self._answered = False
-
-    @property
-    def answered(self) -> bool:
-        """Whether any request of this client ever got an HTTP answer from the API."""
-        return self._answered
+        #: Whether any request of this client ever got an HTTP answer from the API.
+        self.answered = False
 
     def _set_limits(self, limits: tuple[Limit, ...]) -> None:
         self.limits = limits
@@ -338,6 +343,9 @@ class Governor:
         self.finished_hooks = tuple(
             limit for limit in reversed(limits) if not isinstance(limit, (PauseCheck, HardCap))
         )
+        # What a request passes when it waits for none: the pause is checked again last only
+        # for a request that waited, since a pause may have begun meanwhile.
+        self.quick_limits = limits[:-1] if isinstance(limits[-1], PauseCheck) else limits
         # A success teaches the pause nothing (only a throttle's Retry-After does).
         self.success_hooks = tuple(
             limit for limit in self.finished_hooks if not isinstance(limit, PauseGate)
@@ -351,18 +359,14 @@ class Governor:
         """A place for one request, under every limit (and a sweep's own limit)."""
         return Slot(self, sweep_limit)
 
-    def learn_success(self) -> None:
-        """Count a request that ended with a success (called as its slot is left)."""
-        self.counters.answered()
-        self._answered = True
-        if self.budget is not None:
-            self.budget.record_success()
-
     def learn(self, slot: Slot, error: BaseException | None) -> None:
         """Judge how a request ended, once, and count it (called as its slot is left)."""
         if error is None:
             slot.outcome = _OK
-            self.learn_success()
+            self.counters.answered()
+            self.answered = True
+            if self.budget is not None:
+                self.budget.record_success()
             return
         outcome = slot.outcome = classify(error)
         status: int | None = None
@@ -380,7 +384,7 @@ class Governor:
             return  # pacing answers throttles; they say nothing of the API's health
         got_answer = answered(error)
         if got_answer:
-            self._answered = True
+            self.answered = True
         if self.budget is not None:
             self.budget.record(outcome is _OK, answered=got_answer)
 

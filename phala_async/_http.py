@@ -12,6 +12,7 @@ import socket
 import ssl
 from collections.abc import Callable
 from contextvars import ContextVar
+from time import monotonic as _monotonic
 from typing import Any, NamedTuple
 
 import aiohttp
@@ -185,44 +186,46 @@ class Exchange:
                 # Our own timer rather than aiohttp's: aiohttp's can turn a cancellation that
                 # lands as the timer fires into a TimeoutError (aio-libs/aiohttp#5979), which
                 # would be retried instead of stopping the sweep.
-                with self._deadlines.attempt():
+                attempt = self._deadlines.attempt()
+                try:
+                    # Written out rather than in a helper: this runs once per request.
+                    if not has_defaults:
+                        request = session.get(
+                            url, headers=self._headers, allow_redirects=False, timeout=self._timeout
+                        )
+                    elif self._via is None:
+                        request = session.get(url, allow_redirects=False)
+                    else:
+                        request = session.get(url, allow_redirects=False, **self._via)
+                    # Awaited, not entered: ``async with`` would add four coroutines a request;
+                    # release() is all its exit does once the body is read.
+                    response = await request
                     try:
-                        # Written out rather than in a helper: this runs once per request.
-                        if not has_defaults:
-                            request = session.get(
-                                url,
-                                headers=self._headers,
-                                allow_redirects=False,
-                                timeout=self._timeout,
-                            )
-                        elif self._via is None:
-                            request = session.get(url, allow_redirects=False)
-                        else:
-                            request = session.get(url, allow_redirects=False, **self._via)
-                        # Awaited, not entered: ``async with`` would add four coroutines a
-                        # request; release() is all its exit does once the body is read.
-                        response = await request
-                        try:
-                            length = response.content_length
-                            if (
-                                length is not None
-                                and length <= self._max_bytes
-                                and "Content-Encoding" not in response.headers
-                            ):
-                                body = await response.read()
-                            else:
-                                body = await self._read_capped(response, cvm_id)
-                        finally:
-                            response.release()
-                        return Answer(response.status, response.headers, body)
-                    except (OSError, aiohttp.ServerDisconnectedError) as exc:
+                        length = response.content_length
                         if (
-                            resend
-                            or not has_defaults
-                            or self._on_reconnect is None
-                            or not _stale(exc)
+                            length is not None
+                            and length <= self._max_bytes
+                            and "Content-Encoding" not in response.headers
                         ):
-                            raise
+                            body = await response.read()
+                        else:
+                            body = await self._read_capped(response, cvm_id)
+                    finally:
+                        response.release()
+                except BaseException as exc:
+                    if attempt.end(exc):
+                        raise TimeoutError from exc  # the attempt's own timeout, not a cancel
+                    if (
+                        resend
+                        or not has_defaults
+                        or self._on_reconnect is None
+                        or not isinstance(exc, (OSError, aiohttp.ServerDisconnectedError))
+                        or not _stale(exc)
+                    ):
+                        raise
+                    continue  # a stale pooled connection: sent again, below
+                attempt.end()
+                return Answer(response.status, response.headers, body)
             raise AssertionError("unreachable: the resend returns or raises")  # pragma: no cover
         except PhalaError:
             raise
@@ -433,13 +436,14 @@ def _line_limit(exc: aiohttp.ClientResponseError) -> int | None:
 
 class _Deadlines:
     """Bounds the attempts of one exchange, all with the same timeout, with one timer between
-    them rather than one each: ``asyncio.timeout``'s rule (a cancellation from outside always
-    wins over the timeout), in a plain ``with``.
+    them rather than one each, by ``asyncio.timeout``'s rule: a cancellation from outside always
+    wins over the timeout.
 
     Attempts start in the order their deadlines fall, so the one timer waits for the oldest
     attempt still running; when it fires it cancels every attempt past its deadline and waits
     for the next. An attempt costs a dict entry, where a timer handle each (or
-    ``asyncio.timeout``) cost 2-4 us per request.
+    ``asyncio.timeout``) cost 2-4 us per request. Deadlines are read on ``time.monotonic``; the
+    timer is set on the loop's own clock from the time left.
     """
 
     __slots__ = ("_handle", "_loop", "_running", "seconds")
@@ -451,67 +455,56 @@ class _Deadlines:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def attempt(self) -> _Attempt:
-        """The bound of one attempt, from now, for the current task."""
+        """Start bounding one attempt of the current task, from now; end with
+        :meth:`_Attempt.end`."""
         task = asyncio.current_task()
         if task is None:  # pragma: no cover - the client only runs inside tasks
             raise RuntimeError("a request must run inside an asyncio task")
         loop = task.get_loop()
         if loop is not self._loop:  # first use, or a new event loop: start afresh
             self._loop, self._running, self._handle = loop, {}, None
-        attempt = _Attempt(self, task, loop.time() + self.seconds)
+        attempt = _Attempt(self, task, _monotonic() + self.seconds)
         self._running[attempt] = None
         if self._handle is None:
-            self._handle = loop.call_at(attempt.deadline, self._expire)
+            self._handle = loop.call_later(self.seconds, self._expire)
         return attempt
-
-    def done(self, attempt: _Attempt) -> None:
-        """``attempt`` ended: forget it."""
-        running = self._running
-        running.pop(attempt, None)
-        if not running and self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
 
     def _expire(self) -> None:
         self._handle = None
         loop = self._loop
         assert loop is not None  # noqa: S101 - set before any timer
-        now = loop.time()
+        now = _monotonic()
         running = self._running
         for attempt in list(running):
             if attempt.deadline > now:
-                self._handle = loop.call_at(attempt.deadline, self._expire)
+                self._handle = loop.call_later(attempt.deadline - now, self._expire)
                 return
             del running[attempt]
-            attempt.expire()
+            attempt.expired = True
+            attempt.task.cancel()
 
 
 class _Attempt:
     """One attempt's bound (see :class:`_Deadlines`)."""
 
-    __slots__ = ("_cancelling", "_deadlines", "_expired", "_task", "deadline")
+    __slots__ = ("_cancelling", "_deadlines", "deadline", "expired", "task")
 
     def __init__(self, deadlines: _Deadlines, task: asyncio.Task[Any], deadline: float) -> None:
         self._deadlines = deadlines
-        self._task = task
+        self.task = task
         self._cancelling = task.cancelling()
-        self._expired = False
+        self.expired = False
         self.deadline = deadline
 
-    def expire(self) -> None:
-        self._expired = True
-        self._task.cancel()
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: object,
-    ) -> None:
-        if not self._expired:
-            self._deadlines.done(self)
-        elif self._task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
-            raise TimeoutError from exc
+    def end(self, error: BaseException | None = None) -> bool:
+        """The attempt ended (with ``error``, None for an answer); True when that was the
+        timeout's cancellation, which the caller turns into :class:`TimeoutError`."""
+        if not self.expired:
+            deadlines = self._deadlines
+            running = deadlines._running
+            running.pop(self, None)
+            if not running and deadlines._handle is not None:
+                deadlines._handle.cancel()
+                deadlines._handle = None
+            return False
+        return self.task.uncancel() <= self._cancelling and type(error) is asyncio.CancelledError
