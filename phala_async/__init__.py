@@ -17,6 +17,7 @@ bounded in concurrency and memory::
 from ._bulk import CvmFailed, CvmOk, CvmResult, CvmStream, SweepResult
 from ._changes import FieldChange
 from ._client import API_VERSION, ClientStats, PhalaClient
+from ._client_options import ClientOptions
 from ._diff import CvmDifference, SweepRecord, diff_snapshots
 from ._errors import (
     APIConnectionError,
@@ -89,6 +90,7 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "ClientClosedError",
+    "ClientOptions",
     "ClientStats",
     "ConfigurationError",
     "CvmDetail",

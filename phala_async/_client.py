@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import AsyncIterable, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Literal, Self, TypeVar, cast, overload
 
-import aiohttp
-
 from ._bulk import Abort, CvmStream, SweepResult, gather_in_order
-from ._config import (
-    check_positive,
-)
+from ._config import check_positive
 from ._errors import ClientClosedError, ConfigurationError
 from ._ids import normalize_cvm_id
 from ._limits import MaxInFlight
@@ -26,8 +21,6 @@ from ._versions import API_VERSION, AnyCvm, ApiVersion
 from ._watch import DEFAULT_FAIL_ON, CvmWatch, wait_for_status
 
 __all__ = ["API_VERSION", "ClientStats", "PhalaClient"]
-
-DEFAULT_MAX_RESPONSE_BYTES = 1024 * 1024
 
 if TYPE_CHECKING:  # the default (PEP 696) only for type checkers: Python 3.11's TypeVar has none
     from typing_extensions import TypeVar as _TypeVar
@@ -56,50 +49,12 @@ class PhalaClient(Generic[_D]):
             (the default, the reference page's shape: :class:`CvmDetail`) or ``"2026-01-21"``
             (the ``CVMInfo`` shape: :class:`CvmInfo`, for details and listing entries alike).
             The client's type follows it: ``PhalaClient[CvmInfo]`` for ``"2026-01-21"``.
-        api_key: a dashboard API key, sent as ``X-API-Key``. Defaults to ``$PHALA_CLOUD_API_KEY``.
-        token: an OAuth access token, sent as ``Authorization: Bearer``. Give it or ``api_key``.
-        base_url: the API prefix; defaults to ``$PHALA_CLOUD_API_PREFIX``, then
-            ``https://cloud-api.phala.com/api/v1``.
-        timeout: seconds one attempt may take, from connecting to the last byte. Retries each get
-            their own ``timeout``.
-        max_attempts: requests made for one id at most, the first included (1 disables retries).
-        concurrency: requests in flight at most, across every call on this client; also the size
-            of the connection pool.
-        session: an ``aiohttp.ClientSession`` to use instead of the client's own. It is not closed
-            by :meth:`aclose`; its own pool limit then also applies.
-        backoff_initial: seconds of the first retry's backoff; it doubles each retry.
-        backoff_max: the longest backoff, in seconds.
-        retry_after_cap: the longest ``Retry-After`` honoured; a longer one raises at once.
-        max_response_bytes: bodies larger than this are refused unread
-            (:class:`ResponseTooLargeError`).
-        allow_insecure_http: allow a plain ``http://`` base URL to a host other than loopback.
-        adaptive: find the capacity the client shares by itself: the requests in flight adapt
-            between 1 and ``concurrency`` (they grow while answers come back well and shrink
-            on overload: 503s beyond the server's capacity, timeouts, 429s), and after a
-            throttled answer (429, or 503 with ``Retry-After``) sends are paced just under what
-            the server let through. On by default; off, ``concurrency`` requests are always
-            allowed in flight and nothing is paced.
-        rate_limit: a hard cap in requests per second, for accounts that know their limit.
-        retry_budget: hold retries back while most recent requests fail (of the last 100, or 4 x
-            ``concurrency`` if more) and refuse them while none succeeds, so a down API sees
-            little more than one request per id; a held-back id waits, it is never dropped
-            while the API still answers. On by default.
-        cache_ttl: seconds a successful ``get_cvm`` answer is reused (0, the default: no cache).
-            Errors are never cached; ``get_cvm(..., fresh=True)`` skips the cache.
-        cache_size: answers the cache keeps at most, least recently used dropped first.
-        ssl: an ``ssl.SSLContext`` to verify the API's certificate with (own session only).
-        ca_file: a PEM bundle of the CAs to trust instead of the system's (own session only).
-            Without ``ssl`` or ``ca_file``, ``$SSL_CERT_FILE`` / ``$SSL_CERT_DIR`` are honoured.
-        proxy: an ``http://[user:password@]host:port`` proxy to reach the API through; https
-            requests go through a CONNECT tunnel, so the proxy never sees the credential.
-        trust_env: read ``$HTTPS_PROXY`` / ``$HTTP_PROXY`` / ``$NO_PROXY`` when the client is
-            made and no ``proxy`` is given. On by default.
-        trace_configs: ``aiohttp.TraceConfig`` objects for the client's own session (tracing,
-            OpenTelemetry); each attempt, retries included, is one traced request.
-        meter_provider: an ``opentelemetry.metrics.MeterProvider`` to report metrics to
-            (requests by status class, the request duration, retries, 429s, in flight, the
-            window and send rate); default the global one when ``opentelemetry-api`` is
-            installed (``pip install 'phala-async[otel]'``), and nothing at all without it.
+        **options: the keyword options of :class:`ClientOptions`, each documented there:
+            ``api_key`` or ``token`` (else ``$PHALA_CLOUD_API_KEY``), ``base_url``, ``timeout``,
+            ``max_attempts``, ``concurrency``, ``session``, the backoff and ``Retry-After``
+            bounds, ``max_response_bytes``, ``adaptive``, ``rate_limit``, ``retry_budget``,
+            the cache, TLS (``ssl``, ``ca_file``), ``proxy`` and ``trust_env``, tracing and
+            metrics.
 
     Concurrent ``get_cvm`` calls (and sweep fetches) for ids that name the same CVM alike share
     one request in flight, always; ``stats.coalesced`` counts the calls that joined one.
@@ -130,12 +85,9 @@ class PhalaClient(Generic[_D]):
         self, *, api_version: ApiVersion | str = API_VERSION, **options: Unpack[ClientOptions]
     ) -> None:
         setup = build_client(api_version=api_version, **options)
+        self._setup = setup  # the settings, fixed once
         self._pipeline = setup.pipeline
-        self._base_url = setup.base_url
-        self._credential_kind = setup.credential_kind
         self._concurrency = setup.concurrency
-        self._api_version = setup.api_version
-        self._decode_page = setup.decode_page
         self._sweeps: set[Abort] = set()
         self._is_view = False
 
@@ -165,19 +117,9 @@ class PhalaClient(Generic[_D]):
         Raises:
             ConfigurationError: a value is out of range.
         """
-        pipeline = self._pipeline
-        changes: dict[str, object] = {}
-        if timeout is not None:
-            check_positive("timeout", timeout)
-            changes["exchange"] = pipeline.exchange.with_timeout(float(timeout))
-        if max_attempts is not None:
-            changes["policy"] = dataclasses.replace(pipeline.policy, max_attempts=max_attempts)
-        if deadline is not None:
-            check_positive("deadline", deadline)
-            changes["deadline"] = float(deadline)
         view: PhalaClient[_D] = object.__new__(PhalaClient)
         view.__dict__.update(self.__dict__)
-        view._pipeline = dataclasses.replace(pipeline, **changes)  # type: ignore[arg-type]
+        view._pipeline = self._pipeline.with_options(timeout, max_attempts, deadline)
         view._is_view = True
         return view
 
@@ -218,13 +160,9 @@ class PhalaClient(Generic[_D]):
         """Whether :meth:`aclose` has been called."""
         return self._pipeline.shared.closed
 
-    @property
-    def _session(self) -> aiohttp.ClientSession | None:
-        return self._pipeline.shared.session
-
     def __repr__(self) -> str:
         return (
-            f"<PhalaClient base_url={self._base_url!r} credential={self._credential_kind} "
+            f"<PhalaClient base_url={self.base_url!r} credential={self._setup.credential_kind} "
             f"concurrency={self._concurrency} max_attempts={self._pipeline.policy.max_attempts}"
             f"{' closed' if self.closed else ''}>"
         )
@@ -234,7 +172,7 @@ class PhalaClient(Generic[_D]):
     @property
     def base_url(self) -> str:
         """The API prefix requests go to."""
-        return self._base_url
+        return self._setup.base_url
 
     @property
     def concurrency(self) -> int:
@@ -244,7 +182,7 @@ class PhalaClient(Generic[_D]):
     @property
     def api_version(self) -> str:
         """The ``X-Phala-Version`` this client sends."""
-        return self._api_version
+        return self._setup.api_version
 
     @property
     def stats(self) -> ClientStats:
@@ -299,8 +237,7 @@ class PhalaClient(Generic[_D]):
                 client's ``concurrency``.
         """
         sweep_concurrency = self._sweep_concurrency(concurrency)
-        # A sweep narrower than the client gets a limit of its own, so that its retries too
-        # stay within its concurrency.
+        # A sweep narrower than the client has a limit of its own, which its retries pass too.
         limit = MaxInFlight(sweep_concurrency) if sweep_concurrency < self._concurrency else None
         return CvmStream(
             self._pipeline.cvm,
@@ -358,13 +295,12 @@ class PhalaClient(Generic[_D]):
         Raises:
             ConfigurationError: ``interval`` is not a positive number, or a field is unknown.
         """
-        check_positive("interval", interval)
         listing = None if ids is not None else self._listed_ids
         return CvmWatch(
             self.stream_cvms,
             ids=None if ids is None else list(ids),
             listing=listing,
-            interval=float(interval),
+            interval=interval,
             fields=fields,
             initial=initial,
         )
@@ -404,14 +340,12 @@ class PhalaClient(Generic[_D]):
             NotFoundError, AuthenticationError, PermissionDeniedError: at once, without waiting.
             PhalaError: any other error that is not transient.
         """
-        check_positive("timeout", timeout)
-        check_positive("interval", interval)
         return await wait_for_status(
             functools.partial(self.get_cvm, fresh=True),
             cvm_id,
             status,
-            timeout=float(timeout),
-            interval=float(interval),
+            timeout=timeout,
+            interval=interval,
             fail_on=fail_on,
         )
 
@@ -442,13 +376,8 @@ class PhalaClient(Generic[_D]):
         Raises:
             ConfigurationError: ``page_size`` is out of range (at the call, before any request).
         """
-        if (
-            isinstance(page_size, bool)
-            or not isinstance(page_size, int)
-            or not 1 <= page_size <= 100
-        ):
-            raise ConfigurationError(f"page_size must be an int from 1 to 100, not {page_size!r}")
-        pipeline, decode_page = self._pipeline, self._decode_page
+        check_positive("page_size", page_size, integer=True, at_most=100)
+        pipeline, decode_page = self._pipeline, self._setup.decode_page
 
         async def fetch_page(page_number: int) -> CvmPage:
             path = f"/cvms/paginated?page={page_number}&page_size={page_size}"

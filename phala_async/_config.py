@@ -116,8 +116,11 @@ def check_api_version(version: object, supported: tuple[str, ...]) -> str:
     return version
 
 
-def check_positive(name: str, value: object, *, integer: bool = False) -> None:
-    """Fail with a message that says what to pass when ``value`` is not a positive number."""
+def check_positive(
+    name: str, value: object, *, integer: bool = False, at_most: int | None = None
+) -> None:
+    """Fail with a message that says what to pass when ``value`` is not a positive number (an
+    int, with ``integer``), or is above ``at_most``."""
     kind = "an int" if integer else "a number"
     ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
     if (
@@ -125,8 +128,10 @@ def check_positive(name: str, value: object, *, integer: bool = False) -> None:
         or not ok_type
         or not math.isfinite(value)  # type: ignore[arg-type]  # checked numeric just above
         or value <= 0  # type: ignore[operator]
+        or (at_most is not None and value > at_most)  # type: ignore[operator]
     ):
-        raise ConfigurationError(f"{name} must be {kind} > 0, not {value!r}")
+        bounds = f"from 1 to {at_most}" if at_most is not None else "> 0"
+        raise ConfigurationError(f"{name} must be {kind} {bounds}, not {value!r}")
 
 
 class ProxySetting(NamedTuple):

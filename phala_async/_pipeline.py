@@ -14,10 +14,11 @@ import dataclasses
 import functools
 import logging
 from collections.abc import Awaitable
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 
+from ._config import check_positive
 from ._errors import (
     APIConnectionError,
     APITimeoutError,
@@ -127,6 +128,26 @@ class Pipeline:
     decode_cvm: Decode[AnyCvm]
     answers: AnswerObserver
     deadline: float | None = None
+
+    def with_options(
+        self, timeout: float | None, max_attempts: int | None, deadline: float | None
+    ) -> Pipeline:
+        """The same pipeline with another per-attempt timeout, attempts or deadline (a client's
+        view); None keeps a value.
+
+        Raises:
+            ConfigurationError: a value is out of range.
+        """
+        changes: dict[str, Any] = {}
+        if timeout is not None:
+            check_positive("timeout", timeout)
+            changes["exchange"] = self.exchange.with_timeout(float(timeout))
+        if max_attempts is not None:
+            changes["policy"] = dataclasses.replace(self.policy, max_attempts=max_attempts)
+        if deadline is not None:
+            check_positive("deadline", deadline)
+            changes["deadline"] = float(deadline)
+        return dataclasses.replace(self, **changes)
 
     async def cvm(
         self, segment: str, cvm_id: str | int, sweep: Sweeping | None = None, *, fresh: bool = False

@@ -18,6 +18,7 @@ import msgspec
 
 from ._bulk import CvmStream, SweepResult
 from ._changes import field_changes
+from ._config import check_positive
 from ._errors import (
     APIConnectionError,
     APIStatusError,
@@ -166,10 +167,11 @@ class CvmWatch(AsyncIterator[CvmEvent]):
     ) -> None:
         if (ids is None) == (listing is None):
             raise ConfigurationError("watch either the given ids or the whole workspace")
+        check_positive("interval", interval)
         self._sweep = sweep
         self._ids = ids
         self._listing = listing
-        self._interval = interval
+        self._interval = float(interval)
         self._fields = check_fields(fields)
         self._initial = initial
         self._jitter = jitter
@@ -369,6 +371,8 @@ async def wait_for_status(
 ) -> _C:
     """Poll ``fetch(cvm_id)`` until the CVM's status is one of ``status``, or one of
     ``fail_on``; see :meth:`PhalaClient.wait_for_status`."""
+    check_positive("timeout", timeout)
+    check_positive("interval", interval)
     wanted = _statuses("status", status)
     # A status both waited for and failed on is waited for: the caller asked for it.
     failures = _statuses("fail_on", fail_on, empty_ok=True) - wanted

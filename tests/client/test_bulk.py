@@ -382,7 +382,9 @@ async def test_client_close_closes_the_connection_pool(
         async with client.stream_cvms(range(1, 51)) as results:
             async for _ in results:
                 break
-        session = client._session  # the client's own pool; read only to see it closed
+        session = (
+            client._pipeline.shared.session
+        )  # the client's own pool; read only to see it closed
         assert session is not None
         connector = session.connector
         assert connector is not None

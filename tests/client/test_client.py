@@ -655,7 +655,7 @@ async def test_aclose_closes_the_clients_own_session(
     client = make_client()
     async with asyncio.timeout(10):
         await client.get_cvm(1)
-    session = client._session  # the client's own pool; read only to see it closed
+    session = client._pipeline.shared.session  # the client's own pool; read only to see it closed
     assert session is not None
     connector = session.connector
     assert connector is not None

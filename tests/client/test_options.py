@@ -20,7 +20,7 @@ async def test_a_view_shares_the_clients_session_limits_and_counters(
     view = client.with_options(timeout=2.0, max_attempts=2)
     await client.get_cvm(1)
     await view.get_cvm(2)
-    assert view._session is client._session
+    assert view._pipeline.shared.session is client._pipeline.shared.session
     assert client.stats.requests == 2
     assert view.stats.requests == 2
     assert simulator.total_requests == 2

@@ -132,7 +132,7 @@ async def test_cancelling_sweeps_at_random_points_leaves_nothing_running(
                     await asyncio.gather(stopping, return_exceptions=True)
                 if leftover := await _workers_after(0.1):
                     left_running.append((trial, mode, leftover))
-                session = client._session
+                session = client._pipeline.shared.session
                 connector = session.connector if session is not None else None
             finally:
                 await client.aclose()
