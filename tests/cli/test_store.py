@@ -256,3 +256,25 @@ def test_a_newer_schema_is_refused(store: Path) -> None:
         connection.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
     with pytest.raises(StoreError, match="upgrade phala-async"):
         list_snapshots(str(store))
+
+
+def record_line(cvm_id: int, status: str) -> str:
+    return f'{{"cvm_id":"{cvm_id}","ok":true,"cvm":{{"id":{cvm_id},"status":"{status}"}}}}'
+
+
+def test_a_first_snapshot_larger_than_a_batch_is_recorded_whole_in_wal_mode(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first snapshot handed to the writer in several batches holds every record, leaves the
+    database in WAL mode, and the next snapshot stores only what changed."""
+    monkeypatch.setattr("phala_async._store._BATCH", 4)
+    for number, changed in ((1, None), (2, 3)):
+        writer = SnapshotWriter(str(store), "test").open()
+        for cvm_id in range(1, 11):
+            writer.add_line(record_line(cvm_id, "stopped" if cvm_id == changed else "running"))
+        assert writer.commit(0, ids=10, ok=10, failed=0) == number
+    with sqlite3.connect(store) as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert len(snapshot_records(str(store), "1")[1]) == 10
+    assert len(snapshot_records(str(store), "2")[1]) == 10
+    assert table_rows(store, "records") == 11
