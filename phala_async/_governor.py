@@ -84,7 +84,7 @@ class RetryBudget:
         min_samples: int = 20,
         min_success_ratio: float = 0.3,
         trickle: float = 10.0,
-        unreachable_after: int = 8,
+        unreachable_after: int = 5,
         clock: Clock = time.monotonic,
     ) -> None:
         self._outcomes: deque[bool] = deque(maxlen=window)
