@@ -252,7 +252,9 @@ class CvmStream(AsyncIterator[SweepResult]):
         else:
             raise TypeError(f"ids must be an iterable or async iterable, not {type(ids).__name__}")
         self._concurrency = concurrency
-        self._limit = limit
+        #: The sweep's own limit on requests in flight, or None (an attribute: the pipeline
+        #: reads it for every request).
+        self.limit = limit
         self._running_sweeps = running
         self._max_parked = max_parked if max_parked is not None else 4 * concurrency
         self._turns = MaxInFlight(concurrency)
@@ -281,11 +283,6 @@ class CvmStream(AsyncIterator[SweepResult]):
         return self._most_parked
 
     # -- what the pipeline borrows (Sweeping) ------------------------------------------------
-
-    @property
-    def limit(self) -> MaxInFlight | None:
-        """The sweep's own limit on requests in flight, or None."""
-        return self._limit
 
     async def sleep(self, seconds: float) -> None:
         """Wait for an id's retry: the worker gives its turn back for the rest of the id (while
