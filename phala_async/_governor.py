@@ -175,10 +175,10 @@ class Slot(Ticket):
             if waiter is not None:
                 return self._enter_after(waiter, sweep_limit_first=True)
         governor = self._governor
-        for entered, limit in enumerate(governor.quick_limits):
+        for limit in governor.quick_limits:  # the others let everything through now
             waiter = limit.wait_task_can_start()
             if waiter is not None:
-                self._entered = entered
+                self._entered = self._limits.index(limit)  # those before it count as passed
                 return self._enter_after(waiter)
         # Nothing waited, so the pause checked first still holds for the check again last.
         self._entered = len(self._limits)
@@ -286,8 +286,7 @@ class Governor:
         started_hooks: the limits that want to know when a request goes out.
         finished_hooks: the limits that learn from a request's ending, last entered first.
         success_hooks: those of them that learn from a success.
-        quick_limits: the limits a request that waits for none passes (all but the pause's
-            second check).
+        quick_limits: the limits a request must ask now (see :meth:`_refresh`).
         answered: whether any request of this client ever got an HTTP answer from the API.
         counters: the client's counters.
     """
@@ -303,11 +302,11 @@ class Governor:
         first_contact_bound: float = 1.0,
     ) -> None:
         self.counters = Counters()
-        self.pacer = RatePacer() if adaptive else None
+        self.pacer = RatePacer(on_paced=self._refresh) if adaptive else None
         self.window = Window(concurrency, initial=4 if adaptive else concurrency)
         if not adaptive:
             self.window.decrease = 1.0
-        self.gate = PauseGate(pause_for_cap=retry_after_cap)
+        self.gate = PauseGate(pause_for_cap=retry_after_cap, on_change=self._refresh)
         self.first_contact = FirstContact(
             on_open=self._drop_first_contact, bound=first_contact_bound
         )
@@ -326,10 +325,8 @@ class Governor:
         self.finished_hooks: tuple[Limit, ...] = ()
         self.success_hooks: tuple[Limit, ...] = ()
         self.quick_limits: tuple[Limit, ...] = ()
+        self.started_hooks: tuple[Limit, ...] = ()
         self._set_limits(tuple(limits))
-        self.started_hooks: tuple[Limit, ...] = (
-            (self.pacer, self.window) if self.pacer is not None else (self.window,)
-        )
         # The window spans a few rounds of requests in flight, so that one stall (a long GC
         # pause, a network blip) does not look like a down API.
         self.budget = RetryBudget(window=max(100, 4 * concurrency)) if retry_budget else None
@@ -343,12 +340,31 @@ class Governor:
         self.finished_hooks = tuple(
             limit for limit in reversed(limits) if not isinstance(limit, (PauseCheck, HardCap))
         )
-        # What a request passes when it waits for none: the pause is checked again last only
-        # for a request that waited, since a pause may have begun meanwhile.
-        self.quick_limits = limits[:-1] if isinstance(limits[-1], PauseCheck) else limits
         # A success teaches the pause nothing (only a throttle's Retry-After does).
         self.success_hooks = tuple(
             limit for limit in self.finished_hooks if not isinstance(limit, PauseGate)
+        )
+        self._refresh()
+
+    def _refresh(self) -> None:
+        """Work out again which limits a request must ask, after one of them changed state.
+
+        A limit that lets everything through now is left out of :attr:`quick_limits` (the pause
+        when none is in force, the pacer while unpaced), and so is the pause's second check:
+        it matters only for a request that waited. The pacer hears a request start only once
+        paced: until its first decrease, the epoch it would note is the ticket's own 0.
+        """
+        pacer, gate = self.pacer, self.gate
+        pacing = pacer is not None and pacer.paced
+        self.quick_limits = tuple(
+            limit
+            for limit in self.limits
+            if not isinstance(limit, PauseCheck)
+            and not (limit is gate and not gate.pending)
+            and not (limit is pacer and not pacing)
+        )
+        self.started_hooks = (
+            (pacer, self.window) if pacer is not None and pacing else (self.window,)
         )
 
     def _drop_first_contact(self) -> None:

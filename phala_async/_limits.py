@@ -306,19 +306,35 @@ class PauseGate:
     task sends it, waits before it is sent.
     """
 
-    __slots__ = ("_clock", "_until", "pause_for_cap")
+    __slots__ = ("_clock", "_on_change", "_until", "pause_for_cap")
 
-    def __init__(self, clock: Clock = time.monotonic, *, pause_for_cap: float = 60.0) -> None:
+    def __init__(
+        self,
+        clock: Clock = time.monotonic,
+        *,
+        pause_for_cap: float = 60.0,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
         self._clock = clock
         self._until = 0.0
+        self._on_change = on_change
         #: A Retry-After longer than this does not pause the client (the call raises at once).
         self.pause_for_cap = pause_for_cap
+
+    @property
+    def pending(self) -> bool:
+        """Whether a pause was set and not yet seen to be over (``on_change`` is called when
+        this changes)."""
+        return bool(self._until)
 
     def pause_for(self, seconds: float) -> None:
         """Hold new requests for ``seconds`` from now (never shortens a longer pause)."""
         until = self._clock() + seconds
         if until > self._until:
+            was_pending = bool(self._until)
             self._until = until
+            if not was_pending and self._on_change is not None:
+                self._on_change()
 
     @property
     def paused(self) -> bool:
@@ -339,6 +355,8 @@ class PauseGate:
         if until > self._clock():
             return self.wait()
         self._until = 0.0
+        if self._on_change is not None:
+            self._on_change()
         return None
 
     def notify_task_started(self, ticket: Ticket) -> None:
@@ -491,6 +509,7 @@ class RatePacer:
         "_min_share",
         "_min_throttles",
         "_next_send",
+        "_on_paced",
         "_since",
         "_successes",
         "_throttles",
@@ -508,8 +527,10 @@ class RatePacer:
         min_share: float = 0.05,
         min_throttles: int = 10,
         clock: Clock = time.monotonic,
+        on_paced: Callable[[], None] | None = None,
     ) -> None:
         self._clock = clock
+        self._on_paced = on_paced
         self._decrease = decrease
         self._increase = increase
         self._window = window
@@ -578,7 +599,10 @@ class RatePacer:
         else:
             let_through = successes / self._window  # what the server let through
         self._base = max(1.0, self._decrease * let_through)
-        self.paced = True
+        if not self.paced:
+            self.paced = True
+            if self._on_paced is not None:
+                self._on_paced()
         self._since = now
         self._next_send = now
         self._epoch += 1
