@@ -326,14 +326,14 @@ async def test_the_governor_knows_whether_the_api_ever_answered() -> None:
         pytest.param(_status(404), False, id="answered-once"),
     ],
 )
-async def test_eight_refused_connections_deny_retries_only_if_the_api_never_answered(
+async def test_five_refused_connections_deny_retries_only_if_the_api_never_answered(
     first_answer: PhalaError | None, denied: bool
 ) -> None:
-    """Eight refused connections make the governor deny retries, unless one answer came first."""
+    """Five refused connections make the governor deny retries, unless one answer came first."""
     governor = Governor(concurrency=4)
     if first_answer is not None:
         await _request(governor, first_answer)
-    for _ in range(8):
+    for _ in range(5):
         await _request(governor, _no_answer(APIConnectionError("refused", cvm_id=7)))
     assert governor.denies_retries() is denied
 
@@ -515,3 +515,50 @@ async def test_a_snapshot_reports_the_window_in_force(
     before = governor.snapshot().window
     await _request(governor, _status(429, retry_after=0.01))
     assert (before, governor.snapshot().window) == windows
+
+
+async def test_a_request_asks_only_the_limits_that_could_hold_it_back_now() -> None:
+    """Once the first contact is open, an unpaced client with no pause asks the window alone; a
+    pause puts the gate back until a request sees it over, and pacing puts the pacer back (and
+    among the limits told of a start) for good."""
+    governor = Governor(concurrency=4)
+    await _request(governor, None)  # the first contact opens on an answer
+    alone = governor.quick_limits
+    governor.gate.pause_for(-1.0)  # a pause, already over by the time anyone looks
+    with_gate = governor.quick_limits
+    await _request(governor, None)  # sees the pause over
+    after_pause = governor.quick_limits
+    assert governor.pacer is not None
+    governor.pacer.on_throttle(0, asked_to_wait=True)  # paced from the success just counted
+    assert (alone, with_gate, after_pause) == (
+        (governor.window,),
+        (governor.gate, governor.window),
+        (governor.window,),
+    )
+    assert governor.quick_limits == (governor.pacer, governor.window)
+    assert governor.started_hooks == (governor.pacer, governor.window)
+
+
+async def test_a_request_that_waited_checks_the_pause_again_before_it_is_sent() -> None:
+    """A request that waited for the window while a pause began waits for the pause too: the
+    pause is checked again after any wait, and nothing is sent until it is over."""
+    governor = Governor(concurrency=1, adaptive=False)
+    await _request(governor, None)  # open the first contact
+    holder = governor.slot()
+    await holder.__aenter__()  # the one place is taken
+    sent: list[str] = []
+
+    async def waiting() -> None:
+        async with governor.slot():
+            sent.append("sent")
+
+    task = asyncio.create_task(waiting())
+    await asyncio.sleep(0)  # it waits for the window now
+    governor.gate.pause_for(0.05)  # a pause begins while it waits
+    await holder.__aexit__(None, None, None)  # the place is handed to it
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    during_pause = list(sent)
+    await asyncio.wait_for(task, 5)
+    assert (during_pause, sent) == ([], ["sent"])
+    assert governor.snapshot().in_flight == 0
