@@ -184,13 +184,9 @@ class _Results:
 
     async def get(self) -> SweepResult | _Marker:
         """The oldest item, waiting for one."""
-        items = self._items
-        while not items:
+        while (item := self.take()) is None:
             reader = self._reader = asyncio.get_running_loop().create_future()
             await reader
-        item = items.popleft()
-        if self._writers:
-            self._wake_writer()
         return item
 
     def _wake_writer(self) -> None:
@@ -426,15 +422,12 @@ class CvmStream(AsyncIterator[SweepResult]):
                 await waiter
             sync_ids = self._sync_ids
             while not self._finished:
-                if sync_ids is not None and not self._ids_exhausted:
-                    # _next_id() written out for a plain iterable: it runs once per id.
-                    cvm_id = next(sync_ids, _EXHAUSTED)
-                    if cvm_id is _EXHAUSTED:
-                        self._ids_exhausted = True
-                        break
+                if sync_ids is not None:  # read here: no coroutine per id
+                    cvm_id = _EXHAUSTED if self._ids_exhausted else next(sync_ids, _EXHAUSTED)
                 else:
-                    cvm_id = await self._next_id()
+                    cvm_id = await self._next_async_id()
                 if isinstance(cvm_id, _Marker):
+                    self._ids_exhausted = True
                     break
                 try:
                     segment = normalize_cvm_id(cvm_id)
@@ -489,15 +482,7 @@ class CvmStream(AsyncIterator[SweepResult]):
         if self._busy == 0 and self._abort_error is None:
             await self._results.put(_DONE)
 
-    async def _next_id(self) -> str | int | _Marker:
-        if self._ids_exhausted:
-            return _EXHAUSTED
-        if self._sync_ids is not None:
-            try:
-                return next(self._sync_ids)
-            except StopIteration:
-                self._ids_exhausted = True
-                return _EXHAUSTED
+    async def _next_async_id(self) -> str | int | _Marker:
         # An async generator may not be advanced by two tasks at once.
         async with self._ids_lock:
             if self._ids_exhausted or self._async_ids is None:

@@ -102,6 +102,9 @@ class RetryBudget:
     def record(self, success: bool, *, answered: bool = True) -> None:
         """Record one request's outcome (a server failure or transport error is ``False``;
         ``answered`` says whether the API gave an HTTP answer at all)."""
+        if success:
+            self.record_success()
+            return
         if answered:
             self.answered = True
         elif not self.answered:
@@ -109,12 +112,10 @@ class RetryBudget:
         outcomes = self._outcomes
         if len(outcomes) == outcomes.maxlen and outcomes[0]:
             self._successes -= 1
-        outcomes.append(success)
-        if success:
-            self._successes += 1
+        outcomes.append(False)
 
     def record_success(self) -> None:
-        """:meth:`record` of a success, written out: it runs once per request."""
+        """Record a success (an answer, so the API has answered)."""
         self.answered = True
         outcomes = self._outcomes
         if len(outcomes) != outcomes.maxlen or not outcomes[0]:
@@ -182,9 +183,7 @@ class Slot(Ticket):
                 return self._enter_after(waiter)
         # Nothing waited, so the pause checked first still holds for the check again last.
         self._entered = len(self._limits)
-        for limit in governor.started_hooks:
-            limit.notify_task_started(self)
-        governor.counters.request()
+        self._started()
         return None
 
     async def _enter_after(
@@ -218,24 +217,7 @@ class Slot(Ticket):
     def leave(self, error: BaseException | None) -> None:
         """Give the place back; ``error`` is how the request ended (None: an answer that was
         a success)."""
-        governor = self._governor
-        limits = self._limits
-        if error is None and self._entered == len(limits) and limits is governor.limits:
-            # The common case written out: only the limits that learn from a success hear.
-            self.outcome = _OK
-            governor.counters.answered()  # Governor.learn's success, written out
-            governor.answered = True
-            if governor.budget is not None:
-                governor.budget.record_success()
-            for limit in governor.success_hooks:
-                limit.notify_task_finished(self)
-            self._entered = 0
-            sweep_limit = self._sweep_limit
-            if sweep_limit is not None:
-                sweep_limit.release()
-                self._sweep_limit = None
-            return
-        governor.learn(self, error)
+        self._governor.learn(self, error)
         self._leave()
 
     async def __aenter__(self) -> Slot:
@@ -256,7 +238,9 @@ class Slot(Ticket):
         limits = self._limits
         governor = self._governor
         if self._entered == len(limits) and limits is governor.limits:
-            for limit in governor.finished_hooks:  # only the limits that learn
+            # Only the limits that learn from this ending (a success teaches fewer).
+            hooks = governor.success_hooks if self.outcome is _OK else governor.finished_hooks
+            for limit in hooks:
                 limit.notify_task_finished(self)
         else:  # some limits were not passed, or the first contact has opened since
             for index in range(self._entered - 1, -1, -1):

@@ -469,6 +469,14 @@ class _Deadlines:
             self._handle = loop.call_later(self.seconds, self._expire)
         return attempt
 
+    def done(self, attempt: _Attempt) -> None:
+        """``attempt`` ended before its deadline: forget it (and the timer, if none is left)."""
+        running = self._running
+        running.pop(attempt, None)
+        if not running and self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
     def _expire(self) -> None:
         self._handle = None
         loop = self._loop
@@ -500,11 +508,6 @@ class _Attempt:
         """The attempt ended (with ``error``, None for an answer); True when that was the
         timeout's cancellation, which the caller turns into :class:`TimeoutError`."""
         if not self.expired:
-            deadlines = self._deadlines
-            running = deadlines._running
-            running.pop(self, None)
-            if not running and deadlines._handle is not None:
-                deadlines._handle.cancel()
-                deadlines._handle = None
+            self._deadlines.done(self)
             return False
         return self.task.uncancel() <= self._cancelling and type(error) is asyncio.CancelledError

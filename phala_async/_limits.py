@@ -253,11 +253,7 @@ class Window:
             if self._active >= int(limit) and limit < self.ceiling:  # full: it may grow
                 step = 1.0 if limit < self._threshold else 1.0 / limit
                 self._limit = min(float(self.ceiling), limit + step)
-            self._active -= 1
-            if self._waiters:
-                self._wake()
-            return
-        if outcome is _OVERLOADED or outcome is _TIMEOUT:
+        elif outcome is _OVERLOADED or outcome is _TIMEOUT:
             self._sent[level] = self._sent[level] * self.DECAY + 1.0
             self._failures[level] = self._failures[level] * self.DECAY + 1.0
             if ticket.window_epoch == self._epoch and self._load_related(level):
@@ -291,11 +287,8 @@ class Window:
 
     def _release(self) -> None:
         self._active -= 1
-        self._wake()
-
-    def _wake(self) -> None:
         waiters = self._waiters
-        while self._active < self._limit and waiters.wake_one():
+        while waiters and self._active < self._limit and waiters.wake_one():
             self._active += 1
 
 
@@ -627,12 +620,7 @@ class RatePacer:
 
     def notify_task_finished(self, ticket: Ticket) -> None:
         outcome = ticket.outcome
-        if outcome is _OK:  # _record() written out: it runs once per request
-            now = self._clock()
-            times = self._successes
-            times.append(now)
-            horizon = now - self._window
-            while times[0] < horizon:
-                times.popleft()
+        if outcome is _OK:
+            self._record(self._successes)
         elif outcome is _THROTTLED:
             self.on_throttle(ticket.rate_epoch, asked_to_wait=bool(ticket.retry_after))
