@@ -65,6 +65,14 @@ def summarize_throughput(rounds: list[list[dict[str, Any]]]) -> dict[str, dict[s
     return summary
 
 
+def _grouped(runs: list[dict[str, Any]], key: str) -> dict[str, list[dict[str, Any]]]:
+    """The runs by their ``key`` (a command, a label), in the order each first appears."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault(run[key], []).append(run)
+    return groups
+
+
 def _cpu_us(run: dict[str, Any]) -> float:
     return float(run["cpu_s"] / max(run["requests"], 1) * 1e6)
 
@@ -112,11 +120,8 @@ def _add_ratios(summary: dict[str, dict[str, Any]], rounds: list[list[dict[str, 
 
 def summarize_commands(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per command: wall and CPU seconds (median and spread), ids per second, completeness."""
-    by_command: dict[str, list[dict[str, Any]]] = {}
-    for run in runs:
-        by_command.setdefault(run["command"], []).append(run)
     summary = {}
-    for command, of_command in by_command.items():
+    for command, of_command in _grouped(runs, "command").items():
         good = [run for run in of_command if "failed" not in run]
         entry: dict[str, Any] = {
             "runs": len(of_command),
@@ -138,11 +143,8 @@ def summarize_scenarios(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]
     """Per scenario label: medians and spreads of the times to each share of the ids, wall,
     requests per id and 429 share, the limit's use for a rate-limit case, and the worst run's
     failed ids."""
-    by_label: dict[str, list[dict[str, Any]]] = {}
-    for run in runs:
-        by_label.setdefault(run["label"], []).append(run)
     summary = {}
-    for label, of_label in by_label.items():
+    for label, of_label in _grouped(runs, "label").items():
         good = [run for run in of_label if "failed" not in run]
         entry: dict[str, Any] = {
             "runs": len(of_label),
@@ -219,11 +221,8 @@ CONTENTION_MEASURES = (
 def summarize_contention(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per contention case: the spread of each of :data:`CONTENTION_MEASURES` it has, its ids,
     the exit statuses seen, and what went wrong in a run."""
-    by_label: dict[str, list[dict[str, Any]]] = {}
-    for run in runs:
-        by_label.setdefault(run["label"], []).append(run)
     summary = {}
-    for label, of_label in by_label.items():
+    for label, of_label in _grouped(runs, "label").items():
         good = [run for run in of_label if "failed" not in run]
         entry: dict[str, Any] = {
             "runs": len(of_label),
