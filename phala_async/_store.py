@@ -17,12 +17,14 @@ transaction, committed only by a sweep that attempted every id: a sweep that was
 stopped early or killed records nothing, and the database stays as it was.
 
 SQLite is driven from a thread of its own (:class:`SnapshotWriter`), fed by a queue, so the event
-loop of the sweep never waits on the disk. The database is in WAL mode: ``history`` and ``diff``
-read it while a sweep writes. A new database turns to WAL mode when its first snapshot commits:
-that snapshot, every record new, is written in one go at the end of the sweep, straight into the
-database file, not into the WAL and then again from it (a reader waits for that commit, there
-being nothing to read before it). A first sweep too large to hold back turns it to WAL mode at
-its first batch.
+loop of the sweep never waits on the disk. Before the sweep starts, the writer reads the record
+hashes of the snapshot before; a record among them (most of a nightly sweep's) costs its hash and
+a lookup, and SQLite copies the snapshot before's rows for all of them at the end. Records new
+to the store go to the thread in batches while the sweep runs. The database is in WAL mode:
+``history`` and ``diff`` read it while a sweep writes. A new database turns to WAL mode when its
+first snapshot commits: that snapshot, every record new, is written straight into the database
+file, not into the WAL and then again from it (a reader waits for that commit, there being
+nothing to read before it).
 """
 
 from __future__ import annotations
@@ -58,14 +60,12 @@ __all__ = [
 #: The schema version this code writes and reads (``PRAGMA user_version``).
 SCHEMA_VERSION = 1
 _SQLITE_MAGIC = b"SQLite format 3\0"
-# Records handed to the writer thread at a time: large on purpose. A sweep of up to this many ids
-# has its records inserted after its last answer, a bigger one a batch at a time; memory stays
-# bounded by one batch. Inserting beside the sweep, on another core, would hide the inserts only
-# if the thread could work without the interpreter lock, which it needs to bind each statement's
-# parameters: it takes the lock from the event loop over and over (measured on a 10,000-id sweep
-# of an unchanged fleet, batches of 1,000 at 128 rows a statement, nine rounds: +13% over the
-# sweep's wall time, against +12% inserting at the end; no gain, within the noise).
-_BATCH = 50_000
+# Records new to the store handed to the writer thread at a time. They are inserted while the
+# sweep runs: SQLite does its work without the interpreter lock, beside the event loop (measured
+# on a first 10,000-id snapshot, nine rounds each: +11% over the sweep's wall time in batches of
+# 1,000, +15% holding every record back to the end). An unchanged record is never handed over:
+# see SnapshotWriter.add.
+_BATCH = 1000
 # Rows per INSERT statement: fewer calls from Python into SQLite than one row a statement (a
 # tenth quicker, measured). 7 parameters a row stay under 999, the oldest SQLite's limit on
 # parameters per statement.
@@ -298,10 +298,15 @@ class SnapshotWriter:
         self.path = path
         self._command = command
         self._started_at = _now()
-        # Rows go to the thread a batch at a time (with whether it is the last), None to
-        # abandon: one wake-up per batch, not per record.
+        # Rows of records new to the store go to the thread a batch at a time (with whether it
+        # is the last), None to abandon: one wake-up per batch, not per record.
         self._queue: queue.SimpleQueue[tuple[list[_Row], bool] | None] = queue.SimpleQueue()
         self._batch: list[_Row] = []
+        # The record hashes of the snapshot before, read by open(); those a record of this sweep
+        # has matched leave _unseen. A record the snapshot before had is kept as nothing more.
+        self._known: frozenset[bytes] = frozenset()
+        self._unseen: set[bytes] = set()
+        self._before: int | None = None
         self._thread = threading.Thread(target=self._run, name="phala_async store", daemon=True)
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -338,8 +343,36 @@ class SnapshotWriter:
         """Queue one record: its JSON ``line`` (text or UTF-8; newline optional), the id it was
         given, whether it is ok, the CVM's identity (:func:`record_identity`), and its VM UUID
         and name."""
-        data = (line.encode() if isinstance(line, str) else line).rstrip(b"\n")
+        data = line.encode() if isinstance(line, str) else line
+        if data.endswith(b"\n"):
+            data = data.rstrip(b"\n")
+        digest = self.new_record(data)
+        if digest is not None:
+            self.add_new(digest, data, cvm_id, ok, cvm, vm_uuid, name)
+
+    def new_record(self, data: bytes) -> bytes | None:
+        """The hash of record ``data`` (a JSON line in UTF-8, without its newline) for
+        :meth:`add_new`; or None when the snapshot before holds that record: this snapshot then
+        holds it too, and nothing more is needed (the nightly case costs this hash and a lookup
+        per CVM)."""
         digest = hashlib.sha256(data).digest()[:16]  # SHA-256 is hardware-accelerated
+        if digest in self._known:
+            self._unseen.discard(digest)
+            return None
+        return digest
+
+    def add_new(
+        self,
+        digest: bytes,
+        data: bytes,
+        cvm_id: str,
+        ok: bool,
+        cvm: str,
+        vm_uuid: str | None,
+        name: str | None,
+    ) -> None:
+        """Queue a record :meth:`new_record` found new, with its hash and the fields of
+        :meth:`add`."""
         self._batch.append((digest, cvm, cvm_id, ok, vm_uuid, name, data))
         if len(self._batch) >= _BATCH:
             self._queue.put((self._batch, False))
@@ -391,6 +424,8 @@ class SnapshotWriter:
             if not first:
                 connection.execute("PRAGMA journal_mode=WAL")  # kept by the database
             number = self._begin(connection)
+            if not first:
+                self._read_before(connection, number)
         except sqlite3.Error as exc:
             connection.close()
             self._error = StoreError(f"the store {self.path} is busy or unwritable ({exc})")
@@ -419,43 +454,56 @@ class SnapshotWriter:
         assert number is not None  # noqa: S101 - an INSERT into a rowid table
         return number
 
+    def _read_before(self, connection: sqlite3.Connection, number: int) -> None:
+        """Read the record hashes of the snapshot before ``number``, before the sweep starts:
+        most of a nightly sweep's records are among them, and cost a lookup each. (Read while
+        the sweep runs, the rows would take the interpreter lock from the event loop at each
+        one: measured, 70 ms more in the output's flushes alone over a 10,000-id sweep.)"""
+        self._before = connection.execute(
+            "SELECT max(id) FROM snapshots WHERE id < ?", (number,)
+        ).fetchone()[0]
+        self._known = frozenset(
+            row[0]
+            for row in connection.execute(
+                "SELECT hash FROM snapshot_records WHERE snapshot = ?", (self._before,)
+            )
+        )
+        self._unseen = set(self._known)
+
     def _write(self, connection: sqlite3.Connection, number: int, *, first: bool) -> None:
         # A first snapshot (every record new, the dearest case) is written in rollback-journal
-        # mode, all at commit: its pages go into the database file once, where WAL mode would
-        # write them twice (into the WAL, then from it at the checkpoint). Until it commits
-        # there is nothing to read, and readers wait at most for the commit itself; the
-        # database turns to WAL mode for good right after. A first sweep of more than _BATCH
-        # ids goes on in WAL mode from its first batch.
-        known: set[bytes] | None = None
+        # mode: its pages go into the database file once, where WAL mode would write them twice
+        # (into the WAL, then from it at the checkpoint). Until it commits there is nothing to
+        # read; the database turns to WAL mode for good right after.
         while True:
-            # Nothing is done here while the sweep runs: this thread would take the interpreter
-            # lock from the event loop at every row it reads, and each of the loop's system
-            # calls would wait for it (measured: 70 ms more in the output's flushes alone over
-            # a 10,000-id sweep while the records of the snapshot before were read here).
             item = self._queue.get()
             if item is None:
                 return  # abandoned: rolled back in _run
             batch, last = item
-            if known is None:
-                # The records of the snapshot before: most of a nightly sweep's are among them,
-                # and need no insert (an unchanged fleet costs a lookup per CVM).
-                known = {
-                    row[0]
-                    for row in connection.execute(
-                        "SELECT hash FROM snapshot_records WHERE snapshot = "
-                        "(SELECT max(id) FROM snapshots WHERE id < ?)",
-                        (number,),
-                    )
-                }
-            if first and not last:
-                connection.execute("ROLLBACK")  # only the snapshot's row was written
-                with contextlib.suppress(sqlite3.Error):  # a reader in the way: it waits
-                    connection.execute("PRAGMA journal_mode=WAL")
-                number = self._begin(connection)
-                first = False
-            self._insert(connection, number, batch, known, alone=first)
+            _insert_rows(
+                connection,
+                "INSERT OR IGNORE INTO records (hash, cvm, cvm_id, ok, vm_uuid, name, record) "
+                "VALUES ",
+                "(?, ?, ?, ?, ?, ?, CAST(? AS TEXT))",
+                batch,
+            )
+            if not first:
+                _insert_rows(
+                    connection,
+                    "INSERT OR IGNORE INTO snapshot_records (snapshot, hash) VALUES ",
+                    "(?, ?)",
+                    [(number, row[0]) for row in batch],
+                )
             if not last:
                 continue
+            if first:  # every record is this snapshot's: SQLite adds them in hash order, at once
+                connection.execute(
+                    "INSERT INTO snapshot_records (snapshot, hash) "
+                    "SELECT ?, hash FROM records ORDER BY hash",
+                    (number,),
+                )
+            else:
+                self._keep_unchanged(connection, number)
             assert self._outcome is not None  # noqa: S101 - set before the last batch is queued
             connection.execute(
                 "UPDATE snapshots SET finished_at = ?, exit_status = ?, ids = ?, ok = ?, "
@@ -469,35 +517,29 @@ class SnapshotWriter:
                     connection.execute("PRAGMA journal_mode=WAL")
             return
 
-    @staticmethod
-    def _insert(
-        connection: sqlite3.Connection,
-        number: int,
-        batch: list[_Row],
-        known: set[bytes],
-        *,
-        alone: bool = False,
-    ) -> None:
-        """Insert the records of ``batch`` not ``known``, and the snapshot's rows for all of
-        them; ``alone``: the batch is all the snapshot, and the database held no record."""
-        _insert_rows(
-            connection,
-            "INSERT OR IGNORE INTO records (hash, cvm, cvm_id, ok, vm_uuid, name, record) VALUES ",
-            "(?, ?, ?, ?, ?, ?, CAST(? AS TEXT))",
-            [row for row in batch if row[0] not in known],
-        )
-        if alone:  # every record is this snapshot's: SQLite adds them in hash order, at once
+    def _keep_unchanged(self, connection: sqlite3.Connection, number: int) -> None:
+        """Add to snapshot ``number`` the records it shares with the snapshot before: when
+        most are shared (the nightly case), SQLite copies that snapshot's rows and drops those
+        no record matched, without a row through Python."""
+        kept = len(self._known) - len(self._unseen)
+        if not kept:
+            return
+        if len(self._unseen) <= kept:
             connection.execute(
                 "INSERT INTO snapshot_records (snapshot, hash) "
-                "SELECT ?, hash FROM records ORDER BY hash",
-                (number,),
+                "SELECT ?, hash FROM snapshot_records WHERE snapshot = ?",
+                (number, self._before),
+            )
+            connection.executemany(
+                "DELETE FROM snapshot_records WHERE snapshot = ? AND hash = ?",
+                [(number, digest) for digest in self._unseen],
             )
             return
         _insert_rows(
             connection,
             "INSERT OR IGNORE INTO snapshot_records (snapshot, hash) VALUES ",
             "(?, ?)",
-            [(number, row[0]) for row in batch],
+            [(number, digest) for digest in self._known - self._unseen],
         )
 
 

@@ -212,22 +212,18 @@ class StoreRecords:
 
     def write(self, result: CvmResult) -> None:
         """Queue the record of ``result``, then write it with the next writer."""
-        cvm = result.cvm
-        cvm_id = str(result.cvm_id)
-        if cvm is not None:
-            # An integer id is its own normalised form: the identity record_identity gives.
-            identity, vm_uuid, name = str(cvm.id), cvm.vm_uuid, cvm.name
-        else:
-            identity, vm_uuid, name = id_key(cvm_id), None, None
         encoded = json_record(result, self._redact)
-        self._store.add(
-            encoded,
-            cvm_id=cvm_id,
-            ok=cvm is not None,
-            cvm=identity,
-            vm_uuid=vm_uuid,
-            name=name,
-        )
+        digest = self._store.new_record(encoded)
+        if digest is not None:  # not in the snapshot before: its columns too
+            cvm = result.cvm
+            cvm_id = str(result.cvm_id)
+            if cvm is not None:
+                # An integer id is its own normalised form: the identity record_identity gives.
+                self._store.add_new(
+                    digest, encoded, cvm_id, True, str(cvm.id), cvm.vm_uuid, cvm.name
+                )
+            else:
+                self._store.add_new(digest, encoded, cvm_id, False, id_key(cvm_id), None, None)
         if isinstance(self._then, JsonLinesWriter):
             self._then.write_line(encoded.decode())  # encoded once for both
         else:
