@@ -29,6 +29,7 @@ from phala_async._store import (
     StoreError,
     is_store,
     list_snapshots,
+    rows_as_records,
     snapshot_records,
     split_snapshot_ref,
 )
@@ -278,3 +279,39 @@ def test_a_first_snapshot_larger_than_a_batch_is_recorded_whole_in_wal_mode(
     assert len(snapshot_records(str(store), "1")[1]) == 10
     assert len(snapshot_records(str(store), "2")[1]) == 10
     assert table_rows(store, "records") == 11
+
+
+def snapshot_statuses(store: Path, number: int) -> dict[str, str]:
+    """CVM identity -> status, as snapshot ``number`` holds it."""
+    rows = snapshot_records(str(store), str(number))[1]
+    return {
+        row.cvm: record["cvm"]["status"]
+        for row, record in zip(rows, rows_as_records(rows), strict=True)
+    }
+
+
+@pytest.mark.parametrize("batch", [4, 1000])
+def test_a_snapshot_holds_exactly_its_records_whether_most_are_kept_or_most_changed(
+    store: Path, monkeypatch: pytest.MonkeyPatch, batch: int
+) -> None:
+    """Snapshots after the first copy the records they share with the snapshot before and
+    drop those gone; a fleet where most records changed is written record by record. Either
+    way a snapshot holds exactly the records of its sweep, whatever the batch size."""
+    monkeypatch.setattr("phala_async._store._BATCH", batch)
+    fleets = [
+        dict.fromkeys(range(1, 11), "running"),
+        # most kept: 9 changed, 10 gone, 11 new
+        {**dict.fromkeys(range(1, 9), "running"), 9: "stopped", 11: "running"},
+        # most changed: only 1 and 2 as before
+        {1: "running", 2: "running", **dict.fromkeys(range(3, 9), "stopped")},
+        # back to the first fleet: records stored before are not stored again
+        dict.fromkeys(range(1, 11), "running"),
+    ]
+    for number, fleet in enumerate(fleets, start=1):
+        writer = SnapshotWriter(str(store), "test").open()
+        for cvm_id, status in fleet.items():
+            writer.add_line(record_line(cvm_id, status))
+        assert writer.commit(0, ids=len(fleet), ok=len(fleet), failed=0) == number
+    for number, fleet in enumerate(fleets, start=1):
+        assert snapshot_statuses(store, number) == {str(k): v for k, v in fleet.items()}
+    assert table_rows(store, "records") == 10 + 2 + 6  # running 1-11, stopped 3-9
