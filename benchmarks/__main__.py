@@ -18,7 +18,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks import contention, decode, environment, report, sections, summaries, targets
+from benchmarks import (
+    contention,
+    decode,
+    environment,
+    report,
+    sections,
+    store,
+    summaries,
+    targets,
+)
 from benchmarks.harness import running_server
 from benchmarks.peers import CLIENTS, DEFAULT_CLIENTS
 
@@ -31,6 +40,7 @@ SECTIONS = (
     "contention",
     "memory",
     "decode",
+    "store",
 )
 #: Ten times slower than the others and only references: run in the first rounds only.
 SLOW_CLIENTS = ("httpx", "phala-cloud")
@@ -61,6 +71,12 @@ def _parser() -> argparse.ArgumentParser:
         default=2,
         help="rounds of the contention section (default 2)",
     )
+    parser.add_argument(
+        "--store-rounds",
+        type=int,
+        default=9,
+        help="rounds of the store section's sweeps (default 9: its ratios are noisy)",
+    )
     parser.add_argument("--ids", type=int, default=10_000, help="ids per throughput run")
     parser.add_argument("--concurrency", type=int, default=32, help="requests in flight")
     parser.add_argument(
@@ -89,7 +105,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[list[str], set[str]]:
     """Validate the options; return the clients and the sections to run."""
-    for name in ("rounds", "ids", "concurrency", "rate_rounds", "contention_rounds"):
+    for name in (
+        "rounds",
+        "ids",
+        "concurrency",
+        "rate_rounds",
+        "contention_rounds",
+        "store_rounds",
+    ):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.write_results and (args.quick or args.rounds < 3):
@@ -203,6 +226,12 @@ def run(
         _progress("decode", None)
         results["decode"] = decode.run(
             repeat=3 if args.quick else 7, min_seconds=0.02 if args.quick else 0.2
+        )
+    if "store" in chosen:
+        results["store"] = store.measure(
+            500 if args.quick else 10_000,
+            1 if args.quick else args.store_rounds,
+            progress=_progress,
         )
     results["meta"]["load_after"] = environment.load_average()
     results["notes"] = summaries.run_notes(results)

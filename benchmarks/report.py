@@ -157,6 +157,28 @@ def decode_rows(decode: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def store_rows(found: dict[str, Any]) -> list[list[str]]:
+    rows = [["sweep", "wall s", "CPU s", "wall added (min-max)", "CPU added"]]
+    for label, entry in found["kinds"].items():
+        added = (
+            f"{entry['wall_added']:+.1%} ({entry['wall_added_min']:+.1%} to "
+            f"{entry['wall_added_max']:+.1%})"
+            if "wall_added" in entry
+            else "-"
+        )
+        cpu = f"{entry['cpu_added']:+.1%}" if "cpu_added" in entry else "-"
+        rows.append(
+            [
+                f"{label}: {entry['name']}",
+                f"{entry['wall_s']:.3f}",
+                f"{entry['cpu_s']:.3f}",
+                added,
+                cpu,
+            ]
+        )
+    return rows
+
+
 def markdown_table(rows: list[list[str]]) -> str:
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
@@ -222,6 +244,19 @@ def render(results: dict[str, Any]) -> str:
     if results.get("decode"):
         heading = f"Decode: one {results['decode']['body_bytes']}-byte body"
         lines += _section(heading, decode_rows(results["decode"]))
+    if results.get("store"):
+        found = results["store"]
+        heading = (
+            f"The snapshot store: sweep of {found['ids']:,} ids from a file, {found['rounds']} "
+            "rounds of A, B, C, the order rotating"
+        )
+        lines += _section(heading, store_rows(found))
+        lines += [
+            "",
+            f"Database: {found['first_bytes']:,} bytes after one snapshot, "
+            f"{found['second_bytes']:,} after a second of the unchanged fleet "
+            f"({found['growth']:+.1%}).",
+        ]
     if results.get("skipped_clients"):
         skipped = "; ".join(f"{c} ({why})" for c, why in results["skipped_clients"].items())
         lines += ["", f"Not run: {skipped}."]

@@ -24,9 +24,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 TIMEOUT = 600.0
 
@@ -84,23 +85,33 @@ def size(path: Path) -> int:
     return path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.store", description=__doc__)
-    parser.add_argument("--ids", type=int, default=10_000, help="CVMs and ids (default 10000)")
-    # Nine rounds, not five: on a shared two-core machine one round's ratio to its A ranges over
-    # +-20 points (measured), and the median of five still moved by several points run to run.
-    parser.add_argument("--runs", type=int, default=9, help="rounds of A, B, C (default 9)")
-    args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory() as scratch, simulator(args.ids) as (base_url, key):
+#: The three kinds of sweep, each a round: A, the sweep alone; B and C, with --store.
+KINDS = {
+    "A": "-o FILE",
+    "B": "-o FILE --store NEW.db (first snapshot)",
+    "C": "-o FILE --store DB (an unchanged fleet's next snapshot)",
+}
+
+
+def measure(
+    ids: int, runs: int, progress: Callable[[str, dict[str, Any] | None], None] | None = None
+) -> dict[str, Any]:
+    """Every figure of the module's docstring, as JSON: per kind the median wall and CPU
+    seconds, and for B and C the medians of the per-round ratios to A (``wall_added`` and
+    ``cpu_added``, 0.05 for +5%, with their min and max); the database's size after one and two
+    snapshots, and ``growth``."""
+    with tempfile.TemporaryDirectory() as scratch, simulator(ids) as (base_url, key):
         work = Path(scratch)
-        ids = work / "ids.txt"
-        ids.write_text("".join(f"{cvm_id}\n" for cvm_id in range(1, args.ids + 1)))
-        common = ["--ids-file", str(ids), "-o", str(work / "cvms.jsonl")]
+        id_file = work / "ids.txt"
+        id_file.write_text("".join(f"{cvm_id}\n" for cvm_id in range(1, ids + 1)))
+        common = ["--ids-file", str(id_file), "-o", str(work / "cvms.jsonl")]
         sweep(base_url, key, *common)  # warm up: imports compiled, the simulator's pages cached
         nightly = work / "nightly.db"
         sweep(base_url, key, *common, "--store", str(nightly))  # the first night's snapshot
-        runs: dict[str, list[tuple[float, float]]] = {"A": [], "B": [], "C": []}
-        for run in range(args.runs):
+        timed: dict[str, list[tuple[float, float]]] = {kind: [] for kind in KINDS}
+        for run in range(runs):
+            if progress is not None:
+                progress(f"store, round {run + 1} of {runs}", None)
             kinds = [
                 ("A", common),
                 ("B", [*common, "--store", str(work / f"fresh{run}.db")]),
@@ -108,34 +119,57 @@ def main(argv: Sequence[str] | None = None) -> int:
             ]
             shift = run % len(kinds)  # each kind goes first, second and third in turn
             for label, extra in kinds[shift:] + kinds[:shift]:
-                runs[label].append(sweep(base_url, key, *extra))
-
+                timed[label].append(sweep(base_url, key, *extra))
         database = work / "growth.db"
         sweep(base_url, key, *common, "--store", str(database))
         first = size(database)
         sweep(base_url, key, *common, "--store", str(database))
         second = size(database)
+    result: dict[str, Any] = {"ids": ids, "rounds": runs, "kinds": {}}
+    for label, name in KINDS.items():
+        entry = {
+            "name": name,
+            "wall_s": statistics.median(run[0] for run in timed[label]),
+            "cpu_s": statistics.median(run[1] for run in timed[label]),
+        }
+        if label != "A":
+            pairs = list(zip(timed["A"], timed[label], strict=True))
+            walls = [b[0] / a[0] - 1 for a, b in pairs]
+            entry.update(
+                wall_added=statistics.median(walls),
+                wall_added_min=min(walls),
+                wall_added_max=max(walls),
+                cpu_added=statistics.median(b[1] / a[1] - 1 for a, b in pairs),
+            )
+        result["kinds"][label] = entry
+    result.update(first_bytes=first, second_bytes=second, growth=(second - first) / first)
+    return result
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.store", description=__doc__)
+    parser.add_argument("--ids", type=int, default=10_000, help="CVMs and ids (default 10000)")
+    # Nine rounds, not five: on a shared two-core machine one round's ratio to its A ranges over
+    # +-20 points (measured), and the median of five still moved by several points run to run.
+    parser.add_argument("--runs", type=int, default=9, help="rounds of A, B, C (default 9)")
+    args = parser.parse_args(argv)
+    found = measure(args.ids, args.runs)
     print(f"sweep of {args.ids} ids, {args.runs} rounds of A, B, C (order rotating), medians:")
-    names = {
-        "A": "-o FILE",
-        "B": "-o FILE --store NEW.db (first snapshot)",
-        "C": "-o FILE --store DB (an unchanged fleet's next snapshot)",
-    }
-    for label, name in names.items():
-        wall = statistics.median(run[0] for run in runs[label])
-        cpu = statistics.median(run[1] for run in runs[label])
-        print(f"  {label}  wall {wall:.3f} s, CPU {cpu:.3f} s   {name}")
+    for label, entry in found["kinds"].items():
+        print(
+            f"  {label}  wall {entry['wall_s']:.3f} s, CPU {entry['cpu_s']:.3f} s   {entry['name']}"
+        )
     for label in ("B", "C"):
-        pairs = list(zip(runs["A"], runs[label], strict=True))
-        wall = 100 * (statistics.median(b[0] / a[0] for a, b in pairs) - 1)
-        cpu = 100 * (statistics.median(b[1] / a[1] for a, b in pairs) - 1)
-        print(f"  {label} against A: {wall:+.1f}% wall (target < 10%), {cpu:+.1f}% CPU")
-    growth = 100 * (second - first) / first
+        entry = found["kinds"][label]
+        print(
+            f"  {label} against A: {100 * entry['wall_added']:+.1f}% wall (target < 10%), "
+            f"{100 * entry['cpu_added']:+.1f}% CPU"
+        )
+    first, second = found["first_bytes"], found["second_bytes"]
     print(f"database after one snapshot: {first:,} bytes; after a second, unchanged: {second:,}")
     print(
-        f"  growth {growth:.1f}% of the first ({(second - first) / args.ids:.0f} bytes per CVM; "
-        f"target < 10%)"
+        f"  growth {100 * found['growth']:.1f}% of the first "
+        f"({(second - first) / args.ids:.0f} bytes per CVM; target < 10%)"
     )
     return 0
 

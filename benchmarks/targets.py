@@ -188,6 +188,35 @@ def decode(results: Results) -> Reading | None:
     return Reading(pydantic / typed, f" ({pydantic:.2f} vs {typed:.2f} us per body)")
 
 
+def store_added(kind: str) -> Measure:
+    """What ``--store`` adds to a sweep's wall time, for ``kind`` B (the first snapshot) or C
+    (an unchanged fleet's next): the median of the per-round ratios to the sweep alone."""
+
+    def measure(results: Results) -> Reading | None:
+        found = (results.get("store") or {}).get("kinds", {}).get(kind)
+        if not found or "wall_added" not in found:
+            return None
+        ids = results["store"]["ids"]
+        return Reading(
+            found["wall_added"],
+            f" (CPU {found['cpu_added']:+.1%})",
+            low=found["wall_added_min"],
+            high=found["wall_added_max"],
+            name=f"sweep --store, {found['name'].split('(')[1].rstrip(')')}: wall added "
+            f"to a {ids:,}-id sweep",
+        )
+
+    return measure
+
+
+def store_growth(results: Results) -> Reading | None:
+    found = results.get("store")
+    if not found:
+        return None
+    per_cvm = (found["second_bytes"] - found["first_bytes"]) / found["ids"]
+    return Reading(found["growth"], f" ({per_cvm:.0f} bytes per CVM)")
+
+
 def memory(results: Results) -> Reading | None:
     found = results.get("memory")
     if found is None or "growth_mb" not in found:
@@ -300,6 +329,16 @@ TARGETS = (
     ),
     Target("decode vs pydantic v2 on the same model", decode, 4, ">=", "x"),
     Target("peak RSS growth, 100,000-id over 10,000-id sweep", memory, 20, "<=", "MB"),
+    # -- the snapshot store (issue 16)
+    Target("sweep --store, unchanged fleet: wall added", store_added("C"), 0.10, "<", "+%"),
+    Target("sweep --store, first snapshot: wall added", store_added("B"), 0.10, "<", "+%"),
+    Target(
+        "store growth, an unchanged fleet's second snapshot over the first",
+        store_growth,
+        0.10,
+        "<",
+        "%",
+    ),
     # -- contention: the request engine's targets
     Target(
         "capacity-capped server (8 at once, 50 ms): ids ok",
