@@ -304,7 +304,7 @@ class Governor:
             limits.append(self.pacer)
         if rate_limit is not None:
             limits.append(HardCap(rate_limit))
-        limits += [self.window, PauseCheck(self.gate)]
+        limits += [self.window, PauseCheck(self.gate, self.pacer)]
         self.limits: tuple[Limit, ...] = ()
         self.finished_hooks: tuple[Limit, ...] = ()
         self.success_hooks: tuple[Limit, ...] = ()

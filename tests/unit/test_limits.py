@@ -17,6 +17,7 @@ from phala_async._limits import (
     FirstContact,
     HardCap,
     MaxInFlight,
+    PauseCheck,
     PauseGate,
     RatePacer,
     Ticket,
@@ -282,6 +283,29 @@ def test_no_wait_is_made_while_no_pause_is_in_force() -> None:
     assert free is None
     assert isinstance(waiter, Awaitable)
     waiter.close()  # type: ignore[attr-defined]  # a coroutine, never run
+
+
+async def test_requests_held_by_a_pause_take_fresh_send_times_when_it_ends() -> None:
+    """Three requests that passed the pacer and were then held by a pause do not all go at the
+    pause's end: each takes a send time of its own from the pacer, one interval apart (sent
+    together, they met a limit just spent and were all 429ed)."""
+    clock = FakeClock()
+    pacer = _paced_after_successes(clock, 100)
+    pacer.on_throttle(pacer.epoch, asked_to_wait=True)
+    gate = PauseGate(clock)
+    gate.pause_for(1.0)
+    check = PauseCheck(gate, pacer)
+    held = [check.wait_task_can_start() for _ in range(3)]
+    clock.now += 1.5  # the pause is over; the fake clock stands still from here
+    rate = pacer.rate
+    assert rate is not None
+    reserved_before = pacer.delay()  # the next send time free before they go, reserved here
+    for waiter in held:
+        assert waiter is not None
+        await waiter
+    # Each took one interval: the next free send time is three intervals later than it was.
+    assert pacer.delay() == pytest.approx(reserved_before + 4 / rate, rel=1e-6)
+    assert PauseCheck(gate).wait_task_can_start() is None  # no pause, no pacer: nothing to do
 
 
 @pytest.mark.parametrize(
