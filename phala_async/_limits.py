@@ -393,10 +393,10 @@ class PauseCheck:
         assert pacer is not None  # noqa: S101 - only called with a pacer
         while waiting is not None:
             await waiting
-            delay = pacer.delay() if pacer.paced else 0.0
-            if delay <= 0:
+            pacing = pacer.wait_task_can_start()
+            if pacing is None:
                 return
-            await asyncio.sleep(delay)
+            await pacing
             waiting = self._gate.wait_task_can_start()  # a pause may have begun meanwhile
 
     def notify_task_started(self, ticket: Ticket) -> None:

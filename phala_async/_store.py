@@ -488,12 +488,7 @@ class SnapshotWriter:
                 batch,
             )
             if not first:
-                _insert_rows(
-                    connection,
-                    "INSERT OR IGNORE INTO snapshot_records (snapshot, hash) VALUES ",
-                    "(?, ?)",
-                    [(number, row[0]) for row in batch],
-                )
+                _add_to_snapshot(connection, number, [row[0] for row in batch])
             if not last:
                 continue
             if first:  # every record is this snapshot's: SQLite adds them in hash order, at once
@@ -535,12 +530,7 @@ class SnapshotWriter:
                 [(number, digest) for digest in self._unseen],
             )
             return
-        _insert_rows(
-            connection,
-            "INSERT OR IGNORE INTO snapshot_records (snapshot, hash) VALUES ",
-            "(?, ?)",
-            [(number, digest) for digest in self._known - self._unseen],
-        )
+        _add_to_snapshot(connection, number, self._known - self._unseen)
 
 
 def _first_snapshot(connection: sqlite3.Connection) -> bool:
@@ -548,6 +538,16 @@ def _first_snapshot(connection: sqlite3.Connection) -> bool:
     mode = connection.execute("PRAGMA journal_mode").fetchone()[0]
     empty = connection.execute("SELECT 1 FROM snapshots LIMIT 1").fetchone() is None
     return empty and mode != "wal"
+
+
+def _add_to_snapshot(connection: sqlite3.Connection, number: int, hashes: Iterable[bytes]) -> None:
+    """Make the records of ``hashes`` part of snapshot ``number``."""
+    _insert_rows(
+        connection,
+        "INSERT OR IGNORE INTO snapshot_records (snapshot, hash) VALUES ",
+        "(?, ?)",
+        [(number, digest) for digest in hashes],
+    )
 
 
 def _insert_rows(connection: sqlite3.Connection, insert: str, values: str, rows: list[Any]) -> None:

@@ -219,11 +219,10 @@ class StoreRecords:
             cvm_id = str(result.cvm_id)
             if cvm is not None:
                 # An integer id is its own normalised form: the identity record_identity gives.
-                self._store.add_new(
-                    digest, encoded, cvm_id, True, str(cvm.id), cvm.vm_uuid, cvm.name
-                )
+                identity, vm_uuid, name = str(cvm.id), cvm.vm_uuid, cvm.name
             else:
-                self._store.add_new(digest, encoded, cvm_id, False, id_key(cvm_id), None, None)
+                identity, vm_uuid, name = id_key(cvm_id), None, None
+            self._store.add_new(digest, encoded, cvm_id, cvm is not None, identity, vm_uuid, name)
         if isinstance(self._then, JsonLinesWriter):
             self._then.write_line(encoded.decode())  # encoded once for both
         else:
