@@ -47,8 +47,8 @@ class Verdict(enum.Enum):
     """What the retry budget says of a retry now."""
 
     ALLOW = "allow"  #: send it
-    DEFER = "defer"  #: wait: most recent requests failed, but some succeed
-    DENY = "deny"  #: give up: the API answers nothing but failures, or never answered at all
+    DEFER = "defer"  #: wait: most recent requests failed, but the API succeeded lately
+    DENY = "deny"  #: give up: the API is dead (no success lately) or never answered at all
 
 
 class RetryBudget:
@@ -56,17 +56,21 @@ class RetryBudget:
     and refuses them while none succeeds, so a dead one sees little more than one request per id.
 
     Keeps the outcomes of the last ``window`` requests (throttles are not counted: pacing answers
-    those). Once at least ``min_samples`` are known: none succeeded, DENY; fewer than
-    ``min_success_ratio`` succeeded, DEFER (a retry waits for the ratio to recover, or for one of
-    the ``trickle`` retries a second let through so that the ratio can move at all); else ALLOW.
-    While the API has never given any HTTP answer, ``unreachable_after`` transport failures are
-    enough to DENY. Deferring never drops an id; only its own attempts, its deadline or a DENY
-    end it.
+    those). Once at least ``min_samples`` are known: fewer than ``min_success_ratio`` succeeded,
+    DEFER (a retry waits for the ratio to recover, or for one of the ``trickle`` retries a second
+    let through so that the ratio can move at all); else ALLOW. None succeeded is DENY only when
+    the API is dead: it never succeeded, or its last success is ``dead_after`` seconds old. A
+    window of failures between two successes (a capped server answers its 503s at once, far
+    faster than its successes) only defers. While the API has never given any HTTP answer,
+    ``unreachable_after`` transport failures are enough to DENY. Deferring never drops an id; only
+    its own attempts, its deadline or a DENY end it.
     """
 
     __slots__ = (
         "_clock",
+        "_dead_after",
         "_failures",
+        "_last_success",
         "_min_samples",
         "_min_success_ratio",
         "_next_trickle",
@@ -85,6 +89,7 @@ class RetryBudget:
         min_success_ratio: float = 0.3,
         trickle: float = 10.0,
         unreachable_after: int = 5,
+        dead_after: float = 5.0,
         clock: Clock = time.monotonic,
     ) -> None:
         self._outcomes: deque[bool] = deque(maxlen=window)
@@ -94,6 +99,8 @@ class RetryBudget:
         self._min_success_ratio = min_success_ratio
         self._trickle = trickle
         self._unreachable_after = unreachable_after
+        self._dead_after = dead_after
+        self._last_success: float | None = None
         self._next_trickle = 0.0
         self._clock = clock
         #: Whether any request ever got an HTTP answer from the API.
@@ -117,6 +124,7 @@ class RetryBudget:
     def record_success(self) -> None:
         """Record a success (an answer, so the API has answered)."""
         self.answered = True
+        self._last_success = self._clock()
         outcomes = self._outcomes
         if len(outcomes) != outcomes.maxlen or not outcomes[0]:
             self._successes += 1  # else the success dropped off the window is replaced
@@ -134,7 +142,10 @@ class RetryBudget:
         if len(self._outcomes) < self._min_samples:
             return Verdict.ALLOW
         if self._successes == 0:
-            return Verdict.DENY
+            last = self._last_success
+            if last is None or self._clock() - last >= self._dead_after:
+                return Verdict.DENY
+            return Verdict.DEFER
         if self.success_ratio < self._min_success_ratio:
             return Verdict.DEFER
         return Verdict.ALLOW

@@ -57,6 +57,58 @@ async def test_a_server_capped_at_8_in_flight_answers_every_id_with_few_503s(
     assert 4 <= stats.window <= 16
 
 
+@pytest.fixture
+async def brownout() -> AsyncIterator[tuple[str, Counter[int]]]:
+    """An inline API that answers its first 10 requests, then 503s the next 180 at once, then
+    answers again: more failures in a row than the retry budget's window (128 at concurrency 32)
+    holds, a moment after a success. Yields the base URL and a count of the statuses it sent."""
+    statuses: Counter[int] = Counter()
+
+    async def detail(request: web.Request) -> web.Response:
+        cvm_id = request.match_info["cvm_id"]
+        served = statuses.total()
+        if 10 <= served < 190:
+            statuses[503] += 1
+            return web.Response(status=503, text="overloaded")
+        statuses[200] += 1
+        body = (
+            f'{{"id": {cvm_id}, "name": "cvm-{cvm_id}", "status": "running", '
+            f'"app_id": "app", "vcpu": 1, "memory": 1024, "disk_size": 10}}'
+        )
+        return web.Response(body=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/api/v1/cvms/{cvm_id}", detail)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield f"http://127.0.0.1:{port}/api/v1", statuses
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_window_of_503s_right_after_successes_defers_retries_and_drops_no_id(
+    client_for: Callable[..., PhalaClient],
+    brownout: tuple[str, Counter[int]],
+) -> None:
+    """180 answers in a row are 503s, more than the retry budget's window, a moment after the
+    API last succeeded (as a capped server's instant 503s outrun its successes): the retries
+    wait rather than being refused, and every one of 200 ids is ok once it answers again (each
+    answered 200 once; the server sent exactly its 180 503s)."""
+    base_url, statuses = brownout
+    client = client_for(base_url, concurrency=32, max_attempts=30)
+    async with asyncio.timeout(30), client:
+        results = await sweep(client, [str(n) for n in range(1, 201)])
+        stats = client.stats
+    assert sum(result.ok for result in results) == 200
+    assert statuses == {200: 200, 503: 180}
+    assert stats.retries_denied == 0
+    assert stats.retries_deferred > 0
+
+
 async def test_a_random_503_storm_keeps_the_window_open_and_drops_no_id_early(
     client_for: Callable[..., PhalaClient],
 ) -> None:

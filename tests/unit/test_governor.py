@@ -78,6 +78,23 @@ def test_budget_denies_retries_when_nothing_succeeds() -> None:
     assert budget.success_ratio == 0.0
 
 
+def test_a_window_of_failures_after_a_recent_success_defers_until_dead_after() -> None:
+    """A success, then a whole window of failures (a capped server's 503s come back far faster
+    than its successes): retries are deferred, not denied, until the success is ``dead_after``
+    (5 s) old; then the API counts as dead and they are denied."""
+    clock = FakeClock()
+    budget = _budget_with([True], clock=clock)
+    for _ in range(100):
+        budget.record(False)
+    verdicts = [budget.verdict()]
+    clock.now += 4.9
+    verdicts.append(budget.verdict())
+    clock.now += 0.1
+    verdicts.append(budget.verdict())
+    assert budget.success_ratio == 0.0
+    assert verdicts == [Verdict.DEFER, Verdict.DEFER, Verdict.DENY]
+
+
 def test_budget_allows_retries_when_a_fifth_fails() -> None:
     """A window where one request in five fails keeps retries allowed."""
     budget = _budget_with([True, True, True, True, False] * 20)
