@@ -167,8 +167,10 @@ class Window:
     while a server failing at random (half its backends down) fails as many at every level, and
     shrinking would only slow the client down. The shares are decayed, and all of them halve
     every few rounds, so they follow a server that changes; a level with few answers yet leans on
-    the levels below it, so one unlucky answer does not count, and without recent answers below
-    it there is nothing to compare with, so nothing is judged. A 429 that asks for a wait
+    the levels below it, so one unlucky answer does not count. Where the levels from half as
+    many up have no recent answers (slow start jumped past them, and a full window sends at its
+    top level only), the level is compared with all levels below it; without recent answers
+    there either, nothing is judged. A 429 that asks for a wait
     (``Retry-After`` above 0) always counts: the server says it; a stray one without is the
     pacer's to judge.
 
@@ -269,7 +271,12 @@ class Window:
         low = max(1, level // 2)
         sent = sum(self._sent[low:level])
         if sent < self.MIN_BELOW:
-            return False  # nothing recent to compare with
+            # Slow start can jump past these levels, and a window kept full sends every request
+            # at its top level, so they may never get answers: compare with all levels below.
+            low = 1
+            sent = sum(self._sent[1:level])
+            if sent < self.MIN_BELOW:
+                return False  # nothing recent to compare with
         below = sum(self._failures[low:level]) / sent
         here = (self._failures[level] + self.PRIOR * below) / (self._sent[level] + self.PRIOR)
         return here > below + self.margin

@@ -477,6 +477,31 @@ def test_a_failure_no_likelier_than_at_half_the_load_leaves_the_window_alone() -
     assert (window.limit, window.decreases) == (8, 0)
 
 
+def test_instant_5xx_at_a_level_slow_start_jumped_to_shrink_the_window() -> None:
+    """A capped server seen from slow start: two rounds of successes take the window from 4 to
+    16, so no answer came from 8 to 15 in flight but one or two at 8. The requests beyond the
+    capacity are answered 503 at once and sent again at 16 in flight, so those levels never get
+    one. Compared with all levels below, the second such 503 shrinks the window, where it used
+    to wait for answers that never came."""
+    window = Window(32, initial=4)
+    in_flight: deque[Ticket] = deque()
+    _fill(window, in_flight)
+    for _ in range(2):
+        for _ in range(len(in_flight)):
+            _end(window, in_flight.popleft(), Outcome.OK)
+            _fill(window, in_flight)
+    jumped = window.limit
+    levels = []
+    for _ in range(2):
+        ticket = in_flight.pop()  # the newest: beyond the capacity, answered at once
+        levels.append(ticket.level)
+        _end(window, ticket, Outcome.OVERLOADED)
+        _fill(window, in_flight)
+    assert jumped == 16
+    assert levels == [16, 16]
+    assert (window.limit, window.decreases) == (11, 1)
+
+
 def test_random_5xx_at_every_level_do_not_shrink_the_window() -> None:
     """A server failing every other request at every level, however many are in flight, never
     shrinks a window of 8 after a warm-up of 20 rounds."""
