@@ -8,9 +8,10 @@ How fast (goodput, share of a limit used, wall time against a fault-free sweep) 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from aiohttp import web
@@ -57,6 +58,32 @@ async def test_a_server_capped_at_8_in_flight_answers_every_id_with_few_503s(
     assert 4 <= stats.window <= 16
 
 
+def cvm_answer(cvm_id: str) -> web.Response:
+    """A minimal detail body for ``cvm_id``."""
+    body = (
+        f'{{"id": {cvm_id}, "name": "cvm-{cvm_id}", "status": "running", '
+        f'"app_id": "app", "vcpu": 1, "memory": 1024, "disk_size": 10}}'
+    )
+    return web.Response(body=body, content_type="application/json")
+
+
+@contextlib.asynccontextmanager
+async def inline_api(
+    detail: Callable[[web.Request], Awaitable[web.Response]],
+) -> AsyncIterator[str]:
+    """An API on 127.0.0.1 whose "Get CVM details" is ``detail``; yields its base URL."""
+    app = web.Application()
+    app.router.add_get("/api/v1/cvms/{cvm_id}", detail)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/api/v1"
+    finally:
+        await runner.cleanup()
+
+
 @pytest.fixture
 async def brownout() -> AsyncIterator[tuple[str, Counter[int]]]:
     """An inline API that answers its first 10 requests, then 503s the next 180 at once, then
@@ -71,23 +98,10 @@ async def brownout() -> AsyncIterator[tuple[str, Counter[int]]]:
             statuses[503] += 1
             return web.Response(status=503, text="overloaded")
         statuses[200] += 1
-        body = (
-            f'{{"id": {cvm_id}, "name": "cvm-{cvm_id}", "status": "running", '
-            f'"app_id": "app", "vcpu": 1, "memory": 1024, "disk_size": 10}}'
-        )
-        return web.Response(body=body, content_type="application/json")
+        return cvm_answer(cvm_id)
 
-    app = web.Application()
-    app.router.add_get("/api/v1/cvms/{cvm_id}", detail)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield f"http://127.0.0.1:{port}/api/v1", statuses
-    finally:
-        await runner.cleanup()
+    async with inline_api(detail) as base_url:
+        yield base_url, statuses
 
 
 async def test_a_window_of_503s_right_after_successes_defers_retries_and_drops_no_id(
@@ -218,24 +232,13 @@ async def slow_first() -> AsyncIterator[tuple[str, asyncio.Event, list[str]]]:
             first = False
             await release.wait()
         answered.append(cvm_id)
-        body = (
-            f'{{"id": {cvm_id}, "name": "cvm-{cvm_id}", "status": "running", '
-            f'"app_id": "app", "vcpu": 1, "memory": 1024, "disk_size": 10}}'
-        )
-        return web.Response(body=body, content_type="application/json")
+        return cvm_answer(cvm_id)
 
-    app = web.Application()
-    app.router.add_get("/api/v1/cvms/{cvm_id}", detail)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield f"http://127.0.0.1:{port}/api/v1", release, answered
-    finally:
-        release.set()
-        await runner.cleanup()
+    async with inline_api(detail) as base_url:
+        try:
+            yield base_url, release, answered
+        finally:
+            release.set()
 
 
 async def test_callers_behind_a_slow_first_request_are_answered_before_it(
