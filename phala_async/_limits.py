@@ -157,9 +157,10 @@ class Window:
     It starts small (``initial``) and doubles every round trip while answers come back well
     (slow start), up to the ceiling or to the last size that overloaded the server; from there
     it grows by one request per round trip, and only while it is full, so an idle client does
-    not inflate it. An overload signal (a retryable 5xx without ``Retry-After``, a timeout, a
-    429 asking for a wait) for a request sent since the last decrease shrinks it by
-    ``decrease``.
+    not inflate it. Within one request of the size at which it last shrank, it grows ``PROBE``
+    times slower, so a server capped there is probed past its capacity less often. An overload
+    signal (a retryable 5xx without ``Retry-After``, a timeout, a 429 asking for a wait) for a
+    request sent since the last decrease shrinks it by ``decrease``.
 
     A 5xx or a timeout counts as overload only where it depends on the load: when requests sent
     with this many in flight fail clearly more often (by ``margin``) than requests sent with
@@ -183,6 +184,7 @@ class Window:
         "_failures",
         "_halving_every",
         "_limit",
+        "_overloaded_at",
         "_sent",
         "_since_halving",
         "_threshold",
@@ -199,6 +201,8 @@ class Window:
     PRIOR = 3.0
     #: Recent answers below a level needed to compare it with them.
     MIN_BELOW = 4.0
+    #: How many times slower the window grows within one request of where it last shrank.
+    PROBE = 4.0
 
     def __init__(
         self, ceiling: int, *, initial: int = 4, decrease: float = 0.7, margin: float = 0.25
@@ -208,6 +212,7 @@ class Window:
         self.margin = margin
         self._limit = float(min(ceiling, max(1, initial)))
         self._threshold = float(ceiling)
+        self._overloaded_at = 0.0  # the window's size when it last shrank
         self._active = 0
         self._epoch = 0
         self._waiters = _Waiters()
@@ -253,7 +258,12 @@ class Window:
                 failures[level] *= self.DECAY
             limit = self._limit
             if self._active >= int(limit) and limit < self.ceiling:  # full: it may grow
-                step = 1.0 if limit < self._threshold else 1.0 / limit
+                if limit < self._threshold:
+                    step = 1.0
+                elif -1.0 < limit - self._overloaded_at < 1.0:
+                    step = 1.0 / (self.PROBE * limit)  # where it overloaded last: slowly
+                else:
+                    step = 1.0 / limit
                 self._limit = min(float(self.ceiling), limit + step)
         elif outcome is _OVERLOADED or outcome is _TIMEOUT:
             self._sent[level] = self._sent[level] * self.DECAY + 1.0
@@ -288,6 +298,7 @@ class Window:
         self._failures = [count / 2 for count in self._failures]
 
     def _shrink(self) -> None:
+        self._overloaded_at = self._limit
         self._limit = self._threshold = max(1.0, self._limit * self.decrease)
         self._epoch += 1
         self.decreases += 1

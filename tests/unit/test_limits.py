@@ -520,6 +520,19 @@ def test_random_5xx_at_every_level_do_not_shrink_the_window() -> None:
     assert window.limit == 8
 
 
+def test_the_window_grows_four_times_slower_within_one_request_of_where_it_shrank() -> None:
+    """A full window of 10 shrinks to 7 on a 429; kept full, it grows back a request a round
+    to 9, then takes four or five rounds a request from 9 to 11 (within one of the 10 that
+    overloaded), then a request a round again. A capped server is probed a quarter as often."""
+    window = Window(32, initial=10)
+    tickets = [_send(window) for _ in range(10)]
+    _end(window, tickets[0], Outcome.THROTTLED, 1.0)
+    for ticket in tickets[1:]:
+        _end(window, ticket, Outcome.OK)
+    limits = _rounds_kept_full(window, 14)
+    assert limits == [8, 9, 9, 9, 9, 10, 10, 10, 10, 10, 11, 12, 13, 14]
+
+
 def test_the_window_stays_between_1_and_its_ceiling() -> None:
     """Thirty 429s in a row shrink a window of 6 to 1, not below; sixty rounds of successes
     with the window kept full grow it back to 6, not above."""
