@@ -117,6 +117,10 @@ class RetryBudget:
         elif not self.answered:
             self._failures += 1
         outcomes = self._outcomes
+        if outcomes and outcomes[-1]:
+            # The first failure after a success stamps the time of that success, give or take
+            # the moment between them: a success costs no clock reading.
+            self._last_success = self._clock()
         if len(outcomes) == outcomes.maxlen and outcomes[0]:
             self._successes -= 1
         outcomes.append(False)
@@ -124,7 +128,6 @@ class RetryBudget:
     def record_success(self) -> None:
         """Record a success (an answer, so the API has answered)."""
         self.answered = True
-        self._last_success = self._clock()
         outcomes = self._outcomes
         if len(outcomes) != outcomes.maxlen or not outcomes[0]:
             self._successes += 1  # else the success dropped off the window is replaced
