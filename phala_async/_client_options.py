@@ -57,8 +57,9 @@ class ClientOptions(TypedDict, total=False):
     #: a hard cap in requests per second, for accounts that know their limit.
     rate_limit: float | None
     #: hold retries back while most recent requests fail (of the last 100, or 4 x ``concurrency`` if
-    #: more) and refuse them while none succeeds, so a down API sees little more than one request
-    #: per id; a held-back id waits, it is never dropped while the API still answers. On by default.
+    #: more) and refuse them once the API is dead (none of those succeeded, and nothing has for 5
+    #: seconds, or ever), so a down API sees little more than one request per id; a held-back id
+    #: waits, it is never dropped while the API still answers. On by default.
     retry_budget: bool
     #: seconds a successful ``get_cvm`` answer is reused (0, the default: no cache). Errors are
     #: never cached; ``get_cvm(..., fresh=True)`` skips the cache.

@@ -53,7 +53,7 @@ class Verdict(enum.Enum):
 
 class RetryBudget:
     """Holds retries back while most recent requests fail, so a struggling API is not hammered,
-    and refuses them while none succeeds, so a dead one sees little more than one request per id.
+    and refuses them once it is dead, so a dead one sees little more than one request per id.
 
     Keeps the outcomes of the last ``window`` requests (throttles are not counted: pacing answers
     those). Once at least ``min_samples`` are known: fewer than ``min_success_ratio`` succeeded,
@@ -274,7 +274,7 @@ class Governor:
         adaptive: adapt the window and pace sends after throttles; off, the window stays at
             ``concurrency`` and nothing is paced.
         rate_limit: a hard cap in requests per second, or None.
-        retry_budget: hold back and refuse retries while recent requests fail
+        retry_budget: hold back retries while recent requests fail, refuse them once the API is dead
             (:class:`RetryBudget`).
         retry_after_cap: the longest ``Retry-After`` that pauses the client.
         first_contact_bound: seconds the first request may hold the others back at most.
