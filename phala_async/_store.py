@@ -16,24 +16,22 @@ A snapshot of an unchanged fleet adds a row to ``snapshots`` and one small row p
 transaction, committed only by a sweep that attempted every id: a sweep that was refused,
 stopped early or killed records nothing, and the database stays as it was.
 
-SQLite is driven from a thread of its own (:class:`SnapshotWriter`), fed by a queue, so the event
-loop of the sweep never waits on the disk. Before the sweep starts, the writer reads the record
+The sweep's own thread writes the snapshot (:class:`SnapshotWriter`), in one transaction open
+from before the first record to the commit. Before the sweep starts, the writer reads the record
 hashes of the snapshot before; a record among them (most of a nightly sweep's) costs its hash and
-a lookup, and SQLite copies the snapshot before's rows for all of them at the end. Records new
-to the store go to the thread in batches while the sweep runs. The database is in WAL mode:
-``history`` and ``diff`` read it while a sweep writes. A new database turns to WAL mode when its
-first snapshot commits: that snapshot, every record new, is written straight into the database
-file, not into the WAL and then again from it (a reader waits for that commit, there being
-nothing to read before it).
+a lookup, and SQLite copies the snapshot before's rows for all of them at the end. Records new to
+the store are inserted a few at a time as they come: CPU work on pages in memory, nothing synced
+to the disk before the commit. The database is in WAL mode: ``history`` and ``diff`` read it while
+a sweep writes. A new database turns to WAL mode when its first snapshot commits: that snapshot,
+every record new, is written straight into the database file, not into the WAL and then again
+from it (a reader waits for that commit, there being nothing to read before it).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import queue
 import sqlite3
-import threading
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -60,15 +58,14 @@ __all__ = [
 #: The schema version this code writes and reads (``PRAGMA user_version``).
 SCHEMA_VERSION = 1
 _SQLITE_MAGIC = b"SQLite format 3\0"
-# Records new to the store handed to the writer thread at a time. They are inserted while the
-# sweep runs: SQLite does its work without the interpreter lock, beside the event loop (measured
-# on a first 10,000-id snapshot, nine rounds each: +11% over the sweep's wall time in batches of
-# 1,000, +15% holding every record back to the end). An unchanged record is never handed over:
-# see SnapshotWriter.add.
-_BATCH = 1000
-# Rows per INSERT statement: fewer calls from Python into SQLite than one row a statement (a
-# tenth quicker, measured). 7 parameters a row stay under 999, the oldest SQLite's limit on
-# parameters per statement.
+# Records new to the store are inserted this many at a time, one INSERT statement for them all:
+# fewer calls from Python into SQLite than a row a statement (a tenth quicker, measured), and 7
+# parameters a row stay under 999, the oldest SQLite's limit on parameters per statement. They
+# are inserted by the sweep's own thread as they come. Measured on a first 10,000-id snapshot
+# (rounds of 9-11, paired): a writer thread beside the event loop added 12.5-14.0% to the sweep's
+# wall time, these inserts 9.7-12.6%; a thread spends the same CPU as the loop would and costs the
+# loop more again in lost caches on two busy cores. Inserting 1,024 or 4,096 records at a time
+# was worse (+13.6%, +17.7%): the records held meanwhile cost more than the statements saved.
 _ROWS_PER_INSERT = 128
 _BUSY_MS = 5000  # how long a reader waits for a checkpoint or a writer to let go
 # Pages of 16 KiB hold ten records of about 1.5 KiB where 4 KiB pages hold two (a page's
@@ -185,6 +182,11 @@ def _connect(path: str, *, create: bool) -> sqlite3.Connection:
             raise StoreError(f"{path} holds no snapshot yet: record one with 'sweep --store'")
     except sqlite3.DatabaseError as exc:
         connection.close()
+        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY:
+            raise StoreError(
+                f"{path} is busy: a sweep is writing to it (its first snapshot); try again "
+                f"when that sweep ends"
+            ) from exc
         raise StoreError(f"{path} is not a usable snapshot store ({exc})") from exc
     except StoreError:
         connection.close()
@@ -284,11 +286,15 @@ _record_head = msgspec.json.Decoder(dict[str, Any])
 
 
 class SnapshotWriter:
-    """Records one sweep as a snapshot, from a thread of its own.
+    """Records one sweep as a snapshot, in one transaction held open while the sweep runs.
 
-    :meth:`add` queues a record (a JSON line, as ``sweep --format jsonl`` writes it) and returns
-    at once; the thread inserts them in batches inside one open transaction. :meth:`commit` ends
-    the snapshot and commits it; :meth:`abandon` rolls it back, leaving the database as it was.
+    :meth:`add` inserts a record (a JSON line, as ``sweep --format jsonl`` writes it);
+    :meth:`commit` ends the snapshot and commits it; :meth:`abandon` rolls it back, leaving the
+    database as it was. The inserts run on the caller's thread, :data:`_ROWS_PER_INSERT` rows at a
+    time: they are CPU work on pages in memory (nothing is synced before the commit), and a
+    thread beside a busy event loop made them cost twice as much (see :data:`_ROWS_PER_INSERT`).
+    An error while inserting is kept and raised by :meth:`commit`; :meth:`add` never raises it,
+    so a full disk costs the snapshot, never the sweep.
 
     Raises:
         StoreError: (from :meth:`open`, :meth:`commit`) the database cannot be used.
@@ -298,36 +304,41 @@ class SnapshotWriter:
         self.path = path
         self._command = command
         self._started_at = _now()
-        # Rows of records new to the store go to the thread a batch at a time (with whether it
-        # is the last), None to abandon: one wake-up per batch, not per record.
-        self._queue: queue.SimpleQueue[tuple[list[_Row], bool] | None] = queue.SimpleQueue()
-        self._batch: list[_Row] = []
+        self._connection: sqlite3.Connection | None = None
+        self._number = 0
+        self._first = False
+        # Rows of records new to the store, inserted _ROWS_PER_INSERT at a time.
+        self._rows: list[_Row] = []
         # The record hashes of the snapshot before, read by open(); those a record of this sweep
         # has matched leave _unseen. A record the snapshot before had is kept as nothing more.
         self._known: frozenset[bytes] = frozenset()
         self._unseen: set[bytes] = set()
         self._before: int | None = None
-        self._thread = threading.Thread(target=self._run, name="phala_async store", daemon=True)
-        self._ready = threading.Event()
         self._error: BaseException | None = None
-        self._outcome: tuple[int, int, int, int] | None = None
         self.snapshot: int | None = None
 
     def open(self) -> SnapshotWriter:
         """Open (or create) the database and begin the snapshot's transaction.
 
         Raises:
-            StoreError: the database cannot be opened or is not a store.
+            StoreError: the database cannot be opened, is not a store, or another sweep is
+                writing to it (after waiting for it a few seconds).
         """
-        self._thread.start()
-        self._ready.wait()
-        if self._error is not None:
-            self._thread.join()
-            raise (
-                self._error
-                if isinstance(self._error, StoreError)
-                else StoreError(f"cannot use the store {self.path} ({self._error})")
-            ) from self._error
+        try:
+            connection = _connect(self.path, create=True)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"cannot use the store {self.path} ({exc})") from exc
+        try:
+            self._first = _first_snapshot(connection)
+            if not self._first:
+                connection.execute("PRAGMA journal_mode=WAL")  # kept by the database
+            self._number = self._begin(connection)
+            if not self._first:
+                self._read_before(connection)
+        except sqlite3.Error as exc:
+            connection.close()
+            raise StoreError(f"the store {self.path} is busy or unwritable ({exc})") from exc
+        self._connection = connection
         return self
 
     def add(
@@ -340,7 +351,7 @@ class SnapshotWriter:
         vm_uuid: str | None = None,
         name: str | None = None,
     ) -> None:
-        """Queue one record: its JSON ``line`` (text or UTF-8; newline optional), the id it was
+        """Add one record: its JSON ``line`` (text or UTF-8; newline optional), the id it was
         given, whether it is ok, the CVM's identity (:func:`record_identity`), and its VM UUID
         and name."""
         data = line.encode() if isinstance(line, str) else line
@@ -371,15 +382,14 @@ class SnapshotWriter:
         vm_uuid: str | None,
         name: str | None,
     ) -> None:
-        """Queue a record :meth:`new_record` found new, with its hash and the fields of
+        """Add a record :meth:`new_record` found new, with its hash and the fields of
         :meth:`add`."""
-        self._batch.append((digest, cvm, cvm_id, ok, vm_uuid, name, data))
-        if len(self._batch) >= _BATCH:
-            self._queue.put((self._batch, False))
-            self._batch = []
+        self._rows.append((digest, cvm, cvm_id, ok, vm_uuid, name, data))
+        if len(self._rows) >= _ROWS_PER_INSERT:
+            self._insert()
 
     def add_line(self, line: str) -> None:
-        """Queue the record of a JSON ``line`` (a record ``sweep --format jsonl`` wrote)."""
+        """Add the record of a JSON ``line`` (a record ``sweep --format jsonl`` wrote)."""
         decoded = _record_head.decode(line)
         cvm = decoded.get("cvm") if decoded.get("ok") else None
         cvm = cvm if isinstance(cvm, Mapping) else {}
@@ -398,52 +408,42 @@ class SnapshotWriter:
         Raises:
             StoreError: it could not be written (a full disk); the database is as it was.
         """
-        self._outcome = (exit_status, ids, ok, failed)
-        self._queue.put((self._batch, True))
-        self._batch = []
-        self._thread.join()
-        if self._error is not None or self.snapshot is None:
-            raise StoreError(f"cannot record the snapshot in {self.path} ({self._error})")
-        return self.snapshot
+        connection = self._connection
+        if connection is None:
+            raise StoreError(f"cannot record the snapshot in {self.path}: it was not opened")
+        self._insert()
+        try:
+            if self._error is not None:
+                raise self._error
+            self._finish(connection, (exit_status, ids, ok, failed))
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"cannot record the snapshot in {self.path} ({exc})") from exc
+        finally:
+            self._close()
+        return self._number
 
     def abandon(self) -> None:
         """Record nothing: roll the snapshot back."""
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
+        self._close()
 
-    def _run(self) -> None:
-        try:
-            connection = _connect(self.path, create=True)
-        except (StoreError, sqlite3.Error, OSError) as exc:  # handed to the caller of open()
-            self._error = exc
-            self._ready.set()
+    def _close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is None:
             return
-        try:
-            first = _first_snapshot(connection)
-            if not first:
-                connection.execute("PRAGMA journal_mode=WAL")  # kept by the database
-            number = self._begin(connection)
-            if not first:
-                self._read_before(connection, number)
-        except sqlite3.Error as exc:
-            connection.close()
-            self._error = StoreError(f"the store {self.path} is busy or unwritable ({exc})")
-            self._ready.set()
-            return
-        self._ready.set()
-        try:
-            self._write(connection, number, first=first)
-        except (sqlite3.Error, OSError) as exc:  # reported by commit()
-            self._error = exc
-        finally:
+        with contextlib.suppress(sqlite3.Error):
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
-            connection.close()
+        connection.close()
 
     def _begin(self, connection: sqlite3.Connection) -> int:
         """Begin the snapshot's transaction and return its number."""
-        connection.execute("BEGIN IMMEDIATE")
+        # A first snapshot (every record new, the dearest case) is written in rollback-journal
+        # mode: its pages go into the database file once, where WAL mode would write them twice
+        # (into the WAL, then from it at the checkpoint). Until it commits there is nothing to
+        # read, so it takes the database for itself: SQLite may then write pages out of its
+        # cache at any time without waiting for a reader. The database turns to WAL mode for
+        # good right after.
+        connection.execute("BEGIN EXCLUSIVE" if self._first else "BEGIN IMMEDIATE")
         # The snapshot's row comes first, so that its number is known; the transaction makes it
         # all or nothing, and a rolled-back number is given again to the next snapshot.
         number = connection.execute(
@@ -454,13 +454,11 @@ class SnapshotWriter:
         assert number is not None  # noqa: S101 - an INSERT into a rowid table
         return number
 
-    def _read_before(self, connection: sqlite3.Connection, number: int) -> None:
-        """Read the record hashes of the snapshot before ``number``, before the sweep starts:
-        most of a nightly sweep's records are among them, and cost a lookup each. (Read while
-        the sweep runs, the rows would take the interpreter lock from the event loop at each
-        one: measured, 70 ms more in the output's flushes alone over a 10,000-id sweep.)"""
+    def _read_before(self, connection: sqlite3.Connection) -> None:
+        """Read the record hashes of the snapshot before this one, before the sweep starts:
+        most of a nightly sweep's records are among them, and cost a lookup each."""
         self._before = connection.execute(
-            "SELECT max(id) FROM snapshots WHERE id < ?", (number,)
+            "SELECT max(id) FROM snapshots WHERE id < ?", (self._number,)
         ).fetchone()[0]
         self._known = frozenset(
             row[0]
@@ -470,47 +468,45 @@ class SnapshotWriter:
         )
         self._unseen = set(self._known)
 
-    def _write(self, connection: sqlite3.Connection, number: int, *, first: bool) -> None:
-        # A first snapshot (every record new, the dearest case) is written in rollback-journal
-        # mode: its pages go into the database file once, where WAL mode would write them twice
-        # (into the WAL, then from it at the checkpoint). Until it commits there is nothing to
-        # read; the database turns to WAL mode for good right after.
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return  # abandoned: rolled back in _run
-            batch, last = item
+    def _insert(self) -> None:
+        """Insert the rows added since the last call; keep the first error for commit()."""
+        rows, self._rows = self._rows, []
+        connection = self._connection
+        if not rows or connection is None or self._error is not None:
+            return
+        try:
             _insert_rows(
                 connection,
                 "INSERT OR IGNORE INTO records (hash, cvm, cvm_id, ok, vm_uuid, name, record) "
                 "VALUES ",
                 "(?, ?, ?, ?, ?, ?, CAST(? AS TEXT))",
-                batch,
+                rows,
             )
-            if not first:
-                _add_to_snapshot(connection, number, [row[0] for row in batch])
-            if not last:
-                continue
-            if first:  # every record is this snapshot's: SQLite adds them in hash order, at once
-                connection.execute(
-                    "INSERT INTO snapshot_records (snapshot, hash) "
-                    "SELECT ?, hash FROM records ORDER BY hash",
-                    (number,),
-                )
-            else:
-                self._keep_unchanged(connection, number)
-            assert self._outcome is not None  # noqa: S101 - set before the last batch is queued
+            if not self._first:
+                _add_to_snapshot(connection, self._number, [row[0] for row in rows])
+        except (sqlite3.Error, OSError) as exc:  # raised by commit()
+            self._error = exc
+
+    def _finish(self, connection: sqlite3.Connection, outcome: tuple[int, int, int, int]) -> None:
+        number = self._number
+        if self._first:  # every record is this snapshot's: SQLite adds them in hash order, at once
             connection.execute(
-                "UPDATE snapshots SET finished_at = ?, exit_status = ?, ids = ?, ok = ?, "
-                "failed = ? WHERE id = ?",
-                (_now(), *self._outcome, number),
+                "INSERT INTO snapshot_records (snapshot, hash) "
+                "SELECT ?, hash FROM records ORDER BY hash",
+                (number,),
             )
-            connection.execute("COMMIT")
-            self.snapshot = number
-            if first:
-                with contextlib.suppress(sqlite3.Error):  # a reader in the way: the next sweep
-                    connection.execute("PRAGMA journal_mode=WAL")
-            return
+        else:
+            self._keep_unchanged(connection, number)
+        connection.execute(
+            "UPDATE snapshots SET finished_at = ?, exit_status = ?, ids = ?, ok = ?, "
+            "failed = ? WHERE id = ?",
+            (_now(), *outcome, number),
+        )
+        connection.execute("COMMIT")
+        self.snapshot = number
+        if self._first:
+            with contextlib.suppress(sqlite3.Error):  # a reader in the way: the next sweep
+                connection.execute("PRAGMA journal_mode=WAL")
 
     def _keep_unchanged(self, connection: sqlite3.Connection, number: int) -> None:
         """Add to snapshot ``number`` the records it shares with the snapshot before: when

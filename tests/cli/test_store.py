@@ -3,6 +3,7 @@ temporary directory, the simulator as the API, subprocesses where a signal is wh
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sqlite3
 from pathlib import Path
@@ -23,6 +24,7 @@ from cli_support import (
     wait_until,
 )
 
+from phala_async import _store
 from phala_async._store import (
     SCHEMA_VERSION,
     SnapshotWriter,
@@ -263,12 +265,12 @@ def record_line(cvm_id: int, status: str) -> str:
     return f'{{"cvm_id":"{cvm_id}","ok":true,"cvm":{{"id":{cvm_id},"status":"{status}"}}}}'
 
 
-def test_a_first_snapshot_larger_than_a_batch_is_recorded_whole_in_wal_mode(
+def test_a_first_snapshot_larger_than_one_insert_is_recorded_whole_in_wal_mode(
     store: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A first snapshot handed to the writer in several batches holds every record, leaves the
-    database in WAL mode, and the next snapshot stores only what changed."""
-    monkeypatch.setattr("phala_async._store._BATCH", 4)
+    """A first snapshot inserted in several statements holds every record, leaves the database
+    in WAL mode, and the next snapshot stores only what changed."""
+    monkeypatch.setattr("phala_async._store._ROWS_PER_INSERT", 4)
     for number, changed in ((1, None), (2, 3)):
         writer = SnapshotWriter(str(store), "test").open()
         for cvm_id in range(1, 11):
@@ -290,14 +292,14 @@ def snapshot_statuses(store: Path, number: int) -> dict[str, str]:
     }
 
 
-@pytest.mark.parametrize("batch", [4, 1000])
+@pytest.mark.parametrize("rows", [4, 1000])
 def test_a_snapshot_holds_exactly_its_records_whether_most_are_kept_or_most_changed(
-    store: Path, monkeypatch: pytest.MonkeyPatch, batch: int
+    store: Path, monkeypatch: pytest.MonkeyPatch, rows: int
 ) -> None:
     """Snapshots after the first copy the records they share with the snapshot before and
     drop those gone; a fleet where most records changed is written record by record. Either
-    way a snapshot holds exactly the records of its sweep, whatever the batch size."""
-    monkeypatch.setattr("phala_async._store._BATCH", batch)
+    way a snapshot holds exactly the records of its sweep, however many rows an INSERT holds."""
+    monkeypatch.setattr("phala_async._store._ROWS_PER_INSERT", rows)
     fleets = [
         dict.fromkeys(range(1, 11), "running"),
         # most kept: 9 changed, 10 gone, 11 new
@@ -315,3 +317,49 @@ def test_a_snapshot_holds_exactly_its_records_whether_most_are_kept_or_most_chan
     for number, fleet in enumerate(fleets, start=1):
         assert snapshot_statuses(store, number) == {str(k): v for k, v in fleet.items()}
     assert table_rows(store, "records") == 10 + 2 + 6  # running 1-11, stopped 3-9
+
+
+def test_a_full_disk_while_recording_costs_the_snapshot_never_the_sweep(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When SQLite cannot grow the database while records are added (a full disk, here its page
+    limit), adding goes on without raising; the commit raises StoreError and leaves the
+    snapshots before as they were."""
+    writer = SnapshotWriter(str(store), "test").open()
+    for cvm_id in range(1, 11):
+        writer.add_line(record_line(cvm_id, "running"))
+    assert writer.commit(0, ids=10, ok=10, failed=0) == 1
+    with contextlib.closing(sqlite3.connect(store)) as connection:
+        pages = connection.execute("PRAGMA page_count").fetchone()[0]
+    connect = _store._connect
+
+    def full(path: str, *, create: bool) -> sqlite3.Connection:
+        connection = connect(path, create=create)
+        connection.execute(f"PRAGMA max_page_count={pages + 1}")
+        return connection
+
+    monkeypatch.setattr(_store, "_connect", full)
+    monkeypatch.setattr(_store, "_ROWS_PER_INSERT", 4)
+    writer = SnapshotWriter(str(store), "test").open()
+    big = "x" * 40_000  # a few records fill the one page left
+    for cvm_id in range(1, 11):
+        writer.add_line(record_line(cvm_id, big + str(cvm_id)))  # no error here
+    with pytest.raises(StoreError, match="full"):
+        writer.commit(0, ids=10, ok=10, failed=0)
+    assert [s.number for s in list_snapshots(str(store))] == [1]
+    assert snapshot_statuses(store, 1) == {str(k): "running" for k in range(1, 11)}
+
+
+def test_a_first_snapshot_being_written_is_named_busy_to_a_reader(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader of a database whose first snapshot is still being written is told so (after
+    the busy wait), not that the file is no store."""
+    monkeypatch.setattr(_store, "_BUSY_MS", 50)
+    writer = SnapshotWriter(str(store), "test").open()
+    try:
+        writer.add_line(record_line(1, "running"))
+        with pytest.raises(StoreError, match="busy: a sweep is writing to it"):
+            list_snapshots(str(store))
+    finally:
+        writer.abandon()
