@@ -155,7 +155,8 @@ class Window:
     concurrency-limits do.
 
     It starts small (``initial``) and doubles every round trip while answers come back well
-    (slow start), up to the ceiling or to the last size that overloaded the server; from there
+    (slow start), but at most once every ``SLOW_START_DOUBLING`` seconds however fast answers
+    come, up to the ceiling or to the last size that overloaded the server; from there
     it grows by one request per round trip, and only while it is full, so an idle client does
     not inflate it. Within one request of the size at which it last shrank, it grows ``PROBE``
     times slower, so a server capped there is probed past its capacity less often. An overload
@@ -176,17 +177,26 @@ class Window:
     pacer's to judge.
 
     Uncoordinated clients sharing one server converge to fair shares, as AIMD does.
+
+    Why slow start keeps to a pace of its own: against a server a few milliseconds away, answers
+    doubled the window every 2-3 ms, so a client reached its ceiling before a rate limit's burst
+    ran out, and every request then in flight was refused together (four processes of 32 on one
+    100/s key: 50-100 429s in their first 0.1 s, most of all they got). A server further away
+    than ``SLOW_START_DOUBLING`` sees no change.
     """
 
     __slots__ = (
         "_active",
+        "_clock",
         "_epoch",
         "_failures",
         "_halving_every",
+        "_initial",
         "_limit",
         "_overloaded_at",
         "_sent",
         "_since_halving",
+        "_slow_start_at",
         "_threshold",
         "_waiters",
         "ceiling",
@@ -203,14 +213,24 @@ class Window:
     MIN_BELOW = 4.0
     #: How many times slower the window grows within one request of where it last shrank.
     PROBE = 4.0
+    #: Seconds: slow start doubles the window at most this often.
+    SLOW_START_DOUBLING = 0.01
 
     def __init__(
-        self, ceiling: int, *, initial: int = 4, decrease: float = 0.7, margin: float = 0.25
+        self,
+        ceiling: int,
+        *,
+        initial: int = 4,
+        decrease: float = 0.7,
+        margin: float = 0.25,
+        clock: Clock = time.monotonic,
     ) -> None:
         self.ceiling = ceiling
         self.decrease = decrease
         self.margin = margin
-        self._limit = float(min(ceiling, max(1, initial)))
+        self._limit = self._initial = float(min(ceiling, max(1, initial)))
+        self._clock = clock
+        self._slow_start_at: float | None = None  # when the first request was sent
         self._threshold = float(ceiling)
         self._overloaded_at = 0.0  # the window's size when it last shrank
         self._active = 0
@@ -243,6 +263,8 @@ class Window:
     def notify_task_started(self, ticket: Ticket) -> None:
         ticket.level = min(self._active, self.ceiling + 1)
         ticket.window_epoch = self._epoch
+        if self._slow_start_at is None:  # the first request: slow start's pace counts from it
+            self._slow_start_at = self._clock()
 
     def notify_task_finished(self, ticket: Ticket) -> None:
         outcome = ticket.outcome
@@ -259,7 +281,7 @@ class Window:
             limit = self._limit
             if self._active >= int(limit) and limit < self.ceiling:  # full: it may grow
                 if limit < self._threshold:
-                    step = 1.0
+                    step = 1.0 if limit + 1.0 <= self._slow_start_cap() else 0.0
                 elif -1.0 < limit - self._overloaded_at < 1.0:
                     step = 1.0 / (self.PROBE * limit)  # where it overloaded last: slowly
                 else:
@@ -273,6 +295,13 @@ class Window:
         elif outcome is _THROTTLED and ticket.retry_after and ticket.window_epoch == self._epoch:
             self._shrink()
         self._release()
+
+    def _slow_start_cap(self) -> float:
+        """The largest window slow start allows now: ``initial``, doubled once every
+        :attr:`SLOW_START_DOUBLING` since the first request was sent."""
+        started = self._slow_start_at
+        doublings = 0.0 if started is None else (self._clock() - started) / self.SLOW_START_DOUBLING
+        return self._initial * float(2.0 ** min(doublings, 32.0))  # past 2**32 it binds nothing
 
     def _load_related(self, level: int) -> bool:
         """Whether requests sent at ``level`` fail clearly more than those sent with fewer."""

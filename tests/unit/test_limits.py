@@ -360,6 +360,11 @@ def _send(window: Window) -> Ticket:
     return ticket
 
 
+def _apart() -> Callable[[], float]:
+    """A clock a second later at every reading: slow start's own pace never binds."""
+    return itertools.count(start=1.0).__next__
+
+
 def _end(
     window: Window, ticket: Ticket, outcome: Outcome, retry_after: float | None = None
 ) -> None:
@@ -391,17 +396,36 @@ def _rounds_kept_full(window: Window, rounds: int) -> list[int]:
 def test_slow_start_doubles_the_window_every_round_up_to_the_ceiling() -> None:
     """Kept full from 4, the window at least doubles every round of successes until it reaches
     its ceiling of 64, and never passes it."""
-    window = Window(64, initial=4)
+    window = Window(64, initial=4, clock=_apart())
     limits = _rounds_kept_full(window, 8)
     assert all(after >= min(64, 2 * before) for before, after in itertools.pairwise([4, *limits]))
     assert limits[-1] == 64
     assert max(limits) == 64
 
 
+def test_slow_start_doubles_at_most_once_every_doubling_time_however_fast_answers_come() -> None:
+    """Answers that come at once (a server a millisecond away) grow the window from 4 to 8
+    only once SLOW_START_DOUBLING has passed since slow start began, to 16 after twice that;
+    rounds of answers in between do not grow it."""
+    now = [0.0]
+    window = Window(64, initial=4, clock=lambda: now[0])
+    in_flight: deque[Ticket] = deque()
+    limits = []
+    for _ in range(3):
+        _fill(window, in_flight)
+        for _ in range(5):  # five rounds of answers, all at this moment
+            for _ in range(len(in_flight)):
+                _end(window, in_flight.popleft(), Outcome.OK)
+                _fill(window, in_flight)
+        limits.append(window.limit)
+        now[0] += Window.SLOW_START_DOUBLING
+    assert limits == [4, 8, 16]
+
+
 def test_a_success_sent_with_the_window_full_grows_it() -> None:
     """A success of a request sent with the window full grows it by one in slow start; one sent
     with a place free does not."""
-    window = Window(8, initial=2)
+    window = Window(8, initial=2, clock=_apart())
     _end(window, _send(window), Outcome.OK)  # alone, in a window of 2
     idle = window.limit
     first, second = _send(window), _send(window)
@@ -412,7 +436,7 @@ def test_a_success_sent_with_the_window_full_grows_it() -> None:
 
 def test_an_idle_window_does_not_grow() -> None:
     """A hundred successes of requests sent one at a time leave a window of 4 at 4."""
-    window = Window(64, initial=4)
+    window = Window(64, initial=4, clock=_apart())
     for _ in range(100):
         _end(window, _send(window), Outcome.OK)
     assert window.limit == 4
@@ -483,7 +507,7 @@ def test_instant_5xx_at_a_level_slow_start_jumped_to_shrink_the_window() -> None
     capacity are answered 503 at once and sent again at 16 in flight, so those levels never get
     one. Compared with all levels below, the second such 503 shrinks the window, where it used
     to wait for answers that never came."""
-    window = Window(32, initial=4)
+    window = Window(32, initial=4, clock=_apart())
     in_flight: deque[Ticket] = deque()
     _fill(window, in_flight)
     for _ in range(2):
@@ -549,7 +573,7 @@ def test_the_window_stays_between_1_and_its_ceiling() -> None:
 async def test_a_growing_window_wakes_a_waiter_for_each_new_place() -> None:
     """A success that grows a full window of 2 to 3 wakes two waiters, one for the place it
     freed and one for the new place; the third waits on."""
-    window = Window(8, initial=2)
+    window = Window(8, initial=2, clock=_apart())
     first, second = _send(window), _send(window)
     woken: list[str] = []
 
