@@ -150,11 +150,13 @@ class Exchange:
         path: str,
         cvm_id: str | int | None,
         has_defaults: bool,
+        task: asyncio.Task[Any] | None = None,
     ) -> Answer:
         """GET ``base_url + path`` and read the whole answer, whatever its status.
 
         ``has_defaults`` says that ``session`` was made with :meth:`session_defaults` (the
-        client's own session, whose connector reports reused connections).
+        client's own session, whose connector reports reused connections). ``task`` is the task
+        that awaits this, when the caller has it at hand (else it is looked up).
 
         A request that fails on a reused pooled connection before any byte of the answer
         arrived (the server had closed it while idle) is sent again at once, on a new
@@ -186,7 +188,7 @@ class Exchange:
                 # Our own timer rather than aiohttp's: aiohttp's can turn a cancellation that
                 # lands as the timer fires into a TimeoutError (aio-libs/aiohttp#5979), which
                 # would be retried instead of stopping the sweep.
-                attempt = self._deadlines.attempt()
+                attempt = self._deadlines.attempt(task)
                 try:
                     # Written out rather than in a helper: this runs once per request.
                     if not has_defaults:
@@ -454,10 +456,11 @@ class _Deadlines:
         self._handle: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def attempt(self) -> _Attempt:
-        """Start bounding one attempt of the current task, from now; end with
-        :meth:`_Attempt.end`."""
-        task = asyncio.current_task()
+    def attempt(self, task: asyncio.Task[Any] | None = None) -> _Attempt:
+        """Start bounding one attempt of ``task`` (the current task, looked up when not given),
+        from now; end with :meth:`_Attempt.end`."""
+        if task is None:
+            task = asyncio.current_task()
         if task is None:  # pragma: no cover - the client only runs inside tasks
             raise RuntimeError("a request must run inside an asyncio task")
         loop = task.get_loop()
