@@ -24,7 +24,7 @@ from collections.abc import (
     MutableSet,
 )
 from types import TracebackType
-from typing import Final, Literal, Self, TypeAlias
+from typing import Any, Final, Literal, Self, TypeAlias
 
 import msgspec
 
@@ -45,10 +45,12 @@ __all__ = [
     "gather_in_order",
 ]
 
-#: Fetches one id ``(normalised segment, cvm_id as given, the sweep)``: the CVM and the attempts
-#: it took, or raises its error (the client's :meth:`Pipeline.cvm
+#: Fetches one id ``(normalised segment, cvm_id as given, the sweep, the worker's task)``: the
+#: CVM and the attempts it took, or raises its error (the client's :meth:`Pipeline.cvm
 #: <phala_async._pipeline.Pipeline.cvm>`).
-Fetch: TypeAlias = Callable[[str, str | int, "CvmStream"], Awaitable[tuple[AnyCvm, int]]]
+Fetch: TypeAlias = Callable[
+    [str, str | int, "CvmStream", asyncio.Task[Any] | None], Awaitable[tuple[AnyCvm, int]]
+]
 #: Ends a running sweep with an error (the client is closing).
 Abort: TypeAlias = Callable[[PhalaError], Awaitable[None]]
 
@@ -438,7 +440,7 @@ class CvmStream(AsyncIterator[SweepResult]):
                     continue
                 self._seen.add(segment)
                 try:
-                    cvm, attempts = await self._fetch(segment, cvm_id, self)
+                    cvm, attempts = await self._fetch(segment, cvm_id, self, me)
                 except PhalaError as exc:
                     await self._fail(cvm_id, exc)
                 else:

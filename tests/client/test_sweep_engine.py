@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -123,3 +126,39 @@ def test_stats_are_a_snapshot() -> None:
     assert before is not after
     assert (before.ok, after.ok) == (0, 1)
     assert collections.Counter(before.failed) == collections.Counter()
+
+
+async def test_a_sweep_looks_up_no_task_per_request(
+    client_for: Callable[..., PhalaClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sweep's requests are bounded by the worker's task, handed down, not looked up: on
+    Python 3.11 each ``asyncio.current_task()`` or ``get_running_loop()`` is a system call, two
+    a request before. Over 200 ids the request path (the pipeline and the exchange) looks up
+    neither; the simulator serving them does, once a request, which shows the counting works."""
+    lookups = collections.Counter[str]()
+    current_task, get_running_loop = asyncio.current_task, asyncio.get_running_loop
+
+    def caller() -> str:
+        return Path(sys._getframe(2).f_code.co_filename).name
+
+    def counted_task(loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Task[Any] | None:
+        lookups[caller()] += 1
+        return current_task(loop)
+
+    def counted_loop() -> asyncio.AbstractEventLoop:
+        lookups[caller()] += 1
+        return get_running_loop()
+
+    async with PhalaSimulator(cvms=200) as sim:
+        client = client_for(sim, concurrency=8)
+        async with asyncio.timeout(30), client:
+            await client.get_cvm(1)  # the session and the pool made
+            monkeypatch.setattr(asyncio, "current_task", counted_task)
+            monkeypatch.setattr(asyncio, "get_running_loop", counted_loop)
+            results = [result async for result in client.stream_cvms(range(1, 201))]
+            monkeypatch.undo()
+        requests = sim.total_requests - 1
+    assert all(result.ok for result in results)
+    assert requests == 200
+    assert lookups["_simulator.py"] >= requests
+    assert lookups["_pipeline.py"] + lookups["_http.py"] == 0
