@@ -278,8 +278,8 @@ def cvm_history(path: str, cvm_id: str) -> list[tuple[SnapshotInfo, StoredRow | 
     return [(info, by_snapshot.get(info.number)) for info in snapshots]
 
 
-# hash, cvm, cvm_id, ok, vm_uuid, name, record (UTF-8): a plain tuple, made once per record.
-_Row = tuple[bytes, str, str, bool, str | None, str | None, bytes]
+# hash, cvm, cvm_id, ok, vm_uuid, name, record (its JSON text): a plain tuple, one per record.
+_Row = tuple[bytes, str, str, bool, str | None, str | None, str]
 
 
 _record_head = msgspec.json.Decoder(dict[str, Any])
@@ -359,7 +359,7 @@ class SnapshotWriter:
             data = data.rstrip(b"\n")
         digest = self.new_record(data)
         if digest is not None:
-            self.add_new(digest, data, cvm_id, ok, cvm, vm_uuid, name)
+            self.add_new(digest, data.decode(), cvm_id, ok, cvm, vm_uuid, name)
 
     def new_record(self, data: bytes) -> bytes | None:
         """The hash of record ``data`` (a JSON line in UTF-8, without its newline) for
@@ -375,15 +375,16 @@ class SnapshotWriter:
     def add_new(
         self,
         digest: bytes,
-        data: bytes,
+        data: str,
         cvm_id: str,
         ok: bool,
         cvm: str,
         vm_uuid: str | None,
         name: str | None,
     ) -> None:
-        """Add a record :meth:`new_record` found new, with its hash and the fields of
-        :meth:`add`."""
+        """Add a record :meth:`new_record` found new: its hash, its JSON text (the same line,
+        decoded; SQLite stores it as given, where bytes would need a cast and a copy), and the
+        fields of :meth:`add`."""
         self._rows.append((digest, cvm, cvm_id, ok, vm_uuid, name, data))
         if len(self._rows) >= _ROWS_PER_INSERT:
             self._insert()
@@ -479,7 +480,7 @@ class SnapshotWriter:
                 connection,
                 "INSERT OR IGNORE INTO records (hash, cvm, cvm_id, ok, vm_uuid, name, record) "
                 "VALUES ",
-                "(?, ?, ?, ?, ?, ?, CAST(? AS TEXT))",
+                "(?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
             if not self._first:

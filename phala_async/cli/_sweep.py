@@ -214,7 +214,9 @@ class StoreRecords:
         """Queue the record of ``result``, then write it with the next writer."""
         encoded = json_record(result, self._redact)
         digest = self._store.new_record(encoded)
+        line = None
         if digest is not None:  # not in the snapshot before: its columns too
+            line = encoded.decode()
             cvm = result.cvm
             cvm_id = str(result.cvm_id)
             if cvm is not None:
@@ -222,9 +224,9 @@ class StoreRecords:
                 identity, vm_uuid, name = str(cvm.id), cvm.vm_uuid, cvm.name
             else:
                 identity, vm_uuid, name = id_key(cvm_id), None, None
-            self._store.add_new(digest, encoded, cvm_id, cvm is not None, identity, vm_uuid, name)
+            self._store.add_new(digest, line, cvm_id, cvm is not None, identity, vm_uuid, name)
         if isinstance(self._then, JsonLinesWriter):
-            self._then.write_line(encoded.decode())  # encoded once for both
+            self._then.write_line(encoded.decode() if line is None else line)  # decoded once
         else:
             self._then.write(result)
 
