@@ -62,10 +62,10 @@ _SQLITE_MAGIC = b"SQLite format 3\0"
 # fewer calls from Python into SQLite than a row a statement (a tenth quicker, measured), and 7
 # parameters a row stay under 999, the oldest SQLite's limit on parameters per statement. They
 # are inserted by the sweep's own thread as they come. Measured on a first 10,000-id snapshot
-# (rounds of 9-11, paired): a writer thread beside the event loop added 12.5-14.0% to the sweep's
-# wall time, these inserts 9.7-12.6%; a thread spends the same CPU as the loop would and costs the
-# loop more again in lost caches on two busy cores. Inserting 1,024 or 4,096 records at a time
-# was worse (+13.6%, +17.7%): the records held meanwhile cost more than the statements saved.
+# (11 rounds, paired): a writer thread beside the event loop added 17.2% to the sweep's wall
+# time, these inserts 15.5% (14.0% with the record bound as text); the thread cost the loop as
+# much CPU again as it used itself, on two busy cores. Inserting 1,024 records at a time was
+# worse (+18.5%): the records held meanwhile cost more than the statements saved.
 _ROWS_PER_INSERT = 128
 _BUSY_MS = 5000  # how long a reader waits for a checkpoint or a writer to let go
 # Pages of 16 KiB hold ten records of about 1.5 KiB where 4 KiB pages hold two (a page's
