@@ -315,7 +315,6 @@ class SnapshotWriter:
         self._unseen: set[bytes] = set()
         self._before: int | None = None
         self._error: BaseException | None = None
-        self.snapshot: int | None = None
 
     def open(self) -> SnapshotWriter:
         """Open (or create) the database and begin the snapshot's transaction.
@@ -354,12 +353,11 @@ class SnapshotWriter:
         """Add one record: its JSON ``line`` (text or UTF-8; newline optional), the id it was
         given, whether it is ok, the CVM's identity (:func:`record_identity`), and its VM UUID
         and name."""
-        data = line.encode() if isinstance(line, str) else line
-        if data.endswith(b"\n"):
-            data = data.rstrip(b"\n")
-        digest = self.new_record(data)
+        text = line if isinstance(line, str) else line.decode()
+        text = text.rstrip("\n")
+        digest = self.new_record(text.encode())
         if digest is not None:
-            self.add_new(digest, data.decode(), cvm_id, ok, cvm, vm_uuid, name)
+            self.add_new(digest, text, cvm_id, ok, cvm, vm_uuid, name)
 
     def new_record(self, data: bytes) -> bytes | None:
         """The hash of record ``data`` (a JSON line in UTF-8, without its newline) for
@@ -504,7 +502,6 @@ class SnapshotWriter:
             (_now(), *outcome, number),
         )
         connection.execute("COMMIT")
-        self.snapshot = number
         if self._first:
             with contextlib.suppress(sqlite3.Error):  # a reader in the way: the next sweep
                 connection.execute("PRAGMA journal_mode=WAL")
