@@ -14,39 +14,48 @@ The schema (``PRAGMA user_version`` is :data:`SCHEMA_VERSION`)::
 A snapshot of an unchanged fleet adds a row to ``snapshots`` and one small row per CVM to
 ``snapshot_records``; the records themselves are stored once. Each snapshot is written in one
 transaction, committed only by a sweep that attempted every id: a sweep that was refused,
-stopped early or killed records nothing, and the database stays as it was.
+stopped early or killed records nothing, and the database stays as it was. The database is in
+WAL mode: ``history`` and ``diff`` read it while a sweep writes.
 
-The sweep's own thread writes the snapshot (:class:`SnapshotWriter`), in one transaction open
-from before the first record to the commit. Before the sweep starts, the writer reads the record
-hashes of the snapshot before; a record among them (most of a nightly sweep's) costs its hash and
-a lookup, and SQLite copies the snapshot before's rows for all of them at the end. Records new to
-the store are inserted a few at a time as they come: CPU work on pages in memory, nothing synced
-to the disk before the commit. The database is in WAL mode: ``history`` and ``diff`` read it while
-a sweep writes. A new database turns to WAL mode when its first snapshot commits: that snapshot,
-every record new, is written straight into the database file, not into the WAL and then again
-from it (a reader waits for that commit, there being nothing to read before it).
+A sweep hands its records to :class:`SnapshotProcess`, which runs the writer
+(:mod:`._store_writer`) in a process of its own: the sweep's event loop only passes each record
+on, and the hashes and SQLite's inserts run beside it, on the CPU it leaves idle.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import sqlite3
-from collections.abc import Iterable, Iterator, Mapping
-from datetime import UTC, datetime
-from typing import Any, NamedTuple
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO, Any, NamedTuple
 
 import msgspec
 
 from ._changes import record_identity
 from ._ids import id_key
+from ._store_writer import (
+    SCHEMA_VERSION,
+    SnapshotWriter,
+    StoreError,
+    connect,
+    is_store,
+    now,
+    read_message,
+    write_message,
+)
 
 __all__ = [
     "SCHEMA_VERSION",
     "SnapshotInfo",
+    "SnapshotProcess",
     "SnapshotWriter",
     "StoreError",
     "StoredRow",
+    "add_line",
     "cvm_history",
     "is_store",
     "list_snapshots",
@@ -54,55 +63,6 @@ __all__ = [
     "snapshot_records",
     "split_snapshot_ref",
 ]
-
-#: The schema version this code writes and reads (``PRAGMA user_version``).
-SCHEMA_VERSION = 1
-_SQLITE_MAGIC = b"SQLite format 3\0"
-# Records new to the store are inserted this many at a time, one INSERT statement for them all:
-# fewer calls from Python into SQLite than a row a statement (a tenth quicker, measured), and 7
-# parameters a row stay under 999, the oldest SQLite's limit on parameters per statement. They
-# are inserted by the sweep's own thread as they come. Measured on a first 10,000-id snapshot
-# (11 rounds, paired): a writer thread beside the event loop added 17.2% to the sweep's wall
-# time, these inserts 15.5% (14.0% with the record bound as text); the thread cost the loop as
-# much CPU again as it used itself, on two busy cores. Inserting 1,024 records at a time was
-# worse (+18.5%): the records held meanwhile cost more than the statements saved.
-_ROWS_PER_INSERT = 128
-_BUSY_MS = 5000  # how long a reader waits for a checkpoint or a writer to let go
-# Pages of 16 KiB hold ten records of about 1.5 KiB where 4 KiB pages hold two (a page's
-# leftover is wasted): a first snapshot is a fifth smaller, and quicker to write.
-_PAGE_SIZE = 16384
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS snapshots (
-    id INTEGER PRIMARY KEY,
-    started_at TEXT NOT NULL,
-    finished_at TEXT NOT NULL,
-    exit_status INTEGER NOT NULL,
-    ids INTEGER NOT NULL,
-    ok INTEGER NOT NULL,
-    failed INTEGER NOT NULL,
-    command TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS records (
-    hash BLOB NOT NULL UNIQUE,
-    cvm TEXT NOT NULL,
-    cvm_id TEXT NOT NULL,
-    ok INTEGER NOT NULL,
-    vm_uuid TEXT,
-    name TEXT,
-    record TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS snapshot_records (
-    snapshot INTEGER NOT NULL REFERENCES snapshots (id),
-    hash BLOB NOT NULL,
-    PRIMARY KEY (snapshot, hash)
-) WITHOUT ROWID;
-"""
-
-
-class StoreError(Exception):
-    """The database cannot be used: unreadable, not a store, a newer schema, a missing snapshot.
-    The message says which and what to do."""
 
 
 class SnapshotInfo(NamedTuple):
@@ -136,15 +96,6 @@ class StoredRow(NamedTuple):
     record: str
 
 
-def is_store(path: str) -> bool:
-    """Whether ``path`` is an SQLite database (by its first 16 bytes)."""
-    try:
-        with open(path, "rb") as file:
-            return file.read(len(_SQLITE_MAGIC)) == _SQLITE_MAGIC
-    except OSError:
-        return False
-
-
 def split_snapshot_ref(text: str) -> tuple[str, str] | None:
     """``PATH@N`` or ``PATH@latest`` as ``(PATH, N or "latest")`` when PATH is a store; else None
     (a plain file, whose name may hold an ``@``)."""
@@ -154,53 +105,13 @@ def split_snapshot_ref(text: str) -> tuple[str, str] | None:
     return (path, which) if is_store(path) else None
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _connect(path: str, *, create: bool) -> sqlite3.Connection:
-    if not create and not is_store(path):
-        raise StoreError(
-            f"{path} is not a snapshot store: pass the database a 'sweep --store' created"
-        )
-    try:
-        connection = sqlite3.connect(path, timeout=_BUSY_MS / 1000, isolation_level=None)
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot open the store {path} ({exc}): pick a writable path") from exc
-    try:
-        version = connection.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"{path} has schema version {version}; this phala-async reads up to "
-                f"{SCHEMA_VERSION}: upgrade phala-async"
-            )
-        if create and version < SCHEMA_VERSION:
-            connection.execute(f"PRAGMA page_size={_PAGE_SIZE}")  # a new database only
-            connection.executescript(_SCHEMA)
-            connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        elif version == 0:
-            raise StoreError(f"{path} holds no snapshot yet: record one with 'sweep --store'")
-    except sqlite3.DatabaseError as exc:
-        connection.close()
-        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY:
-            raise StoreError(
-                f"{path} is busy: a sweep is writing to it (its first snapshot); try again "
-                f"when that sweep ends"
-            ) from exc
-        raise StoreError(f"{path} is not a usable snapshot store ({exc})") from exc
-    except StoreError:
-        connection.close()
-        raise
-    return connection
-
-
 def list_snapshots(path: str) -> list[SnapshotInfo]:
     """Every snapshot of the store at ``path``, the first first.
 
     Raises:
         StoreError: not a store, or unreadable.
     """
-    connection = _connect(path, create=False)
+    connection = connect(path, create=False)
     try:
         rows = connection.execute(
             "SELECT id, started_at, finished_at, exit_status, ids, ok, failed, command "
@@ -230,7 +141,7 @@ def snapshot_records(path: str, which: str) -> tuple[SnapshotInfo, list[StoredRo
                 f"(see 'phala-async history {path}')"
             )
         info = found[0]
-    connection = _connect(path, create=False)
+    connection = connect(path, create=False)
     try:
         rows = connection.execute(
             "SELECT r.cvm, r.record FROM snapshot_records AS s JOIN records AS r "
@@ -251,7 +162,7 @@ def cvm_history(path: str, cvm_id: str) -> list[tuple[SnapshotInfo, StoredRow | 
     """
     key = id_key(cvm_id)
     snapshots = list_snapshots(path)
-    connection = _connect(path, create=False)
+    connection = connect(path, create=False)
     try:
         identities = {
             row[0]
@@ -278,23 +189,41 @@ def cvm_history(path: str, cvm_id: str) -> list[tuple[SnapshotInfo, StoredRow | 
     return [(info, by_snapshot.get(info.number)) for info in snapshots]
 
 
-# hash, cvm, cvm_id, ok, vm_uuid, name, record (its JSON text): a plain tuple, one per record.
-_Row = tuple[bytes, str, str, bool, str | None, str | None, str]
-
-
 _record_head = msgspec.json.Decoder(dict[str, Any])
 
 
-class SnapshotWriter:
-    """Records one sweep as a snapshot, in one transaction held open while the sweep runs.
+def add_line(store: SnapshotWriter | SnapshotProcess, line: str) -> None:
+    """Add to ``store`` the record of a JSON ``line`` (a record ``sweep --format jsonl`` wrote,
+    newline optional)."""
+    store.add_record(line.rstrip("\n").encode(), record_identity(_record_head.decode(line)))
 
-    :meth:`add` inserts a record (a JSON line, as ``sweep --format jsonl`` writes it);
-    :meth:`commit` ends the snapshot and commits it; :meth:`abandon` rolls it back, leaving the
-    database as it was. The inserts run on the caller's thread, :data:`_ROWS_PER_INSERT` rows at a
-    time: they are CPU work on pages in memory (nothing is synced before the commit), and a
-    thread beside a busy event loop made them cost twice as much (see :data:`_ROWS_PER_INSERT`).
-    An error while inserting is kept and raised by :meth:`commit`; :meth:`add` never raises it,
-    so a full disk costs the snapshot, never the sweep.
+
+#: The writer's process: this Python importing the writer's module alone, from the package's
+#: folder, at the end of its path: it needs no more (see :mod:`._store_writer`).
+_WRITER = [
+    sys.executable,
+    "-P",  # nothing of the working directory on its path
+    "-c",
+    f"import sys; sys.path.append({str(Path(__file__).parent)!r}); "
+    "import _store_writer; _store_writer.main()",
+]
+# Records handed to the writer's process a message at a time: about 200 KB of records, a few
+# system calls a second, and a handful of messages fit in its pipe (enlarged where it can be).
+_RECORDS_PER_MESSAGE = 128
+_PIPE_BYTES = 1 << 20
+
+
+class SnapshotProcess:
+    """Records one sweep as a snapshot from a process of its own: :meth:`add_record` passes a
+    record on (most calls only keep it; one in :data:`_RECORDS_PER_MESSAGE` writes them to a
+    pipe), and the writer's process hashes it, compares it with the snapshot before and inserts
+    it, on a CPU the sweep's event loop leaves idle. Where that cannot help or cannot be done (one
+    CPU, a frozen application, no process to be had), the same writer runs in this process.
+
+    The database is checked (and a new one made) by :meth:`open`, in this process, so that a
+    store that cannot be used stops the sweep before it starts. An error of the writer's, a full
+    disk say, is raised by :meth:`commit`. A sweep killed before its commit closes the pipe by
+    dying: the writer's process rolls the snapshot back and ends.
 
     Raises:
         StoreError: (from :meth:`open`, :meth:`commit`) the database cannot be used.
@@ -303,255 +232,146 @@ class SnapshotWriter:
     def __init__(self, path: str, command: str) -> None:
         self.path = path
         self._command = command
-        self._started_at = _now()
-        self._connection: sqlite3.Connection | None = None
-        self._number = 0
-        self._first = False
-        # Rows of records new to the store, inserted _ROWS_PER_INSERT at a time.
-        self._rows: list[_Row] = []
-        # The record hashes of the snapshot before, read by open(); those a record of this sweep
-        # has matched leave _unseen. A record the snapshot before had is kept as nothing more.
-        self._known: frozenset[bytes] = frozenset()
-        self._unseen: set[bytes] = set()
-        self._before: int | None = None
-        self._error: BaseException | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._inline: SnapshotWriter | None = None
+        self._records: list[tuple[bytes, str | None]] = []
+        self._lost: str | None = None  # why the writer's process stopped taking records
+        self._errors: IO[bytes] | None = None  # its standard error: a file, never a full pipe
 
-    def open(self) -> SnapshotWriter:
-        """Open (or create) the database and begin the snapshot's transaction.
+    def open(self) -> SnapshotProcess:
+        """Check (or create) the database, then start the writer's process.
 
         Raises:
-            StoreError: the database cannot be opened, is not a store, or another sweep is
-                writing to it (after waiting for it a few seconds).
+            StoreError: the database cannot be opened or is not a store.
         """
+        started_at = now()
         try:
-            connection = _connect(self.path, create=True)
-        except (sqlite3.Error, OSError) as exc:
+            connect(self.path, create=True).close()
+        except OSError as exc:
             raise StoreError(f"cannot use the store {self.path} ({exc})") from exc
+        # On one CPU the process would only take turns with the sweep; a frozen application's
+        # executable is no Python to run the writer with.
+        if not _spare_cpu() or getattr(sys, "frozen", False):
+            return self._open_inline(started_at)
         try:
-            self._first = _first_snapshot(connection)
-            if not self._first:
-                connection.execute("PRAGMA journal_mode=WAL")  # kept by the database
-            self._number = self._begin(connection)
-            if not self._first:
-                self._read_before(connection)
-        except sqlite3.Error as exc:
-            connection.close()
-            raise StoreError(f"the store {self.path} is busy or unwritable ({exc})") from exc
-        self._connection = connection
+            self._errors = tempfile.TemporaryFile()  # noqa: SIM115 - closed by _end()
+            self._process = subprocess.Popen(  # noqa: S603 - this Python, the package's own file
+                _WRITER,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self._errors,
+                start_new_session=True,  # the terminal's Ctrl-C is the sweep's, not the writer's
+            )
+        except OSError:
+            self._end()
+            return self._open_inline(started_at)
+        _enlarge(self._process.stdin)
+        self._send(["begin", self.path, self._command, started_at])
         return self
 
-    def add(
-        self,
-        line: str | bytes,
-        *,
-        cvm_id: str,
-        ok: bool,
-        cvm: str,
-        vm_uuid: str | None = None,
-        name: str | None = None,
-    ) -> None:
-        """Add one record: its JSON ``line`` (text or UTF-8; newline optional), the id it was
-        given, whether it is ok, the CVM's identity (:func:`record_identity`), and its VM UUID
-        and name."""
-        text = line if isinstance(line, str) else line.decode()
-        text = text.rstrip("\n")
-        digest = self.new_record(text.encode())
-        if digest is not None:
-            self.add_new(digest, text, cvm_id, ok, cvm, vm_uuid, name)
+    def _open_inline(self, started_at: str) -> SnapshotProcess:
+        self._inline = SnapshotWriter(self.path, self._command, started_at=started_at).open()
+        return self
 
-    def new_record(self, data: bytes) -> bytes | None:
-        """The hash of record ``data`` (a JSON line in UTF-8, without its newline) for
-        :meth:`add_new`; or None when the snapshot before holds that record: this snapshot then
-        holds it too, and nothing more is needed (the nightly case costs this hash and a lookup
-        per CVM)."""
-        digest = hashlib.sha256(data).digest()[:16]  # SHA-256 is hardware-accelerated
-        if digest in self._known:
-            self._unseen.discard(digest)
-            return None
-        return digest
-
-    def add_new(
-        self,
-        digest: bytes,
-        data: str,
-        cvm_id: str,
-        ok: bool,
-        cvm: str,
-        vm_uuid: str | None,
-        name: str | None,
-    ) -> None:
-        """Add a record :meth:`new_record` found new: its hash, its JSON text (the same line,
-        decoded; SQLite stores it as given, where bytes would need a cast and a copy), and the
-        fields of :meth:`add`."""
-        self._rows.append((digest, cvm, cvm_id, ok, vm_uuid, name, data))
-        if len(self._rows) >= _ROWS_PER_INSERT:
-            self._insert()
-
-    def add_line(self, line: str) -> None:
-        """Add the record of a JSON ``line`` (a record ``sweep --format jsonl`` wrote)."""
-        decoded = _record_head.decode(line)
-        cvm = decoded.get("cvm") if decoded.get("ok") else None
-        cvm = cvm if isinstance(cvm, Mapping) else {}
-        self.add(
-            line,
-            cvm_id=str(decoded.get("cvm_id")),
-            ok=bool(decoded.get("ok")),
-            cvm=record_identity(decoded),
-            vm_uuid=cvm.get("vm_uuid"),
-            name=cvm.get("name"),
-        )
+    def add_record(self, data: bytes, identity: str | None = None) -> None:
+        """Add one record: its JSON line in UTF-8 (without its newline) and the CVM's identity
+        (``record_identity``), or None when the record is a fetched CVM with an integer ``id``."""
+        if self._inline is not None:
+            self._inline.add_record(data, identity)
+            return
+        records = self._records
+        records.append((data, identity))
+        if len(records) >= _RECORDS_PER_MESSAGE:
+            self._records = []
+            self._send(["records", records])
 
     def commit(self, exit_status: int, *, ids: int, ok: int, failed: int) -> int:
-        """Record the snapshot with its outcome, commit it, and return its number.
+        """Record the snapshot with its outcome, and return its number once it is committed.
 
         Raises:
-            StoreError: it could not be written (a full disk); the database is as it was.
+            StoreError: it could not be written; the database is as it was.
         """
-        connection = self._connection
-        if connection is None:
+        if self._inline is not None:
+            return self._inline.commit(exit_status, ids=ids, ok=ok, failed=failed)
+        process = self._process
+        if process is None or process.stdin is None or process.stdout is None:
             raise StoreError(f"cannot record the snapshot in {self.path}: it was not opened")
-        self._insert()
-        try:
-            if self._error is not None:
-                raise self._error
-            self._finish(connection, (exit_status, ids, ok, failed))
-        except (sqlite3.Error, OSError) as exc:
-            raise StoreError(f"cannot record the snapshot in {self.path} ({exc})") from exc
-        finally:
-            self._close()
-        return self._number
+        if self._records:
+            self._send(["records", self._records])
+            self._records = []
+        self._send(["commit", exit_status, ids, ok, failed])
+        with contextlib.suppress(OSError):
+            process.stdin.close()
+        answer = read_message(process.stdout)
+        last_words = self._end()
+        if answer is None:  # it died: say how, and its last line (a traceback's)
+            raise StoreError(
+                f"cannot record the snapshot in {self.path}: "
+                f"{self._lost or 'its writer process ended'} (exit status {process.returncode})"
+                f"{last_words}"
+            )
+        if answer[0] != "committed":
+            raise StoreError(str(answer[1]))
+        return int(answer[1])
 
     def abandon(self) -> None:
-        """Record nothing: roll the snapshot back."""
-        self._close()
-
-    def _close(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is None:
+        """Record nothing: the writer's process rolls the snapshot back and ends."""
+        if self._inline is not None:
+            self._inline.abandon()
             return
-        with contextlib.suppress(sqlite3.Error):
-            if connection.in_transaction:
-                connection.execute("ROLLBACK")
-        connection.close()
+        if self._process is not None and self._process.stdin is not None:
+            with contextlib.suppress(OSError):
+                self._process.stdin.close()
+            self._end()
 
-    def _begin(self, connection: sqlite3.Connection) -> int:
-        """Begin the snapshot's transaction and return its number."""
-        # A first snapshot (every record new, the dearest case) is written in rollback-journal
-        # mode: its pages go into the database file once, where WAL mode would write them twice
-        # (into the WAL, then from it at the checkpoint). Until it commits there is nothing to
-        # read, so it takes the database for itself: SQLite may then write pages out of its
-        # cache at any time without waiting for a reader. The database turns to WAL mode for
-        # good right after.
-        connection.execute("BEGIN EXCLUSIVE" if self._first else "BEGIN IMMEDIATE")
-        # The snapshot's row comes first, so that its number is known; the transaction makes it
-        # all or nothing, and a rolled-back number is given again to the next snapshot.
-        number = connection.execute(
-            "INSERT INTO snapshots (started_at, finished_at, exit_status, ids, ok, failed, "
-            "command) VALUES (?, '', -1, 0, 0, 0, ?)",
-            (self._started_at, self._command),
-        ).lastrowid
-        assert number is not None  # noqa: S101 - an INSERT into a rowid table
-        return number
-
-    def _read_before(self, connection: sqlite3.Connection) -> None:
-        """Read the record hashes of the snapshot before this one, before the sweep starts:
-        most of a nightly sweep's records are among them, and cost a lookup each."""
-        self._before = connection.execute(
-            "SELECT max(id) FROM snapshots WHERE id < ?", (self._number,)
-        ).fetchone()[0]
-        self._known = frozenset(
-            row[0]
-            for row in connection.execute(
-                "SELECT hash FROM snapshot_records WHERE snapshot = ?", (self._before,)
-            )
-        )
-        self._unseen = set(self._known)
-
-    def _insert(self) -> None:
-        """Insert the rows added since the last call; keep the first error for commit()."""
-        rows, self._rows = self._rows, []
-        connection = self._connection
-        if not rows or connection is None or self._error is not None:
+    def _send(self, message: list[Any]) -> None:
+        process = self._process
+        if self._lost is not None or process is None or process.stdin is None:
             return
         try:
-            _insert_rows(
-                connection,
-                "INSERT OR IGNORE INTO records (hash, cvm, cvm_id, ok, vm_uuid, name, record) "
-                "VALUES ",
-                "(?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
-            if not self._first:
-                _add_to_snapshot(connection, self._number, [row[0] for row in rows])
-        except (sqlite3.Error, OSError) as exc:  # raised by commit()
-            self._error = exc
+            write_message(process.stdin, message)
+        except OSError as exc:  # the process ended: commit() says why
+            self._lost = f"its writer process stopped taking records ({exc})"
 
-    def _finish(self, connection: sqlite3.Connection, outcome: tuple[int, int, int, int]) -> None:
-        number = self._number
-        if self._first:  # every record is this snapshot's: SQLite adds them in hash order, at once
-            connection.execute(
-                "INSERT INTO snapshot_records (snapshot, hash) "
-                "SELECT ?, hash FROM records ORDER BY hash",
-                (number,),
-            )
-        else:
-            self._keep_unchanged(connection, number)
-        connection.execute(
-            "UPDATE snapshots SET finished_at = ?, exit_status = ?, ids = ?, ok = ?, "
-            "failed = ? WHERE id = ?",
-            (_now(), *outcome, number),
-        )
-        connection.execute("COMMIT")
-        if self._first:
-            with contextlib.suppress(sqlite3.Error):  # a reader in the way: the next sweep
-                connection.execute("PRAGMA journal_mode=WAL")
-
-    def _keep_unchanged(self, connection: sqlite3.Connection, number: int) -> None:
-        """Add to snapshot ``number`` the records it shares with the snapshot before: when
-        most are shared (the nightly case), SQLite copies that snapshot's rows and drops those
-        no record matched, without a row through Python."""
-        kept = len(self._known) - len(self._unseen)
-        if not kept:
-            return
-        if len(self._unseen) <= kept:
-            connection.execute(
-                "INSERT INTO snapshot_records (snapshot, hash) "
-                "SELECT ?, hash FROM snapshot_records WHERE snapshot = ?",
-                (number, self._before),
-            )
-            connection.executemany(
-                "DELETE FROM snapshot_records WHERE snapshot = ? AND hash = ?",
-                [(number, digest) for digest in self._unseen],
-            )
-            return
-        _add_to_snapshot(connection, number, self._known - self._unseen)
+    def _end(self) -> str:
+        """Wait for the writer's process to end (its rollback, if any, takes little) and return
+        the last line it wrote to its standard error, as ``": line"``, or ``""``."""
+        process, errors = self._process, self._errors
+        self._process = self._errors = None
+        if process is not None:
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            if process.stdout is not None:
+                process.stdout.close()
+        if errors is None:
+            return ""
+        with errors:
+            errors.seek(0)
+            lines = errors.read().decode(errors="replace").strip().splitlines()
+        return f": {lines[-1]}" if lines else ""
 
 
-def _first_snapshot(connection: sqlite3.Connection) -> bool:
-    """Whether the store holds no snapshot yet and is not in WAL mode (a new database)."""
-    mode = connection.execute("PRAGMA journal_mode").fetchone()[0]
-    empty = connection.execute("SELECT 1 FROM snapshots LIMIT 1").fetchone() is None
-    return empty and mode != "wal"
+def _spare_cpu() -> bool:
+    """Whether this process may run on more than one CPU."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    count = len(affinity(0)) if affinity is not None else os.cpu_count()
+    return (count or 1) > 1
 
 
-def _add_to_snapshot(connection: sqlite3.Connection, number: int, hashes: Iterable[bytes]) -> None:
-    """Make the records of ``hashes`` part of snapshot ``number``."""
-    _insert_rows(
-        connection,
-        "INSERT OR IGNORE INTO snapshot_records (snapshot, hash) VALUES ",
-        "(?, ?)",
-        [(number, digest) for digest in hashes],
-    )
+def _enlarge(pipe: IO[bytes] | None) -> None:
+    """Let the pipe to the writer hold about 1 MiB (Linux), so that the sweep rarely waits on it
+    while the writer starts."""
+    if sys.platform == "win32" or pipe is None:
+        return
+    import fcntl
 
-
-def _insert_rows(connection: sqlite3.Connection, insert: str, values: str, rows: list[Any]) -> None:
-    """Run ``insert`` with ``values`` (a row's parameters) once per row of ``rows``,
-    :data:`_ROWS_PER_INSERT` rows a statement."""
-    for start in range(0, len(rows), _ROWS_PER_INSERT):
-        chunk = rows[start : start + _ROWS_PER_INSERT]
-        connection.execute(
-            insert + ", ".join([values] * len(chunk)), [value for row in chunk for value in row]
-        )
+    set_size = getattr(fcntl, "F_SETPIPE_SZ", None)
+    if set_size is not None:
+        with contextlib.suppress(OSError):  # beyond the system's limit: the default size
+            fcntl.fcntl(pipe.fileno(), set_size, _PIPE_BYTES)
 
 
 def rows_as_records(rows: Iterable[StoredRow]) -> Iterator[dict[str, Any]]:

@@ -19,7 +19,7 @@ from phala_async._errors import APIStatusError, DecodeError, PhalaError, subject
 from phala_async._listing import CvmListing
 from phala_async._models import HostedCvm
 from phala_async._models_v2026 import AnyCvm, CvmInfo
-from phala_async._store import SnapshotWriter, StoreError
+from phala_async._store import SnapshotProcess, StoreError, add_line
 
 from ._common import (
     EXIT_FAILED,
@@ -137,7 +137,7 @@ def _sweep(
     ids: list[str] | None,
     output: OutputFile | None,
     resumed: Resumed | None,
-    store: SnapshotWriter | None,
+    store: SnapshotProcess | None,
 ) -> int:
     """The sweep itself, its outputs locked; on an exception the caller keeps FILE and abandons
     the snapshot."""
@@ -186,18 +186,18 @@ def _sweep(
     return finish(report, stop, args, redact, output, stale=already_ok.stale(), store=store)
 
 
-def _open_store(path: str, command: str) -> SnapshotWriter:
+def _open_store(path: str, command: str) -> SnapshotProcess:
     try:
-        return SnapshotWriter(path, command).open()
+        return SnapshotProcess(path, command).open()
     except StoreError as exc:
         raise UsageError(str(exc)) from exc
 
 
-def _recorded(lines: Iterator[str], store: SnapshotWriter) -> Iterator[str]:
+def _recorded(lines: Iterator[str], store: SnapshotProcess) -> Iterator[str]:
     """``lines`` as they are, each record among them also queued for the store."""
     for line in lines:
         if line.lstrip().startswith("{"):
-            store.add_line(line)
+            add_line(store, line)
         yield line
 
 
@@ -205,7 +205,7 @@ class StoreRecords:
     """A :class:`RecordWriter` that queues each record for a store's snapshot, then hands the
     result to the next writer (the output's)."""
 
-    def __init__(self, store: SnapshotWriter, then: RecordWriter, redact: Redactor) -> None:
+    def __init__(self, store: SnapshotProcess, then: RecordWriter, redact: Redactor) -> None:
         self._store = store
         self._then = then
         self._redact = redact
@@ -213,20 +213,16 @@ class StoreRecords:
     def write(self, result: CvmResult) -> None:
         """Queue the record of ``result``, then write it with the next writer."""
         encoded = json_record(result, self._redact)
-        digest = self._store.new_record(encoded)
-        line = None
-        if digest is not None:  # not in the snapshot before: its columns too
-            line = encoded.decode()
-            cvm = result.cvm
-            cvm_id = str(result.cvm_id)
-            if cvm is not None:
-                # An integer id is its own normalised form: the identity record_identity gives.
-                identity, vm_uuid, name = str(cvm.id), cvm.vm_uuid, cvm.name
-            else:
-                identity, vm_uuid, name = id_key(cvm_id), None, None
-            self._store.add_new(digest, line, cvm_id, cvm is not None, identity, vm_uuid, name)
+        cvm = result.cvm
+        # The CVM's identity (record_identity): an integer id is its own normalised form, and the
+        # store reads it from the record itself.
+        if cvm is not None and type(cvm.id) is int:
+            identity = None
+        else:
+            identity = id_key(str(result.cvm_id if cvm is None else cvm.id))
+        self._store.add_record(encoded, identity)
         if isinstance(self._then, JsonLinesWriter):
-            self._then.write_line(encoded.decode() if line is None else line)  # decoded once
+            self._then.write_line(encoded.decode())  # encoded once
         else:
             self._then.write(result)
 
@@ -397,7 +393,7 @@ def finish(
     output: OutputFile | None,
     *,
     stale: frozenset[str] = frozenset(),
-    store: SnapshotWriter | None = None,
+    store: SnapshotProcess | None = None,
 ) -> int:
     """Replace ``--output`` and record the ``--store`` snapshot if the sweep finished every id
     (some may have failed), without the ``stale`` records of an earlier run; print what
@@ -454,7 +450,7 @@ def finish(
     return status
 
 
-def _record_snapshot(store: SnapshotWriter, report: SweepReport, status: int) -> int | None:
+def _record_snapshot(store: SnapshotProcess, report: SweepReport, status: int) -> int | None:
     tally = report.tally
     try:
         return store.commit(

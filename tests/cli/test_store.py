@@ -24,11 +24,12 @@ from cli_support import (
     wait_until,
 )
 
-from phala_async import _store
+from phala_async import _store_writer
 from phala_async._store import (
     SCHEMA_VERSION,
     SnapshotWriter,
     StoreError,
+    add_line,
     is_store,
     list_snapshots,
     rows_as_records,
@@ -270,11 +271,11 @@ def test_a_first_snapshot_larger_than_one_insert_is_recorded_whole_in_wal_mode(
 ) -> None:
     """A first snapshot inserted in several statements holds every record, leaves the database
     in WAL mode, and the next snapshot stores only what changed."""
-    monkeypatch.setattr("phala_async._store._ROWS_PER_INSERT", 4)
+    monkeypatch.setattr("phala_async._store_writer._ROWS_PER_INSERT", 4)
     for number, changed in ((1, None), (2, 3)):
         writer = SnapshotWriter(str(store), "test").open()
         for cvm_id in range(1, 11):
-            writer.add_line(record_line(cvm_id, "stopped" if cvm_id == changed else "running"))
+            add_line(writer, record_line(cvm_id, "stopped" if cvm_id == changed else "running"))
         assert writer.commit(0, ids=10, ok=10, failed=0) == number
     with sqlite3.connect(store) as connection:
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -299,7 +300,7 @@ def test_a_snapshot_holds_exactly_its_records_whether_most_are_kept_or_most_chan
     """Snapshots after the first copy the records they share with the snapshot before and
     drop those gone; a fleet where most records changed is written record by record. Either
     way a snapshot holds exactly the records of its sweep, however many rows an INSERT holds."""
-    monkeypatch.setattr("phala_async._store._ROWS_PER_INSERT", rows)
+    monkeypatch.setattr("phala_async._store_writer._ROWS_PER_INSERT", rows)
     fleets = [
         dict.fromkeys(range(1, 11), "running"),
         # most kept: 9 changed, 10 gone, 11 new
@@ -312,7 +313,7 @@ def test_a_snapshot_holds_exactly_its_records_whether_most_are_kept_or_most_chan
     for number, fleet in enumerate(fleets, start=1):
         writer = SnapshotWriter(str(store), "test").open()
         for cvm_id, status in fleet.items():
-            writer.add_line(record_line(cvm_id, status))
+            add_line(writer, record_line(cvm_id, status))
         assert writer.commit(0, ids=len(fleet), ok=len(fleet), failed=0) == number
     for number, fleet in enumerate(fleets, start=1):
         assert snapshot_statuses(store, number) == {str(k): v for k, v in fleet.items()}
@@ -327,23 +328,23 @@ def test_a_full_disk_while_recording_costs_the_snapshot_never_the_sweep(
     snapshots before as they were."""
     writer = SnapshotWriter(str(store), "test").open()
     for cvm_id in range(1, 11):
-        writer.add_line(record_line(cvm_id, "running"))
+        add_line(writer, record_line(cvm_id, "running"))
     assert writer.commit(0, ids=10, ok=10, failed=0) == 1
     with contextlib.closing(sqlite3.connect(store)) as connection:
         pages = connection.execute("PRAGMA page_count").fetchone()[0]
-    connect = _store._connect
+    connect = _store_writer.connect
 
     def full(path: str, *, create: bool) -> sqlite3.Connection:
         connection = connect(path, create=create)
         connection.execute(f"PRAGMA max_page_count={pages + 1}")
         return connection
 
-    monkeypatch.setattr(_store, "_connect", full)
-    monkeypatch.setattr(_store, "_ROWS_PER_INSERT", 4)
+    monkeypatch.setattr(_store_writer, "connect", full)
+    monkeypatch.setattr(_store_writer, "_ROWS_PER_INSERT", 4)
     writer = SnapshotWriter(str(store), "test").open()
     big = "x" * 40_000  # a few records fill the one page left
     for cvm_id in range(1, 11):
-        writer.add_line(record_line(cvm_id, big + str(cvm_id)))  # no error here
+        add_line(writer, record_line(cvm_id, big + str(cvm_id)))  # no error here
     with pytest.raises(StoreError, match="full"):
         writer.commit(0, ids=10, ok=10, failed=0)
     assert [s.number for s in list_snapshots(str(store))] == [1]
@@ -355,10 +356,10 @@ def test_a_first_snapshot_being_written_is_named_busy_to_a_reader(
 ) -> None:
     """A reader of a database whose first snapshot is still being written is told so (after
     the busy wait), not that the file is no store."""
-    monkeypatch.setattr(_store, "_BUSY_MS", 50)
+    monkeypatch.setattr(_store_writer, "_BUSY_MS", 50)
     writer = SnapshotWriter(str(store), "test").open()
     try:
-        writer.add_line(record_line(1, "running"))
+        add_line(writer, record_line(1, "running"))
         with pytest.raises(StoreError, match="busy: a sweep is writing to it"):
             list_snapshots(str(store))
     finally:
