@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from phala_async import AuthenticationError, CvmResult, PhalaClient
+from phala_async import AuthenticationError, CvmResult, PhalaClient, _http
 from phala_async.testing import Fault, PhalaSimulator
 
 FAILING = (1, 2, 3)
@@ -162,3 +163,44 @@ async def test_a_sweep_looks_up_no_task_per_request(
     assert requests == 200
     assert lookups["_simulator.py"] >= requests
     assert lookups["_pipeline.py"] + lookups["_http.py"] == 0
+
+
+async def test_a_worker_sends_its_next_request_in_a_later_turn_of_the_loop(
+    client_for: Callable[..., PhalaClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sweep's worker hands its next request to the next turn of the event loop after its
+    answer came: the requests of the workers answered in one turn go out together."""
+    turn = 0
+
+    def tick() -> None:
+        nonlocal turn
+        turn += 1
+        if ticking:
+            asyncio.get_running_loop().call_soon(tick)
+
+    spans = collections.defaultdict[object, list[list[int]]](list)
+    original = _http.Exchange.get
+
+    async def recorded(self: _http.Exchange, *args: Any, **kwargs: Any) -> _http.Answer:
+        span = [turn, -1]
+        spans[asyncio.current_task()].append(span)
+        try:
+            return await original(self, *args, **kwargs)
+        finally:
+            span[1] = turn
+
+    async with PhalaSimulator(cvms=100) as sim:
+        client = client_for(sim, concurrency=4)
+        async with asyncio.timeout(30), client:
+            monkeypatch.setattr(_http.Exchange, "get", recorded)
+            ticking = True
+            asyncio.get_running_loop().call_soon(tick)
+            results = [result async for result in client.stream_cvms(range(1, 101))]
+            ticking = False
+    assert all(result.ok for result in results)
+    assert sum(len(worker) for worker in spans.values()) == 100
+    assert all(
+        later[0] > earlier[1]
+        for worker in spans.values()
+        for earlier, later in itertools.pairwise(worker)
+    )
