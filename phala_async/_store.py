@@ -29,7 +29,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
@@ -195,16 +195,28 @@ _record_head = msgspec.json.Decoder(dict[str, Any])
 def add_line(store: SnapshotWriter | SnapshotProcess, line: str) -> None:
     """Add to ``store`` the record of a JSON ``line`` (a record ``sweep --format jsonl`` wrote,
     newline optional)."""
-    store.add_record(line.rstrip("\n").encode(), record_identity(_record_head.decode(line)))
+    decoded = _record_head.decode(line)
+    ok = bool(decoded.get("ok"))
+    cvm = decoded.get("cvm") if ok else None
+    cvm = cvm if isinstance(cvm, Mapping) else {}
+    store.add_record(
+        line.rstrip("\n").encode(),
+        str(decoded.get("cvm_id")),
+        ok,
+        record_identity(decoded),
+        cvm.get("vm_uuid"),
+        cvm.get("name"),
+    )
 
 
-#: The writer's process: this Python importing the writer's module alone, from the package's
-#: folder, at the end of its path: it needs no more (see :mod:`._store_writer`).
+#: The writer's process: this Python importing the writer's module alone, by its own name from
+#: the package's folder (first on the path, so that no other module of that name comes first;
+#: the writer imports only the standard library, whose names no module of the package takes).
 _WRITER = [
     sys.executable,
     "-P",  # nothing of the working directory on its path
     "-c",
-    f"import sys; sys.path.append({str(Path(__file__).parent)!r}); "
+    f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
     "import _store_writer; _store_writer.main()",
 ]
 # Records handed to the writer's process a message at a time: about 200 KB of records, a few
@@ -234,7 +246,7 @@ class SnapshotProcess:
         self._command = command
         self._process: subprocess.Popen[bytes] | None = None
         self._inline: SnapshotWriter | None = None
-        self._records: list[tuple[bytes, str | None]] = []
+        self._records: list[tuple[bytes, str, bool, str, str | None, str | None]] = []
         self._lost: str | None = None  # why the writer's process stopped taking records
         self._errors: IO[bytes] | None = None  # its standard error: a file, never a full pipe
 
@@ -266,24 +278,32 @@ class SnapshotProcess:
             self._end()
             return self._open_inline(started_at)
         _enlarge(self._process.stdin)
-        self._send(["begin", self.path, self._command, started_at])
+        self._send(("begin", self.path, self._command, started_at))
         return self
 
     def _open_inline(self, started_at: str) -> SnapshotProcess:
         self._inline = SnapshotWriter(self.path, self._command, started_at=started_at).open()
         return self
 
-    def add_record(self, data: bytes, identity: str | None = None) -> None:
-        """Add one record: its JSON line in UTF-8 (without its newline) and the CVM's identity
-        (``record_identity``), or None when the record is a fetched CVM with an integer ``id``."""
+    def add_record(
+        self,
+        data: bytes,
+        cvm_id: str,
+        ok: bool,
+        identity: str,
+        vm_uuid: str | None,
+        name: str | None,
+    ) -> None:
+        """Add one record: its JSON line in UTF-8 (without its newline), the id it was given,
+        whether it is ok, the CVM's identity (``record_identity``), and its VM UUID and name."""
         if self._inline is not None:
-            self._inline.add_record(data, identity)
+            self._inline.add_record(data, cvm_id, ok, identity, vm_uuid, name)
             return
         records = self._records
-        records.append((data, identity))
+        records.append((data, cvm_id, ok, identity, vm_uuid, name))
         if len(records) >= _RECORDS_PER_MESSAGE:
             self._records = []
-            self._send(["records", records])
+            self._send(("records", records))
 
     def commit(self, exit_status: int, *, ids: int, ok: int, failed: int) -> int:
         """Record the snapshot with its outcome, and return its number once it is committed.
@@ -297,9 +317,9 @@ class SnapshotProcess:
         if process is None or process.stdin is None or process.stdout is None:
             raise StoreError(f"cannot record the snapshot in {self.path}: it was not opened")
         if self._records:
-            self._send(["records", self._records])
+            self._send(("records", self._records))
             self._records = []
-        self._send(["commit", exit_status, ids, ok, failed])
+        self._send(("commit", exit_status, ids, ok, failed))
         with contextlib.suppress(OSError):
             process.stdin.close()
         answer = read_message(process.stdout)
@@ -324,7 +344,7 @@ class SnapshotProcess:
                 self._process.stdin.close()
             self._end()
 
-    def _send(self, message: list[Any]) -> None:
+    def _send(self, message: tuple[Any, ...]) -> None:
         process = self._process
         if self._lost is not None or process is None or process.stdin is None:
             return

@@ -214,13 +214,14 @@ class StoreRecords:
         """Queue the record of ``result``, then write it with the next writer."""
         encoded = json_record(result, self._redact)
         cvm = result.cvm
-        # The CVM's identity (record_identity): an integer id is its own normalised form, and the
-        # store reads it from the record itself.
-        if cvm is not None and type(cvm.id) is int:
-            identity = None
+        cvm_id = str(result.cvm_id)
+        if cvm is None:
+            self._store.add_record(encoded, cvm_id, False, id_key(cvm_id), None, None)
         else:
-            identity = id_key(str(result.cvm_id if cvm is None else cvm.id))
-        self._store.add_record(encoded, identity)
+            # The CVM's identity, as record_identity gives it: an integer id is its own
+            # normalised form.
+            identity = str(cvm.id) if type(cvm.id) is int else id_key(str(cvm.id))
+            self._store.add_record(encoded, cvm_id, True, identity, cvm.vm_uuid, cvm.name)
         if isinstance(self._then, JsonLinesWriter):
             self._then.write_line(encoded.decode())  # encoded once
         else:

@@ -7,6 +7,7 @@ import contextlib
 import io
 import signal
 import sqlite3
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,7 +15,13 @@ import pytest
 from cli_support import SECRET_KEY, TIMEOUT, module_process, simulator_thread, wait_until
 
 from phala_async import _store, _store_writer
-from phala_async._store import SnapshotProcess, StoreError, list_snapshots, snapshot_records
+from phala_async._store import (
+    SnapshotProcess,
+    StoreError,
+    add_line,
+    list_snapshots,
+    snapshot_records,
+)
 from phala_async._store_writer import read_message, serve, write_message
 
 
@@ -23,12 +30,17 @@ def store_fixture(tmp_path: Path) -> Path:
     return tmp_path / "inventory.db"
 
 
-def record(cvm_id: int, status: str = "running") -> bytes:
-    return f'{{"cvm_id":"{cvm_id}","ok":true,"cvm":{{"id":{cvm_id},"status":"{status}"}}}}'.encode()
+def record(cvm_id: int, status: str = "running") -> str:
+    return f'{{"cvm_id":"{cvm_id}","ok":true,"cvm":{{"id":{cvm_id},"status":"{status}"}}}}'
 
 
-def failed(cvm_id: str) -> bytes:
-    return f'{{"cvm_id":"{cvm_id}","ok":false,"error":{{"type":"NotFoundError"}}}}'.encode()
+def row(cvm_id: int, status: str = "running") -> tuple[bytes, str, bool, str, None, None]:
+    """A record as the sweep sends it to the writer: the line and its columns."""
+    return (record(cvm_id, status).encode(), str(cvm_id), True, str(cvm_id), None, None)
+
+
+def failed(cvm_id: str) -> str:
+    return f'{{"cvm_id":"{cvm_id}","ok":false,"error":{{"type":"NotFoundError"}}}}'
 
 
 def messages(*items: object) -> io.BytesIO:
@@ -53,16 +65,16 @@ def test_a_snapshot_passed_to_the_writer_process_is_recorded_with_identities(
     writer = SnapshotProcess(str(store), "test").open()
     assert writer._process is not None  # a process of its own on this machine
     for cvm_id in range(1, 301):
-        writer.add_record(record(cvm_id))
-    writer.add_record(failed("app_" + "a" * 40), "app_" + "a" * 40)
-    writer.add_record(b'{"cvm_id":"x","ok":true,"cvm":{"id":"cvm_9"}}', "cvm_9")
+        add_line(writer, record(cvm_id))
+    add_line(writer, failed("a" * 40))  # a bare app id: its identity is the normalised one
+    add_line(writer, '{"cvm_id":"x","ok":true,"cvm":{"id":"cvm_9","name":"n"}}')
     assert writer.commit(1, ids=302, ok=301, failed=1) == 1
     info, rows = snapshot_records(str(store), "1")
     assert (info.ids, info.ok, info.failed, info.exit_status) == (302, 301, 1, 1)
     assert len(rows) == 302
     identities = stored_identities(store)
     assert identities["7"] == "7"
-    assert identities["app_" + "a" * 40] == "app_" + "a" * 40
+    assert identities["a" * 40] == "app_" + "a" * 40
     assert identities["x"] == "cvm_9"
 
 
@@ -72,7 +84,7 @@ def test_an_abandoned_snapshot_records_nothing_and_the_process_ends(store: Path)
     process = writer._process
     assert process is not None
     for cvm_id in range(1, 300):
-        writer.add_record(record(cvm_id))
+        add_line(writer, record(cvm_id))
     writer.abandon()
     assert process.returncode == 0
     assert list_snapshots(str(store)) == []
@@ -82,7 +94,7 @@ def test_serve_rolls_back_when_its_input_ends_before_the_commit(store: Path) -> 
     """The writer whose input ends without a commit (the sweep died) answers nothing, returns
     0, and leaves the store without the snapshot."""
     reply = io.BytesIO()
-    source = messages(["begin", str(store), "test", "t"], ["records", [[record(1), None]]])
+    source = messages(("begin", str(store), "test", "t"), ("records", [row(1)]))
     assert serve(source, reply) == 0
     assert reply.getvalue() == b""
     assert list_snapshots(str(store)) == []
@@ -101,12 +113,12 @@ def test_serve_answers_a_failed_write_with_its_reason_and_reads_every_message(
         return connection
 
     monkeypatch.setattr(_store_writer, "connect", full)
-    big = [[record(cvm_id, "x" * 40_000), None] for cvm_id in range(1, 6)]
+    big = [row(cvm_id, "x" * 40_000) for cvm_id in range(1, 6)]
     source = messages(
-        ["begin", str(store), "test", "t"],
-        ["records", big],
-        ["records", big],
-        ["commit", 0, 5, 5, 0],
+        ("begin", str(store), "test", "t"),
+        ("records", big),
+        ("records", big),
+        ("commit", 0, 5, 5, 0),
     )
     reply = io.BytesIO()
     assert serve(source, reply) == 0
@@ -126,7 +138,7 @@ def test_a_writer_process_that_dies_costs_the_snapshot_with_its_last_words(
     monkeypatch.setattr(_store, "_WRITER", [sys.executable, "-c", dies])
     writer = SnapshotProcess(str(store), "test").open()
     for cvm_id in range(1, 1000):  # more than the pipe holds once the reader is gone
-        writer.add_record(record(cvm_id))
+        add_line(writer, record(cvm_id))
     with pytest.raises(StoreError, match=r"exit status 3\): MemoryError: boom"):
         writer.commit(0, ids=999, ok=999, failed=0)
     assert list_snapshots(str(store)) == []
@@ -146,7 +158,7 @@ def test_without_a_process_of_its_own_the_snapshot_is_written_by_the_sweep(
         monkeypatch.setattr(_store, "_spare_cpu", lambda: False)
     writer = SnapshotProcess(str(store), "test").open()
     for cvm_id in range(1, 200):
-        writer.add_record(record(cvm_id))
+        add_line(writer, record(cvm_id))
     assert writer.commit(0, ids=199, ok=199, failed=0) == 1
     assert len(snapshot_records(str(store), "1")[1]) == 199
 
@@ -180,3 +192,24 @@ def test_a_sigkilled_sweep_leaves_no_writer_process_behind(store: Path) -> None:
             assert killed.wait(TIMEOUT) == -signal.SIGKILL
             wait_until(lambda: ended(writers[0]), "the writer process ends")
     assert list_snapshots(str(store)) == []
+
+
+def test_the_writer_process_imports_its_module_and_the_standard_library_alone() -> None:
+    """The writer's process loads no module of the package but the writer's, and neither
+    msgspec nor aiohttp: it starts in milliseconds, on the CPU the sweep leaves idle."""
+    folder = str(Path(_store.__file__).parent)
+    shown = (
+        "import sys; "
+        "print(sorted(name for name, module in sys.modules.items() "
+        "if (getattr(module, '__file__', None) or '').startswith(sys.argv[1]) "
+        "or name.split('.')[0] in ('msgspec', 'aiohttp', 'phala_async')))"
+    )
+    command = _store._WRITER[-1].replace("_store_writer.main()", shown)
+    done = subprocess.run(  # noqa: S603 - this Python
+        [*_store._WRITER[:-1], command, folder],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=True,
+    )
+    assert done.stdout.strip() == "['_store_writer']"
