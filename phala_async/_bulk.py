@@ -442,10 +442,10 @@ class CvmStream(AsyncIterator[SweepResult]):
                 # One turn of the loop before the request: the workers whose answers came in the
                 # same turn each deliver theirs, and their next requests then go out together in
                 # the next turn, rather than one between every two answers handled. A server
-                # woken by a request then finds the others waiting (on one machine, the
-                # wake-ups alone cost the client's kernel 4-6 us a request), and each half of
-                # the work runs back to back: 8-9% less CPU a request in paired runs (10,000
-                # ids, concurrency 8 to 64, app and int ids), where the turn costs about 1 us.
+                # woken by a request then finds the others waiting (with the server on the same
+                # machine, its wake-ups alone cost the client's kernel 4-6 us a request), and
+                # each half of the work runs back to back: 8-9% less CPU a request in paired
+                # runs (10,000 ids, concurrency 8 to 64, app and int ids) for a turn of about 1 us.
                 await asyncio.sleep(0)
                 try:
                     cvm, attempts = await self._fetch(segment, cvm_id, self, me)

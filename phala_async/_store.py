@@ -39,6 +39,7 @@ from ._changes import record_identity
 from ._ids import id_key
 from ._store_writer import (
     SCHEMA_VERSION,
+    Record,
     SnapshotWriter,
     StoreError,
     connect,
@@ -200,12 +201,14 @@ def add_line(store: SnapshotWriter | SnapshotProcess, line: str) -> None:
     cvm = decoded.get("cvm") if ok else None
     cvm = cvm if isinstance(cvm, Mapping) else {}
     store.add_record(
-        line.rstrip("\n").encode(),
-        str(decoded.get("cvm_id")),
-        ok,
-        record_identity(decoded),
-        cvm.get("vm_uuid"),
-        cvm.get("name"),
+        (
+            line.rstrip("\n").encode(),
+            str(decoded.get("cvm_id")),
+            ok,
+            record_identity(decoded),
+            cvm.get("vm_uuid"),
+            cvm.get("name"),
+        )
     )
 
 
@@ -246,7 +249,7 @@ class SnapshotProcess:
         self._command = command
         self._process: subprocess.Popen[bytes] | None = None
         self._inline: SnapshotWriter | None = None
-        self._records: list[tuple[bytes, str, bool, str, str | None, str | None]] = []
+        self._records: list[Record] = []
         self._lost: str | None = None  # why the writer's process stopped taking records
         self._errors: IO[bytes] | None = None  # its standard error: a file, never a full pipe
 
@@ -285,22 +288,13 @@ class SnapshotProcess:
         self._inline = SnapshotWriter(self.path, self._command, started_at=started_at).open()
         return self
 
-    def add_record(
-        self,
-        data: bytes,
-        cvm_id: str,
-        ok: bool,
-        identity: str,
-        vm_uuid: str | None,
-        name: str | None,
-    ) -> None:
-        """Add one record: its JSON line in UTF-8 (without its newline), the id it was given,
-        whether it is ok, the CVM's identity (``record_identity``), and its VM UUID and name."""
+    def add_record(self, record: Record) -> None:
+        """Add one :data:`Record` (most calls only keep it)."""
         if self._inline is not None:
-            self._inline.add_record(data, cvm_id, ok, identity, vm_uuid, name)
+            self._inline.add_record(record)
             return
         records = self._records
-        records.append((data, cvm_id, ok, identity, vm_uuid, name))
+        records.append(record)
         if len(records) >= _RECORDS_PER_MESSAGE:
             self._records = []
             self._send(("records", records))

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SCHEMA_VERSION",
+    "Record",
     "SnapshotWriter",
     "StoreError",
     "connect",
@@ -152,6 +153,11 @@ def connect(path: str, *, create: bool) -> sqlite3.Connection:
     return connection
 
 
+#: One record as the sweep hands it to the store, a plain tuple: its JSON line in UTF-8 (without
+#: its newline), the id it was given, whether it is ok, the CVM's identity (``record_identity``),
+#: its VM UUID and its name.
+Record = tuple[bytes, str, bool, str, str | None, str | None]
+
 # hash, cvm, cvm_id, ok, vm_uuid, name, record (its JSON text): a plain tuple, one per record.
 _Row = tuple[bytes, str, str, bool, str | None, str | None, str]
 
@@ -208,21 +214,13 @@ class SnapshotWriter:
         self._connection = connection
         return self
 
-    def add_record(
-        self,
-        data: bytes,
-        cvm_id: str,
-        ok: bool,
-        identity: str,
-        vm_uuid: str | None,
-        name: str | None,
-    ) -> None:
-        """Add one record: its JSON line in UTF-8 (without its newline), the id it was given,
-        whether it is ok, the CVM's identity (``record_identity``), and its VM UUID and name.
+    def add_record(self, record: Record) -> None:
+        """Add one :data:`Record`.
 
         A record the snapshot before holds costs its hash and a lookup (the nightly case): this
         snapshot then holds it too, and nothing more is needed.
         """
+        data, cvm_id, ok, identity, vm_uuid, name = record
         digest = hashlib.sha256(data).digest()[:16]  # SHA-256 is hardware-accelerated
         if digest in self._known:
             self._unseen.discard(digest)
@@ -439,8 +437,8 @@ def serve(source: IO[bytes], reply: IO[bytes]) -> int:
         kind = message[0]
         if kind == "records" and writer is not None:
             try:
-                for row in message[1]:
-                    writer.add_record(*row)
+                for record in message[1]:
+                    writer.add_record(record)
             except Exception as exc:  # noqa: BLE001 - any fault costs the snapshot, not the sweep
                 error = f"cannot record the snapshot in {writer.path} ({exc!r})"
                 writer.abandon()

@@ -216,12 +216,12 @@ class StoreRecords:
         cvm = result.cvm
         cvm_id = str(result.cvm_id)
         if cvm is None:
-            self._store.add_record(encoded, cvm_id, False, id_key(cvm_id), None, None)
+            self._store.add_record((encoded, cvm_id, False, id_key(cvm_id), None, None))
         else:
             # The CVM's identity, as record_identity gives it: an integer id is its own
             # normalised form.
             identity = str(cvm.id) if type(cvm.id) is int else id_key(str(cvm.id))
-            self._store.add_record(encoded, cvm_id, True, identity, cvm.vm_uuid, cvm.name)
+            self._store.add_record((encoded, cvm_id, True, identity, cvm.vm_uuid, cvm.name))
         if isinstance(self._then, JsonLinesWriter):
             self._then.write_line(encoded.decode())  # encoded once
         else:

@@ -22,7 +22,7 @@ from phala_async._store import (
     list_snapshots,
     snapshot_records,
 )
-from phala_async._store_writer import read_message, serve, write_message
+from phala_async._store_writer import Record, read_message, serve, write_message
 
 
 @pytest.fixture(name="store")
@@ -34,7 +34,7 @@ def record(cvm_id: int, status: str = "running") -> str:
     return f'{{"cvm_id":"{cvm_id}","ok":true,"cvm":{{"id":{cvm_id},"status":"{status}"}}}}'
 
 
-def row(cvm_id: int, status: str = "running") -> tuple[bytes, str, bool, str, None, None]:
+def row(cvm_id: int, status: str = "running") -> Record:
     """A record as the sweep sends it to the writer: the line and its columns."""
     return (record(cvm_id, status).encode(), str(cvm_id), True, str(cvm_id), None, None)
 
