@@ -3,10 +3,11 @@
 Two figures, each against the shipped simulator (``phala-async serve`` in its own process) with
 ids as strings from a file, the command line end to end (process start included):
 
-- wall and CPU time: ``sweep --ids-file ids.txt -o FILE`` (A) against the same plus ``--store``
-  into a fresh database (B: the first snapshot, every record new, the dearest case) and into a
-  database that already holds the fleet (C: the nightly case, an unchanged fleet), in rounds of
-  A, B, C with the order rotating; the median of each and of the per-round ratios to A;
+- wall and CPU time (the sweep's, its store writer process's included): ``sweep --ids-file
+  ids.txt -o FILE`` (A) against the same plus ``--store`` into a fresh database (B: the first
+  snapshot, every record new, the dearest case) and into a database that already holds the
+  fleet (C: the nightly case, an unchanged fleet), in rounds of A, B, C with the order rotating;
+  the median of each and of the per-round ratios to A;
 - size: the database after one snapshot, and after a second snapshot of the unchanged fleet.
 
 Targets (issue 16): recording adds under 10% to the sweep's wall time; the unchanged second
