@@ -1,9 +1,10 @@
 """Writing a snapshot into the store: the SQLite side of ``sweep --store``.
 
 :class:`SnapshotWriter` records one sweep as a snapshot, in one transaction held open while the
-sweep runs. ``sweep`` runs it in a process of its own (:func:`serve`, this file run as a script:
-see ``_store.SnapshotProcess``), where the hashes and SQLite's inserts use the CPU the sweep's
-event loop leaves idle; the writer itself is plain, synchronous and usable in any process.
+sweep runs. ``sweep`` runs it in a process of its own (:func:`main`, this module imported alone
+by a Python started for it: see ``_store.SnapshotProcess``), where the hashes and SQLite's inserts
+use the CPU the sweep's event loop leaves idle; the writer itself is plain, synchronous and
+usable in any process.
 
 This module imports nothing but the standard library: the writer's process imports it alone and
 starts in about 10 ms, where importing ``phala_async`` (aiohttp and the client) would cost it
@@ -165,10 +166,11 @@ _Row = tuple[bytes, str, str, bool, str | None, str | None, str]
 class SnapshotWriter:
     """Records one sweep as a snapshot, in one transaction held open while the sweep runs.
 
-    :meth:`add_record` adds a record (a JSON line, as ``sweep --format jsonl`` writes it);
-    :meth:`commit` ends the snapshot and commits it; :meth:`abandon` rolls it back, leaving the
-    database as it was. An error while inserting is kept and raised by :meth:`commit`;
-    :meth:`add_record` never raises it, so a full disk costs the snapshot, never the sweep.
+    :meth:`add_record` adds a :data:`Record` (a JSON line, as ``sweep --format jsonl`` writes it,
+    with its columns); :meth:`commit` ends the snapshot and commits it; :meth:`abandon` rolls it
+    back, leaving the database as it was. An error while inserting is kept and raised by
+    :meth:`commit`; :meth:`add_record` never raises it, so a full disk costs the snapshot, never
+    the sweep.
 
     Raises:
         StoreError: (from :meth:`open`, :meth:`commit`) the database cannot be used.
