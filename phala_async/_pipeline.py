@@ -257,10 +257,10 @@ class Pipeline:
         took, or raises the last error.
 
         The first attempt is sent before tenacity's loop is built, since building it costs
-        about a fifth of a request's CPU and most requests succeed at once; when it fails, the
-        loop starts with that failure as its attempt 1 and judges it like every later one
-        (:meth:`_stop`: the policy, then the retry budget). A retry the budget defers waits for
-        it; one it refuses ends the call with the last error.
+        about a fifth of a request's CPU and most requests succeed at once; when it fails with
+        an error the policy would retry, the loop starts with that failure as its attempt 1 and
+        judges it like every later one (:meth:`_stop`: the policy, then the retry budget). A
+        retry the budget defers waits for it; one it refuses ends the call with the last error.
 
         Raises:
             APIUnreachableError: in a sweep, every attempt failed to reach the API, which has
@@ -274,6 +274,10 @@ class Pipeline:
         governor = self.governor
         made = 1
         try:
+            if give_up(error, 1, self.policy):
+                # Final at once (a 404, say), as the loop's first judgement would find: the loop,
+                # which costs more than the request did, is not built for it.
+                raise error
             async for attempt in retrying(
                 self.policy,
                 stop=self._stop,

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from phala_async import AuthenticationError, CvmResult, PhalaClient, _http
+from phala_async import AuthenticationError, CvmResult, NotFoundError, PhalaClient, _http, _pipeline
 from phala_async.testing import Fault, PhalaSimulator
 
 FAILING = (1, 2, 3)
@@ -204,3 +204,37 @@ async def test_a_worker_sends_its_next_request_in_a_later_turn_of_the_loop(
         for worker in spans.values()
         for earlier, later in itertools.pairwise(worker)
     )
+
+
+async def test_a_final_first_failure_is_not_handed_to_the_retry_loop(
+    client_for: Callable[..., PhalaClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An id whose first answer is final (a 404) fails after that one attempt without building
+    tenacity's loop; an id whose first answer is retryable (a 503) goes through it and is
+    fetched on its retry."""
+    loops = 0
+    original = _pipeline.retrying
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal loops
+        loops += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(_pipeline, "retrying", counted)
+    async with PhalaSimulator(cvms=10) as sim:
+        sim.script(3, Fault.HTTP_503)
+        client = client_for(sim, concurrency=4, backoff_initial=0.01, backoff_max=0.01)
+        async with asyncio.timeout(30), client:
+            results = {
+                result.cvm_id: result
+                async for result in client.stream_cvms([1, 3, *range(1001, 1021)])
+            }
+        requests = sim.total_requests
+    missing = [results[cvm_id] for cvm_id in range(1001, 1021)]
+    assert all(isinstance(result.error, NotFoundError) for result in missing)
+    assert {result.attempts for result in missing} == {1}
+    assert results[1].ok
+    assert results[3].ok
+    assert results[3].attempts == 2
+    assert loops == 1
+    assert requests == 23
