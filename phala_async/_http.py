@@ -150,13 +150,13 @@ class Exchange:
         path: str,
         cvm_id: str | int | None,
         has_defaults: bool,
-        task: asyncio.Task[Any] | None = None,
+        task: asyncio.Task[Any],
     ) -> Answer:
         """GET ``base_url + path`` and read the whole answer, whatever its status.
 
         ``has_defaults`` says that ``session`` was made with :meth:`session_defaults` (the
         client's own session, whose connector reports reused connections). ``task`` is the task
-        that awaits this, when the caller has it at hand (else it is looked up).
+        that awaits this, which the attempt's deadline cancels.
 
         A request that fails on a reused pooled connection before any byte of the answer
         arrived (the server had closed it while idle) is sent again at once, on a new
@@ -456,13 +456,8 @@ class _Deadlines:
         self._handle: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def attempt(self, task: asyncio.Task[Any] | None = None) -> _Attempt:
-        """Start bounding one attempt of ``task`` (the current task, looked up when not given),
-        from now; end with :meth:`_Attempt.end`."""
-        if task is None:
-            task = asyncio.current_task()
-        if task is None:  # pragma: no cover - the client only runs inside tasks
-            raise RuntimeError("a request must run inside an asyncio task")
+    def attempt(self, task: asyncio.Task[Any]) -> _Attempt:
+        """Start bounding one attempt of ``task``, from now; end with :meth:`_Attempt.end`."""
         loop = task.get_loop()
         if loop is not self._loop:  # first use, or a new event loop: start afresh
             self._loop, self._running, self._handle = loop, {}, None

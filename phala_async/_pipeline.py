@@ -352,7 +352,9 @@ class Pipeline:
         # sweep's CPU together). A sweep's worker hands its task down, and no lookup is made.
         if task is None:
             task = asyncio.current_task()
-        if session is None or shared.closed or task is None or shared.loop is not task.get_loop():
+            if task is None:  # pragma: no cover - the client only runs inside tasks
+                raise RuntimeError("a request must run inside an asyncio task")
+        if session is None or shared.closed or shared.loop is not task.get_loop():
             session = shared.open()
         slot = Slot(self.governor, None if sweep is None else sweep.limit)
         entering = slot.enter()

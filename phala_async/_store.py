@@ -260,14 +260,15 @@ class SnapshotProcess:
             StoreError: the database cannot be opened or is not a store.
         """
         started_at = now()
+        # On one CPU the process would only take turns with the sweep; a frozen application's
+        # executable is no Python to run the writer with. The writer here checks the database
+        # as it opens it.
+        if not _spare_cpu() or getattr(sys, "frozen", False):
+            return self._open_inline(started_at)
         try:
             connect(self.path, create=True).close()
         except OSError as exc:
             raise StoreError(f"cannot use the store {self.path} ({exc})") from exc
-        # On one CPU the process would only take turns with the sweep; a frozen application's
-        # executable is no Python to run the writer with.
-        if not _spare_cpu() or getattr(sys, "frozen", False):
-            return self._open_inline(started_at)
         try:
             self._errors = tempfile.TemporaryFile()  # noqa: SIM115 - closed by _end()
             self._process = subprocess.Popen(  # noqa: S603 - this Python, the package's own file
